@@ -1,0 +1,183 @@
+"""Bundle I/O: the versioned directory that training writes and every service loads.
+
+Layout (paths relative to the bundle directory; all listed in ``manifest.json``)::
+
+    manifest.json          version, dim, component specs, metrics, sha256 of every file
+    encoder/model.onnx     text encoder (token ids -> last_hidden_state), tokenizer.json
+    ranker/model.onnx      ranker: inputs user[N,dim], item[N,dim] -> score[N]
+    items/catalog.jsonl    one item per line: id, title, text, metadata (line i = label i)
+    items/vectors.npy      float32 [count, dim], L2-normalised, row i = catalog line i
+    index/hnsw.bin         hnswlib index (space "ip"), labels = catalog line numbers
+    users/history.jsonl    user_id and item ids, most recent first (seed of user profiles)
+
+A path given to a service may be a bundle directory or a root holding a ``CURRENT`` file
+that names the version directory to use. Before anything is loaded, every file is checked
+against the manifest's sha256 and must stay inside the bundle (no "..", absolute paths or
+symlinks): model files are programs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recstack.errors import BundleError
+from recstack.text import UserTextSpec
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_bundle_dir(path: str | os.PathLike[str]) -> Path:
+    """A bundle directory, or the version a root's ``CURRENT`` pointer names."""
+    p = Path(path)
+    if (p / MANIFEST).is_file():
+        return p
+    pointer = p / "CURRENT"
+    if pointer.is_file():
+        name = pointer.read_text().strip()
+        if not name or "/" in name or name in (".", ".."):
+            raise BundleError(f"{pointer}: invalid version name {name!r}")
+        target = p / name
+        if (target / MANIFEST).is_file():
+            return target
+        raise BundleError(f"{pointer} names {name!r}, which has no {MANIFEST}")
+    raise BundleError(f"{p} is neither a bundle (no {MANIFEST}) nor a root with CURRENT")
+
+
+def _safe_member(root: Path, rel: str) -> Path:
+    """Resolve ``rel`` inside ``root``, refusing anything that could point outside it."""
+    pure = Path(rel)
+    if pure.is_absolute() or ".." in pure.parts or not rel:
+        raise BundleError(f"bundle path {rel!r} must be relative and inside the bundle")
+    full = root / pure
+    for parent in [full, *full.parents]:
+        if parent == root:
+            break
+        if parent.is_symlink():
+            raise BundleError(f"bundle path {rel!r} is or passes through a symlink")
+    return full
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Record sha256 and size of every file under ``bundle_dir`` and write manifest.json."""
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(bundle_dir.rglob("*")):
+        if path.is_symlink():
+            raise BundleError(f"refusing to publish symlink {path}")
+        if path.is_file() and path.name != MANIFEST:
+            rel = path.relative_to(bundle_dir).as_posix()
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    manifest = {**manifest, "format_version": FORMAT_VERSION, "files": files}
+    tmp = bundle_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, bundle_dir / MANIFEST)
+    return manifest
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """One catalog entry as stored in the bundle."""
+
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class Bundle:
+    """A verified bundle: its manifest and the paths of its parts."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.version: str = manifest["version"]
+        self.dim: int = int(manifest["dim"])
+        self.user_text = UserTextSpec.from_dict(manifest.get("user_text", {}))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+        """Open and (by default) verify every file against the manifest checksums."""
+        root = resolve_bundle_dir(path).resolve()
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{root / MANIFEST}: unreadable manifest: {exc}") from exc
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{root}: bundle format {manifest.get('format_version')!r}, "
+                f"this build reads {FORMAT_VERSION}")
+        for key in ("version", "dim", "files", "encoder", "ranker", "items", "index"):
+            if key not in manifest:
+                raise BundleError(f"{root / MANIFEST}: missing key {key!r}")
+        bundle = cls(root, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Check that every manifest file exists, stays inside, and matches its sha256."""
+        files: dict[str, dict[str, Any]] = self.manifest["files"]
+        for rel, meta in files.items():
+            full = _safe_member(self.root, rel)
+            if not full.is_file():
+                raise BundleError(f"bundle {self.version}: missing file {rel}")
+            digest = sha256_file(full)
+            if digest != meta["sha256"]:
+                raise BundleError(
+                    f"bundle {self.version}: checksum mismatch for {rel} "
+                    f"(manifest {meta['sha256'][:12]}, file {digest[:12]})")
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a manifest-listed file (refuses unlisted or escaping paths)."""
+        if rel not in self.manifest["files"]:
+            raise BundleError(f"bundle {self.version}: {rel} is not listed in the manifest")
+        return _safe_member(self.root, rel)
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self.manifest.get(name)
+        if not isinstance(value, dict):
+            raise BundleError(f"bundle {self.version}: manifest section {name!r} missing")
+        return value
+
+    def iter_catalog(self) -> Iterator[CatalogItem]:
+        with self.path(self.section("items")["catalog"]).open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    d = json.loads(line)
+                    yield CatalogItem(str(d["id"]), d.get("title") or "", d.get("text") or "",
+                                      d.get("metadata") or {})
+
+    def load_vectors(self) -> np.ndarray:
+        vectors = np.load(self.path(self.section("items")["vectors"]), allow_pickle=False)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.dtype != np.float32:
+            raise BundleError(
+                f"bundle {self.version}: vectors {vectors.shape} {vectors.dtype}, "
+                f"expected (N, {self.dim}) float32")
+        return vectors
+
+    def iter_user_histories(self) -> Iterator[tuple[str, list[str]]]:
+        users = self.manifest.get("users")
+        if not users:
+            return
+        with self.path(users["history"]).open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    d = json.loads(line)
+                    yield str(d["user_id"]), [str(i) for i in d["items"]]

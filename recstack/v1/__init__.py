@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for recstack.v1 (do not edit)."""

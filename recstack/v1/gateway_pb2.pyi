@@ -1,0 +1,57 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "history_item_ids", "query_text", "k", "include_seen", "candidate_count")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    history_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    query_text: str
+    k: int
+    include_seen: bool
+    candidate_count: int
+    def __init__(self, user_id: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_text: _Optional[str] = ..., k: _Optional[int] = ..., include_seen: _Optional[bool] = ..., candidate_count: _Optional[int] = ...) -> None: ...
+
+class RecommendedItem(_message.Message):
+    __slots__ = ("id", "score", "title", "text", "recall_score")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    RECALL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    title: str
+    text: str
+    recall_score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., recall_score: _Optional[float] = ...) -> None: ...
+
+class StageTiming(_message.Message):
+    __slots__ = ("stage", "millis")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    MILLIS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    millis: float
+    def __init__(self, stage: _Optional[str] = ..., millis: _Optional[float] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("items", "bundle_version", "timings", "history_length")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    bundle_version: str
+    timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
+    history_length: int
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., history_length: _Optional[int] = ...) -> None: ...
