@@ -100,6 +100,11 @@ class CatalogItem:
     text: str
     metadata: dict[str, Any]
 
+    @property
+    def display_title(self) -> str:
+        """What stands for the item in a user text: its title, else its text."""
+        return self.title or self.text
+
 
 class Bundle:
     """A verified bundle: its manifest and the paths of its parts."""
@@ -122,7 +127,8 @@ class Bundle:
         if manifest.get("format_version") != FORMAT_VERSION:
             raise BundleError(
                 f"{root}: bundle format {manifest.get('format_version')!r}, "
-                f"this build reads {FORMAT_VERSION}")
+                f"this build reads {FORMAT_VERSION}"
+            )
         for key in ("version", "dim", "files", "encoder", "ranker", "items", "index"):
             if key not in manifest:
                 raise BundleError(f"{root / MANIFEST}: missing key {key!r}")
@@ -142,7 +148,8 @@ class Bundle:
             if digest != meta["sha256"]:
                 raise BundleError(
                     f"bundle {self.version}: checksum mismatch for {rel} "
-                    f"(manifest {meta['sha256'][:12]}, file {digest[:12]})")
+                    f"(manifest {meta['sha256'][:12]}, file {digest[:12]})"
+                )
 
     def path(self, rel: str) -> Path:
         """Absolute path of a manifest-listed file (refuses unlisted or escaping paths)."""
@@ -161,15 +168,20 @@ class Bundle:
             for line in f:
                 if line.strip():
                     d = json.loads(line)
-                    yield CatalogItem(str(d["id"]), d.get("title") or "", d.get("text") or "",
-                                      d.get("metadata") or {})
+                    yield CatalogItem(
+                        str(d["id"]),
+                        d.get("title") or "",
+                        d.get("text") or "",
+                        d.get("metadata") or {},
+                    )
 
     def load_vectors(self) -> np.ndarray:
         vectors = np.load(self.path(self.section("items")["vectors"]), allow_pickle=False)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim or vectors.dtype != np.float32:
             raise BundleError(
                 f"bundle {self.version}: vectors {vectors.shape} {vectors.dtype}, "
-                f"expected (N, {self.dim}) float32")
+                f"expected (N, {self.dim}) float32"
+            )
         return vectors
 
     def iter_user_histories(self) -> Iterator[tuple[str, list[str]]]:

@@ -43,7 +43,7 @@ class TextEncoder:
         """Vectors of shape (len(texts), dim), each of unit length."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start:start + self.batch_size])
+            batch = list(texts[start : start + self.batch_size])
             encs = self.tokenizer.encode_batch(batch)
             ids = np.array([e.ids for e in encs], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
@@ -51,5 +51,5 @@ class TextEncoder:
             if "token_type_ids" in self.input_names:
                 feed["token_type_ids"] = np.array([e.type_ids for e in encs], dtype=np.int64)
             hidden = self.session.run(["last_hidden_state"], feed)[0]
-            out[start:start + len(batch)] = l2_normalize(mean_pool(hidden, mask))
+            out[start : start + len(batch)] = l2_normalize(mean_pool(hidden, mask))
         return out

@@ -61,8 +61,14 @@ class BundleError(Exception):
 
 def error_for_kind(kind: ErrorKind, message: str) -> RecstackError:
     """Rebuild a domain error from its kind, e.g. when relaying a downstream service's status."""
-    for cls in (InvalidArgument, NotFound, FailedPrecondition, ResourceExhausted, Unavailable,
-                DeadlineExceeded):
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unavailable,
+        DeadlineExceeded,
+    ):
         if cls.kind is kind:
             return cls(message)
     raise ValueError(kind)

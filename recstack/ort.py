@@ -44,12 +44,16 @@ def choose_providers(device: str, available: Sequence[str], allow_cpu_fallback: 
     if has_cuda:
         return [CUDA, CPU]
     if allow_cpu_fallback:
-        log.warning("device=cuda requested but %s is not available (have %s); using CPU",
-                    CUDA, list(available))
+        log.warning(
+            "device=cuda requested but %s is not available (have %s); using CPU",
+            CUDA,
+            list(available),
+        )
         return [CPU]
     raise BundleError(
         f"device=cuda requested but ONNX Runtime offers only {list(available)}: install "
-        "onnxruntime-gpu on a machine with a CUDA GPU, or set --device cpu/auto")
+        "onnxruntime-gpu on a machine with a CUDA GPU, or set --device cpu/auto"
+    )
 
 
 def create_session(model: Path, options: SessionOptions) -> tuple[ort.InferenceSession, str]:
@@ -60,8 +64,9 @@ def create_session(model: Path, options: SessionOptions) -> tuple[ort.InferenceS
     so.inter_op_num_threads = options.inter_op_threads
     if options.optimized_model_path:
         so.optimized_model_filepath = options.optimized_model_path
-    providers = choose_providers(options.device, ort.get_available_providers(),
-                                 options.allow_cpu_fallback)
+    providers = choose_providers(
+        options.device, ort.get_available_providers(), options.allow_cpu_fallback
+    )
     try:
         session = ort.InferenceSession(str(model), sess_options=so, providers=providers)
     except Exception as exc:  # ORT raises its own exception types for bad models

@@ -20,6 +20,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PACKAGE = Path("recstack") / "v1"
+INIT_TEXT = '"""Generated gRPC stubs for recstack.v1 (do not edit)."""\n'
 
 
 def generate(out_root: Path) -> list[Path]:
@@ -40,7 +41,7 @@ def generate(out_root: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     out_pkg = out_root / PACKAGE
-    (out_pkg / "__init__.py").write_text('"""Generated gRPC stubs for recstack.v1 (do not edit)."""\n')
+    (out_pkg / "__init__.py").write_text(INIT_TEXT)
     return sorted(p for p in out_pkg.iterdir() if p.is_file())
 
 
@@ -53,10 +54,13 @@ def main() -> int:
         generated = generate(Path(tmp))
         names = {p.name for p in generated}
         if args.check:
-            existing = {p.name for p in target.glob("*") if p.is_file()} if target.exists() else set()
+            existing = {p.name for p in target.glob("*") if p.is_file()}
             drift = sorted(names ^ existing)
-            drift += [n for n in sorted(names & existing) if not filecmp.cmp(
-                Path(tmp) / PACKAGE / n, target / n, shallow=False)]
+            drift += [
+                n
+                for n in sorted(names & existing)
+                if not filecmp.cmp(Path(tmp) / PACKAGE / n, target / n, shallow=False)
+            ]
             if drift:
                 print("generated code drifts from protos/: " + ", ".join(drift), file=sys.stderr)
                 print("run: python scripts/gen_protos.py", file=sys.stderr)

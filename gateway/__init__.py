@@ -1,0 +1,1 @@
+"""Gateway: the Recommend service that orchestrates recall then rank."""

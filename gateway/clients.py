@@ -1,0 +1,101 @@
+"""gRPC implementations of the gateway's downstream protocols.
+
+Each call carries the time budget the core computed as its gRPC deadline; a downstream
+error comes back as the matching domain error (same kind, same field), so the caller
+sees e.g. INVALID_ARGUMENT naming ``history_item_ids`` rather than a generic failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from recstack.config import ServerOptions
+from recstack.domain import (
+    RankQuery,
+    RankResult,
+    RecallCandidate,
+    RecallQuery,
+    RecallResult,
+    ScoredItem,
+)
+from recstack.errors import RecstackError, Unavailable, error_for_kind
+from recstack.server import FIELD_METADATA_KEY, KIND_FOR_STATUS
+from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
+from recstack.vectors import pack, unpack_vector
+
+R = TypeVar("R")
+
+
+def open_channel(address: str, options: ServerOptions | None = None) -> grpc.Channel:
+    """A channel with the same message-size and keepalive settings as our servers."""
+    return grpc.insecure_channel(address, options=(options or ServerOptions()).grpc_options())
+
+
+def relay_errors(service: str, call: Callable[[], R]) -> R:
+    """Run a stub call; turn its RpcError into the domain error of the same kind."""
+    try:
+        return call()
+    except grpc.RpcError as err:
+        code = err.code()
+        details = f"{service}: {err.details()}"
+        kind = KIND_FOR_STATUS.get(code)
+        if kind is None:
+            raise Unavailable(f"{details} ({code.name})") from err
+        exc: RecstackError = error_for_kind(kind, details)
+        metadata: Any = err.trailing_metadata() or ()
+        exc.field = next((str(v) for k, v in metadata if k == FIELD_METADATA_KEY), None)
+        raise exc from err
+
+
+class GrpcRecall:
+    """RecallBackend over a recstack.v1.RecallService channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = recall_pb2_grpc.RecallServiceStub(channel)
+
+    def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult:
+        request = recall_pb2.RecallRequest(
+            k=query.k,
+            query_text=query.query_text,
+            history_item_ids=query.history_item_ids,
+            exclude_ids=query.exclude_ids,
+            omit_vectors=query.omit_vectors,
+            query_vector=b"" if query.query_vector is None else pack(query.query_vector),
+        )
+        resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
+        dim = resp.dim
+        return RecallResult(
+            candidates=[
+                RecallCandidate(
+                    c.id,
+                    c.score,
+                    unpack_vector(c.vector, dim, "candidates.vector") if c.vector else None,
+                    c.title,
+                    c.text,
+                )
+                for c in resp.candidates
+            ],
+            query_vector=unpack_vector(resp.query_vector, dim, "query_vector"),
+            bundle_version=resp.bundle_version,
+        )
+
+
+class GrpcRank:
+    """RankBackend over a recstack.v1.RankService channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.stub = rank_pb2_grpc.RankServiceStub(channel)
+
+    def rank(self, query: RankQuery, timeout: float | None) -> RankResult:
+        request = rank_pb2.RankRequest(
+            user_vector=pack(query.user_vector),
+            candidate_ids=query.candidate_ids,
+            candidate_vectors=pack(query.candidate_vectors),
+            embedding_version=query.embedding_version,
+            top_k=query.top_k,
+        )
+        resp = relay_errors("rank", lambda: self.stub.Rank(request, timeout=timeout))
+        return RankResult([ScoredItem(i.id, i.score) for i in resp.items], resp.bundle_version)

@@ -1,0 +1,68 @@
+"""Gateway assembly: ``serve(...)`` starts a real server and returns it (port 0 ok).
+
+Loading means: read the user profiles (if a bundle is given) and wait until both
+downstream services answer their health checks as SERVING, so the gateway only reports
+SERVING when a Recommend can succeed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.clients import GrpcRank, GrpcRecall, open_channel
+from gateway.core import GatewayCore, ProfileStore
+from gateway.servicer import RecommendServicer
+from rank_service.server import SERVICE_NAME as RANK_SERVICE
+from recall_service.server import SERVICE_NAME as RECALL_SERVICE
+from recstack.config import GatewayOptions, ServerOptions
+from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
+DOWNSTREAM_WAIT_S = 300.0
+
+
+def wait_serving(channel: grpc.Channel, service: str, timeout: float) -> None:
+    """Poll grpc.health.v1 Check until ``service`` is SERVING; TimeoutError otherwise."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    end = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < end:
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        except grpc.RpcError as err:
+            last = err.code().name
+        time.sleep(0.2)
+    raise TimeoutError(f"{service} not SERVING after {timeout:.0f}s (last: {last})")
+
+
+def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
+    """Start the gateway; health turns SERVING when profiles are loaded and both
+    downstream services are SERVING."""
+    ref: CoreRef[GatewayCore] = CoreRef("gateway")
+    servicer = RecommendServicer(ref)
+    recall_channel = open_channel(options.recall_address, server)
+    rank_channel = open_channel(options.rank_address, server)
+
+    def load() -> None:
+        profiles = ProfileStore.from_bundle(options.bundle) if options.bundle else ProfileStore()
+        wait_serving(recall_channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
+        wait_serving(rank_channel, RANK_SERVICE, DOWNSTREAM_WAIT_S)
+        ref.set(GatewayCore(GrpcRecall(recall_channel), GrpcRank(rank_channel), profiles, options))
+
+    return start_server(
+        server,
+        [
+            ServiceSpec(
+                SERVICE_NAME,
+                lambda s: gateway_pb2_grpc.add_RecommendServiceServicer_to_server(servicer, s),
+            )
+        ],
+        load,
+    )

@@ -1,0 +1,45 @@
+"""Thin gRPC servicer: protobuf <-> domain objects, then the gateway core does the work."""
+
+from __future__ import annotations
+
+import grpc
+
+from gateway.core import GatewayCore
+from recstack.domain import RecommendQuery
+from recstack.server import CoreRef, deadline_of
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+
+
+class RecommendServicer(gateway_pb2_grpc.RecommendServiceServicer):
+    """recstack.v1.RecommendService over the gateway core."""
+
+    def __init__(self, core: CoreRef[GatewayCore]) -> None:
+        self.core = core
+
+    def Recommend(
+        self,
+        request: gateway_pb2.RecommendRequest,
+        context: grpc.ServicerContext,
+    ) -> gateway_pb2.RecommendResponse:
+        query = RecommendQuery(
+            user_id=request.user_id,
+            history_item_ids=tuple(request.history_item_ids),
+            query_text=request.query_text,
+            k=request.k,
+            include_seen=request.include_seen,
+            candidate_count=request.candidate_count,
+        )
+        result = self.core.get().recommend(query, deadline_of(context))
+        return gateway_pb2.RecommendResponse(
+            items=[
+                gateway_pb2.RecommendedItem(
+                    id=i.id, score=i.score, title=i.title, text=i.text, recall_score=i.recall_score
+                )
+                for i in result.items
+            ],
+            bundle_version=result.bundle_version,
+            history_length=result.history_length,
+            timings=[
+                gateway_pb2.StageTiming(stage=s, millis=ms) for s, ms in result.timings.items()
+            ],
+        )

@@ -1,0 +1,1 @@
+"""Rank service: stateless ONNX Runtime scoring of fused user-item vectors."""

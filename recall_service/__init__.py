@@ -1,0 +1,1 @@
+"""Recall service: HNSW nearest-neighbour lookups over item embeddings."""

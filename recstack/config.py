@@ -1,0 +1,165 @@
+"""Every server option, with its default, in one place.
+
+Each service builds its argparse CLI from these dataclasses (``add_arguments``) and reads
+them back (``from_args``), so a default is written once: here. Environment variables
+``RECSTACK_<FLAG>`` (e.g. ``RECSTACK_MAX_WORKERS``) override defaults, which is how the
+Kubernetes manifests configure pods; explicit command-line flags override both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from recstack.ort import DEVICES, SessionOptions
+
+MiB = 1 << 20
+T = TypeVar("T")
+
+# Well-known ports of the command-line entry points (tests bind port 0 instead).
+GATEWAY_PORT = 50050
+RECALL_PORT = 50051
+RANK_PORT = 50052
+
+
+def _env_default(name: str, default: Any) -> Any:
+    raw = os.environ.get("RECSTACK_" + name.upper())
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type[Any],
+    title: str,
+    overrides: dict[str, Any] | None = None,
+) -> None:
+    """Add one ``--flag`` per dataclass field; help text comes from ``metadata["help"]``.
+
+    ``overrides`` replaces a field's default for one service (e.g. its well-known port).
+    """
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = _env_default(f.name, (overrides or {}).get(f.name, f.default))
+        help_text = f.metadata.get("help", "") + " (default: %(default)s)"
+        if isinstance(f.default, bool):
+            group.add_argument(
+                flag,
+                dest=f.name,
+                default=default,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            kind = type(f.default) if f.default is not None else str
+            group.add_argument(
+                flag,
+                dest=f.name,
+                default=default,
+                type=kind,
+                choices=f.metadata.get("choices"),
+                help=help_text,
+            )
+
+
+def from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """Build ``cls`` from the parsed flags that ``add_arguments`` declared."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """gRPC server transport settings shared by all three services."""
+
+    host: str = _opt("127.0.0.1", "interface to bind; 0.0.0.0 in containers")
+    port: int = _opt(0, "port to bind; 0 picks a free port (reported in the log/port file)")
+    max_workers: int = _opt(8, "RPC handler threads")
+    max_concurrent_rpcs: int = _opt(64, "RPCs in flight before RESOURCE_EXHAUSTED")
+    max_message_bytes: int = _opt(16 * MiB, "max request/response message size")
+    keepalive_time_s: float = _opt(30.0, "ping idle client connections every N seconds")
+    keepalive_timeout_s: float = _opt(10.0, "close a connection whose ping is unanswered")
+    grace_seconds: float = _opt(10.0, "on SIGTERM, time in-flight RPCs get to finish")
+    port_file: str = _opt("", "write the bound port to this file once listening")
+    log_level: str = _opt("INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.so_reuseport", 0),
+        ]
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """ONNX Runtime settings for the encoder (recall) and the ranker (rank)."""
+
+    device: str = _opt("auto", "execution provider: auto, cpu or cuda", choices=list(DEVICES))
+    allow_cpu_fallback: bool = _opt(True, "with --device cuda, fall back to CPU if no GPU")
+    intra_op_threads: int = _opt(0, "ORT intra-op threads (0 = ORT default)")
+    inter_op_threads: int = _opt(1, "ORT inter-op threads")
+
+    def session_options(self, optimized_model_path: str | None = None) -> SessionOptions:
+        return SessionOptions(
+            self.device,
+            self.allow_cpu_fallback,
+            self.intra_op_threads,
+            self.inter_op_threads,
+            optimized_model_path,
+        )
+
+
+@dataclass(frozen=True)
+class RecallOptions:
+    """Recall service limits and index settings."""
+
+    bundle: str = _opt("bundles", "bundle directory, or a root with a CURRENT pointer")
+    max_k: int = _opt(1000, "largest k a Recall may ask for")
+    ef_search: int = _opt(0, "HNSW ef at query time (0 = the bundle's value)")
+    max_text_chars: int = _opt(2000, "longest query_text accepted")
+    max_history: int = _opt(200, "most history_item_ids accepted")
+    max_exclude: int = _opt(5000, "most exclude_ids accepted")
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """Rank service limits."""
+
+    bundle: str = _opt("bundles", "bundle directory, or a root with a CURRENT pointer")
+    max_candidates: int = _opt(2000, "most candidates one Rank may carry")
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """Gateway downstream addresses, defaults and limits."""
+
+    recall_address: str = _opt(f"127.0.0.1:{RECALL_PORT}", "recall service host:port")
+    rank_address: str = _opt(f"127.0.0.1:{RANK_PORT}", "rank service host:port")
+    bundle: str = _opt("", "bundle whose users/history.jsonl seeds user profiles (optional)")
+    default_k: int = _opt(10, "k when a request leaves it 0")
+    max_k: int = _opt(100, "largest k a Recommend may ask for")
+    default_candidates: int = _opt(100, "recall candidates ranked when a request leaves it 0")
+    max_candidates: int = _opt(1000, "largest candidate_count a Recommend may ask for")
+    default_timeout_s: float = _opt(2.0, "deadline used when the caller sets none")
+    recall_share: float = _opt(0.6, "fraction of the remaining deadline given to recall")
+    max_history: int = _opt(200, "most history_item_ids accepted")

@@ -1,0 +1,252 @@
+"""gRPC server bootstrap shared by the recall, rank and gateway services.
+
+``start_server`` binds (port 0 = a free port, returned), registers the services, the
+``grpc.health.v1`` servicer (Check and Watch) and server reflection, installs the error
+interceptor, and loads the bundle in a background thread. Health stays NOT_SERVING until
+that load (checksums + self-check) has succeeded, and goes NOT_SERVING again on drain.
+
+``serve_forever`` is the command-line lifecycle: wait for the load, then run until SIGTERM
+or SIGINT, drain (health NOT_SERVING at once, no new RPCs, in-flight RPCs finish within
+``grace_seconds``) and return the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recstack import logs
+from recstack.config import ServerOptions, add_arguments, from_args
+from recstack.deadline import Deadline
+from recstack.errors import BundleError, ErrorKind, RecstackError, Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The one mapping from domain error kinds to gRPC status codes (and back, for relaying a
+# downstream service's error to our caller).
+STATUS_FOR_KIND: dict[ErrorKind, grpc.StatusCode] = {k: grpc.StatusCode[k.value] for k in ErrorKind}
+KIND_FOR_STATUS: dict[grpc.StatusCode, ErrorKind] = {v: k for k, v in STATUS_FOR_KIND.items()}
+FIELD_METADATA_KEY = "recstack-field"
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Turn domain errors raised by servicers/cores into status codes naming the field.
+
+    Anything else is a bug: it is logged with its traceback and answered INTERNAL, and the
+    server keeps serving.
+    """
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method
+
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return inner(request, context)
+            except RecstackError as exc:
+                if exc.field:
+                    context.set_trailing_metadata(((FIELD_METADATA_KEY, exc.field),))
+                context.abort(STATUS_FOR_KIND[exc.kind], str(exc))
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (logged)")
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def deadline_of(context: grpc.ServicerContext) -> Deadline:
+    """The caller's deadline as a transport-free Deadline (none if the caller set none)."""
+    return Deadline.after(context.time_remaining())
+
+
+class CoreRef(Generic[T]):
+    """The core a servicer delegates to; empty until the bundle has loaded.
+
+    Replacing the reference is a single attribute store, so a request sees either the old
+    or the new core, never a mix (the basis for hot swap).
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._core: T | None = None
+
+    def set(self, core: T) -> None:
+        self._core = core
+
+    def get(self) -> T:
+        core = self._core
+        if core is None:
+            raise Unavailable(f"{self._what} is still loading its bundle")
+        return core
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A gRPC service to host: its full name (health/reflection) and how to register it."""
+
+    name: str
+    register: Callable[[grpc.Server], None]
+
+
+class RunningServer:
+    """A started server: its bound port, readiness and shutdown."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        names: Sequence[str],
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self.names = list(names)
+        self._loaded = threading.Event()
+        self.load_error: BaseException | None = None
+
+    def _set_health(self, status: int) -> None:
+        for name in ["", *self.names]:
+            self.health.set(name, status)
+
+    def _load(self, load: Callable[[], None]) -> None:
+        try:
+            load()
+        except BaseException as exc:
+            self.load_error = exc
+            log.error("bundle load failed: %s", exc, exc_info=not isinstance(exc, RecstackError))
+        else:
+            self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("serving", extra={"port": self.port, "services": self.names})
+        finally:
+            self._loaded.set()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the bundle is loaded; re-raise its load error; TimeoutError if slow."""
+        if not self._loaded.wait(timeout):
+            raise TimeoutError(f"server on port {self.port} not ready after {timeout}s")
+        if self.load_error is not None:
+            raise self.load_error
+
+    def drain(self) -> None:
+        """Report NOT_SERVING to every health check and watcher (first step of shutdown)."""
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain, refuse new RPCs, give in-flight ones ``grace`` seconds, then close."""
+        self.drain()
+        self.server.stop(grace).wait()
+
+
+def start_server(
+    options: ServerOptions, services: Sequence[ServiceSpec], load: Callable[[], None]
+) -> RunningServer:
+    """Bind, register and start; ``load`` runs in the background and gates health."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
+        interceptors=[ErrorMappingInterceptor()],
+        options=options.grpc_options(),
+        maximum_concurrent_rpcs=options.max_concurrent_rpcs,
+    )
+    for spec in services:
+        spec.register(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.name for s in services]
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    address = f"{options.host}:{options.port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    running = RunningServer(server, port, health_servicer, names)
+    running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.start()
+    log.info("listening", extra={"address": f"{options.host}:{port}"})
+    if options.port_file:
+        _write_atomic(Path(options.port_file), f"{port}\n")
+    threading.Thread(target=running._load, args=(load,), name="bundle-load", daemon=True).start()
+    return running
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def serve_forever(running: RunningServer, options: ServerOptions) -> int:
+    """Run until SIGTERM/SIGINT, then drain and stop within the grace period; exit status."""
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not running._loaded.wait(0.2):
+        if stop.is_set():
+            break
+    if running.load_error is not None:
+        running.server.stop(0)
+        return 3
+    while not stop.wait(0.5):
+        pass
+    log.info(
+        "draining",
+        extra={"signal": received[0] if received else None, "grace_seconds": options.grace_seconds},
+    )
+    running.stop(options.grace_seconds)
+    log.info("stopped")
+    return 0
+
+
+def cli_main(
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    default_port: int,
+    groups: Sequence[tuple[type[Any], str]],
+    serve: Callable[..., RunningServer],
+) -> int:
+    """Shared command-line entry: flags from the option dataclasses, JSON logs, lifecycle.
+
+    ``serve`` is called as ``serve(server_options, *group_options)`` in ``groups`` order.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, ServerOptions, "server", {"port": default_port})
+    for cls, title in groups:
+        add_arguments(parser, cls, title)
+    args = parser.parse_args(argv)
+    server_options = from_args(ServerOptions, args)
+    logs.configure(server_options.log_level, prog)
+    try:
+        running = serve(server_options, *(from_args(cls, args) for cls, _ in groups))
+    except (OSError, BundleError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    return serve_forever(running, server_options)

