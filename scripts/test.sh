@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): install, check generated code and protos, lint,
+# type-check, then run unit, integration and process tests. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/bootstrap.sh train,dev
+echo "==> generated stubs match protos/"
+python scripts/gen_protos.py --check
+echo "==> buf lint"
+scripts/buf.sh lint
+echo "==> ruff check / ruff format --check"
+ruff check .
+ruff format --check .
+echo "==> mypy"
+mypy
+echo "==> pytest"
+python -m pytest "$@"

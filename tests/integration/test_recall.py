@@ -1,0 +1,118 @@
+"""Recall service over a real server on a free port, against the tiny trained bundle."""
+
+import grpc
+import numpy as np
+import pytest
+
+from recstack.encoder import TextEncoder
+from recstack.ort import SessionOptions
+from recstack.v1 import recall_pb2, recall_pb2_grpc
+from recstack.vectors import pack, unpack_rows, unpack_vector
+from tests.conftest import channel_to
+
+
+@pytest.fixture(scope="module")
+def stub(recall_server):
+    return recall_pb2_grpc.RecallServiceStub(channel_to(recall_server))
+
+
+@pytest.fixture(scope="module")
+def catalog(bundle):
+    return [i.id for i in bundle.iter_catalog()], bundle.load_vectors()
+
+
+def test_own_vector_recalls_item_first(stub, catalog, bundle):
+    ids, vectors = catalog
+    for label in range(0, len(ids), max(1, len(ids) // 10)):
+        resp = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vectors[label]), k=5))
+        assert resp.candidates[0].id == ids[label]
+        assert resp.candidates[0].score == pytest.approx(1.0, abs=1e-4)
+        assert resp.bundle_version == bundle.version
+        np.testing.assert_allclose(
+            unpack_vector(resp.candidates[0].vector, bundle.dim, "v"), vectors[label], atol=1e-6
+        )
+
+
+def test_excluded_ids_never_appear_and_k_is_kept(stub, catalog):
+    _, vectors = catalog
+    query = pack(vectors[0])
+    first = stub.Recall(recall_pb2.RecallRequest(query_vector=query, k=10))
+    excluded = [c.id for c in first.candidates[:7]] + ["not-an-item"]
+    resp = stub.Recall(recall_pb2.RecallRequest(query_vector=query, k=10, exclude_ids=excluded))
+    got = [c.id for c in resp.candidates]
+    assert len(got) == 10 and len(set(got)) == 10
+    assert not set(got) & set(excluded)
+
+
+def test_text_and_history_queries(stub, bundle, catalog):
+    ids, _ = catalog
+    by_text = stub.Recall(recall_pb2.RecallRequest(query_text="something to watch", k=8))
+    scores = [c.score for c in by_text.candidates]
+    assert len(scores) == 8 and scores == sorted(scores, reverse=True)
+    qv = unpack_vector(by_text.query_vector, by_text.dim, "q")
+    assert np.linalg.norm(qv) == pytest.approx(1.0, abs=1e-4)
+
+    history = ids[:3]
+    resp = stub.Recall(recall_pb2.RecallRequest(history_item_ids=history, k=5, exclude_ids=history))
+    assert len(resp.candidates) == 5 and not {c.id for c in resp.candidates} & set(history)
+    # The served user vector is the bundle's encoder on the bundle's user-text template.
+    titles = {i.id: i.display_title for i in bundle.iter_catalog()}
+    expected = TextEncoder(bundle, SessionOptions(device="cpu")).encode(
+        [bundle.user_text.build([titles[i] for i in history])]
+    )[0]
+    np.testing.assert_allclose(
+        unpack_vector(resp.query_vector, bundle.dim, "q"), expected, atol=1e-5
+    )
+
+
+def test_omit_vectors(stub):
+    resp = stub.Recall(recall_pb2.RecallRequest(query_text="x", k=3, omit_vectors=True))
+    assert len(resp.candidates) == 3 and all(c.vector == b"" for c in resp.candidates)
+
+
+def test_k_larger_than_catalog_returns_everything(stub, catalog):
+    ids, _ = catalog
+    resp = stub.Recall(recall_pb2.RecallRequest(query_text="x", k=len(ids) + 5))
+    assert sorted(c.id for c in resp.candidates) == sorted(ids)
+    assert unpack_rows(b"".join(c.vector for c in resp.candidates), len(ids), 384, "v").shape
+
+
+def bad_requests(dim):
+    nan = np.zeros(dim, dtype=np.float32)
+    nan[3] = np.nan
+    return [
+        (dict(query_vector=pack(np.ones(dim - 1)), k=5), "INVALID_ARGUMENT", "query_vector"),
+        (dict(query_vector=pack(nan), k=5), "INVALID_ARGUMENT", "query_vector"),
+        (dict(query_vector=pack(np.zeros(dim)), k=5), "INVALID_ARGUMENT", "query_vector"),
+        (dict(query_text="x", k=0), "INVALID_ARGUMENT", "k"),
+        (dict(query_text="x", k=-3), "INVALID_ARGUMENT", "k"),
+        (dict(query_text="x", k=10**6), "RESOURCE_EXHAUSTED", "k"),
+        (dict(history_item_ids=["no-such-item"], k=5), "INVALID_ARGUMENT", "history_item_ids"),
+        (dict(k=5), "INVALID_ARGUMENT", "query_text|history_item_ids|query_vector"),
+        (dict(), "INVALID_ARGUMENT", "k"),
+        (dict(query_text="x" * 5000, k=5), "INVALID_ARGUMENT", "query_text"),
+        (
+            dict(query_text="x", query_vector=pack(np.ones(dim)), k=5),
+            "INVALID_ARGUMENT",
+            "query_vector",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_bad_input_names_the_field_and_server_keeps_serving(stub, bundle, case):
+    fields, code, field = bad_requests(bundle.dim)[case]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recall(recall_pb2.RecallRequest(**fields))
+    assert err.value.code() == grpc.StatusCode[code]
+    assert field in err.value.details()
+    assert ("recstack-field", field) in err.value.trailing_metadata()
+    assert len(stub.Recall(recall_pb2.RecallRequest(query_text="ok", k=2)).candidates) == 2
+
+
+def test_get_info(stub, bundle):
+    info = stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest())
+    assert info.bundle_version == bundle.version and info.dim == bundle.dim
+    assert info.item_count == bundle.manifest["items"]["count"]
+    assert info.encoder_provider == "CPUExecutionProvider"
+    assert info.hnsw_m == bundle.manifest["index"]["M"]

@@ -1,0 +1,112 @@
+"""Gateway orchestration against in-process backends (the real ones run in integration)."""
+
+import numpy as np
+import pytest
+
+from gateway.core import GatewayCore, ProfileStore
+from recstack.config import GatewayOptions
+from recstack.deadline import Deadline
+from recstack.domain import (
+    RankQuery,
+    RankResult,
+    RecallCandidate,
+    RecallQuery,
+    RecallResult,
+    RecommendQuery,
+    ScoredItem,
+)
+from recstack.errors import InvalidArgument, NotFound, ResourceExhausted
+
+DIM = 4
+VECTORS = {f"i{n}": np.eye(DIM, dtype=np.float32)[n % DIM] * (1 + n) for n in range(12)}
+
+
+class Catalog:
+    """Recall = all items not excluded, by id order; rank = dot product, highest first."""
+
+    def __init__(self):
+        self.recalls: list[tuple[RecallQuery, float | None]] = []
+        self.ranks: list[tuple[RankQuery, float | None]] = []
+
+    def recall(self, query, timeout):
+        self.recalls.append((query, timeout))
+        ids = [i for i in VECTORS if i not in query.exclude_ids][: query.k]
+        return RecallResult(
+            [RecallCandidate(i, 1.0, VECTORS[i], f"T{i}", f"text {i}") for i in ids],
+            np.ones(DIM, dtype=np.float32),
+            "v1",
+        )
+
+    def rank(self, query, timeout):
+        self.ranks.append((query, timeout))
+        scores = query.candidate_vectors @ query.user_vector
+        order = np.argsort(-scores, kind="stable")[: query.top_k or None]
+        return RankResult(
+            [ScoredItem(query.candidate_ids[i], float(scores[i])) for i in order], "v1"
+        )
+
+
+@pytest.fixture
+def setup():
+    backend = Catalog()
+    profiles = ProfileStore([("u1", ["i11", "i10"])])
+    core = GatewayCore(backend, backend, profiles, GatewayOptions(default_k=3, max_k=5))
+    return core, backend
+
+
+def test_recommend_excludes_seen_and_ranks(setup):
+    core, backend = setup
+    result = core.recommend(RecommendQuery(user_id="u1"), Deadline.after(5))
+    ids = [i.id for i in result.items]
+    assert len(ids) == 3 and len(set(ids)) == 3
+    assert not {"i11", "i10"} & set(ids)
+    assert ids == ["i9", "i8", "i7"]  # highest dot product among the unseen
+    assert result.items[0].title == "Ti9"
+    assert result.history_length == 2
+    assert set(result.timings) == {"recall", "rank", "total"}
+    query, timeout = backend.recalls[0]
+    assert query.exclude_ids == ("i11", "i10") and query.history_item_ids == ("i11", "i10")
+    assert timeout is not None and timeout <= 5 * 0.6 + 1e-6
+    assert backend.ranks[0][0].embedding_version == "v1"
+
+
+def test_explicit_history_comes_first_and_include_seen(setup):
+    core, backend = setup
+    core.recommend(
+        RecommendQuery(user_id="u1", history_item_ids=("i3", "i10"), include_seen=True),
+        Deadline.none(),
+    )
+    query, timeout = backend.recalls[0]
+    assert query.history_item_ids == ("i3", "i10", "i11")
+    assert query.exclude_ids == ()
+    assert timeout is not None  # the default deadline applies when the caller sets none
+
+
+@pytest.mark.parametrize(
+    ("query", "error", "field"),
+    [
+        (RecommendQuery(), InvalidArgument, "user_id|history_item_ids|query_text"),
+        (RecommendQuery(query_text="x", k=-1), InvalidArgument, "k"),
+        (RecommendQuery(query_text="x", k=6), ResourceExhausted, "k"),
+        (
+            RecommendQuery(query_text="x", k=4, candidate_count=2),
+            InvalidArgument,
+            "candidate_count",
+        ),
+        (RecommendQuery(user_id="nobody"), NotFound, "user_id"),
+    ],
+)
+def test_bad_requests_name_the_field(setup, query, error, field):
+    core, backend = setup
+    with pytest.raises(error) as err:
+        core.recommend(query, Deadline.after(5))
+    assert err.value.field == field
+    assert not backend.recalls
+
+
+def test_unknown_user_with_query_is_cold_start(setup):
+    core, _ = setup
+    result = core.recommend(
+        RecommendQuery(user_id="new", query_text="jazz", k=2), Deadline.after(5)
+    )
+    assert len(result.items) == 2 and result.history_length == 0
