@@ -161,14 +161,17 @@ def _loss_plot(path: Path, two_tower: list[float], ranker: list[float]) -> None:
     plt.close(fig)
 
 
-def build_bundle(data_dir: Path, out_root: Path, profile: str = "quick", *,
+def build_bundle(data_dir: Path, out_root: Path, profile: str | Profile = "quick", *,
                  version: str | None = None, seed: int = 0, progress: bool = True,
                  dataset_name: str | None = None) -> Path:
     """Train, export, index, evaluate and publish a bundle; returns its directory."""
-    if profile not in PROFILES:
+    if isinstance(profile, Profile):
+        prof = profile
+    elif profile in PROFILES:
+        prof = PROFILES[profile]
+    else:
         raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
-    prof = PROFILES[profile]
-    version = version or default_version(profile)
+    version = version or default_version(prof.name)
     if not version or "/" in version or version.startswith("."):
         raise ValueError(f"invalid version name {version!r}")
     out_root = Path(out_root)
