@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from recstack import metrics
 from recstack.bundle import Bundle
 from recstack.config import GatewayOptions
 from recstack.deadline import Deadline
@@ -169,4 +170,6 @@ class GatewayCore:
                 c = by_id[s.id]
                 items.append(RecommendedItem(s.id, s.score, c.title, c.text, c.score))
         timings["total"] = (time.perf_counter() - started) * 1000
+        for stage, millis in timings.items():
+            metrics.STAGE_LATENCY.labels(stage).observe(millis / 1000)
         return RecommendResult(items, recalled.bundle_version, len(history), timings)

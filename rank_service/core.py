@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 
+from recstack import metrics
 from recstack.bundle import Bundle
 from recstack.config import RankOptions
 from recstack.deadline import Deadline
@@ -111,4 +112,5 @@ def load_core(options: RankOptions, ort: SessionOptions) -> RankCore:
     """Open and verify the bundle, build the core, self-check it."""
     core = RankCore(Bundle.open(options.bundle), options, ort)
     core.self_check()
+    metrics.BUNDLE_INFO.labels("rank", core.version, core.provider).set(1)
     return core

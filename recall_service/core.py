@@ -17,6 +17,7 @@ import threading
 import hnswlib
 import numpy as np
 
+from recstack import metrics
 from recstack.bundle import Bundle, CatalogItem
 from recstack.config import RecallOptions
 from recstack.deadline import Deadline
@@ -203,4 +204,6 @@ def load_core(options: RecallOptions, ort: SessionOptions) -> RecallCore:
     """Open and verify the bundle, build the core, self-check it."""
     core = RecallCore(Bundle.open(options.bundle), options, ort)
     core.self_check()
+    metrics.BUNDLE_INFO.labels("recall", core.version, core.encoder.provider).set(1)
+    metrics.INDEX_ITEMS.set(len(core.items))
     return core

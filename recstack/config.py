@@ -96,6 +96,7 @@ class ServerOptions:
     keepalive_timeout_s: float = _opt(10.0, "close a connection whose ping is unanswered")
     grace_seconds: float = _opt(10.0, "on SIGTERM, time in-flight RPCs get to finish")
     port_file: str = _opt("", "write the bound port to this file once listening")
+    metrics_port: int = _opt(0, "HTTP port serving Prometheus /metrics (0 = off)")
     log_level: str = _opt("INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     def grpc_options(self) -> list[tuple[str, Any]]:

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recstack import logs
+from recstack import logs, metrics
 from recstack.config import ServerOptions, add_arguments, from_args
 from recstack.deadline import Deadline
 from recstack.errors import BundleError, ErrorKind, RecstackError, Unavailable
@@ -46,7 +47,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Turn domain errors raised by servicers/cores into status codes naming the field.
 
     Anything else is a bug: it is logged with its traceback and answered INTERNAL, and the
-    server keeps serving.
+    server keeps serving. Every unary RPC is counted and timed here (per method and code).
     """
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
@@ -57,15 +58,22 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         method = details.method
 
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            code = grpc.StatusCode.OK
+            started = time.perf_counter()
             try:
                 return inner(request, context)
             except RecstackError as exc:
+                code = STATUS_FOR_KIND[exc.kind]
                 if exc.field:
                     context.set_trailing_metadata(((FIELD_METADATA_KEY, exc.field),))
-                context.abort(STATUS_FOR_KIND[exc.kind], str(exc))
+                context.abort(code, str(exc))
             except Exception:
+                code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s", method)
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (logged)")
+                context.abort(code, f"internal error in {method} (logged)")
+            finally:
+                metrics.RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+                metrics.RPC_REQUESTS.labels(method, code.name).inc()
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
@@ -122,6 +130,7 @@ class RunningServer:
         self.port = port
         self.health = health_servicer
         self.names = list(names)
+        self.metrics_port = 0
         self._loaded = threading.Event()
         self.load_error: BaseException | None = None
 
@@ -181,6 +190,7 @@ def start_server(
     if port == 0:
         raise OSError(f"cannot bind {address}")
     running = RunningServer(server, port, health_servicer, names)
+    running.metrics_port = metrics.start_metrics_server(options.metrics_port, options.host)
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     log.info("listening", extra={"address": f"{options.host}:{port}"})

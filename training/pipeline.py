@@ -94,9 +94,9 @@ class _Timer:
         self.progress = progress
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, what: str = "") -> Iterator[None]:
         if self.progress:
-            print(f"[build] {name} ...", flush=True)
+            print(f"[build] {name}{f' ({what})' if what else ''} ...", flush=True)
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 2)
@@ -207,12 +207,12 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
     spec = UserTextSpec()
     started = time.perf_counter()
 
-    with timer.stage("load data"):
+    with timer.stage("load_data"):
         dataset = load_dataset(data_dir, name=dataset_name)
         split = leave_last_out(dataset)
         pairs = build_pairs(dataset, split, spec, prof.max_pairs_per_user)
 
-    with timer.stage(f"fine-tune encoder ({prof.steps} steps x {prof.batch_size})"):
+    with timer.stage("fine_tune", f"{prof.steps} steps x {prof.batch_size} pairs"):
         tt_config = TwoTowerConfig(
             steps=prof.steps, batch_size=prof.batch_size, lr=prof.lr,
             temperature=prof.temperature, max_length=prof.max_length,
@@ -225,7 +225,7 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
         "output": "last_hidden_state",
     }
     ort_options = SessionOptions(device="cpu", intra_op_threads=os.cpu_count() or 1)
-    with timer.stage("export encoder (optimum) + parity"):
+    with timer.stage("export_encoder", "optimum ONNX export + parity check"):
         export_encoder(tt.model, tt.tokenizer, work / "encoder")
         encoder = TextEncoder(_staging_bundle(work, version, encoder_spec), ort_options)
         sample = [it.text for it in dataset.items[: prof.parity_texts // 2]]
@@ -233,7 +233,7 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
         encoder_diff = check_encoder_parity(tt.model, tt.tokenizer, encoder, sample,
                                             prof.max_length)
 
-    with timer.stage(f"encode catalog ({len(dataset.items)} items, serving encoder)"):
+    with timer.stage("encode_catalog", f"{len(dataset.items)} items, serving encoder"):
         texts = [it.text for it in dataset.items]
         item_vecs = np.concatenate(
             [encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
@@ -244,7 +244,7 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
                      [{"id": it.id, "title": it.title, "text": it.text,
                        "metadata": it.metadata} for it in dataset.items])
 
-    with timer.stage("build HNSW index"):
+    with timer.stage("build_index", "HNSW"):
         index = hnswlib.Index(space="ip", dim=DIM)
         index.init_index(max_elements=len(item_vecs), M=HNSW_M,
                          ef_construction=HNSW_EF_CONSTRUCTION, random_seed=seed)
@@ -256,7 +256,7 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
         (work / "index").mkdir()
         index.save_index(str(work / "index" / "hnsw.bin"))
 
-    with timer.stage("train ranker + export + parity"):
+    with timer.stage("ranker", "train + ONNX export + parity check"):
         seed_everything(seed)
         r_texts, r_pos = _ranker_examples(dataset, split, spec, prof.ranker_positions_per_user)
         positives = np.asarray(r_pos, dtype=np.int64)
@@ -270,7 +270,7 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
         ranker_path = export_ranker(rk.model, work / "ranker" / "model.onnx", DIM)
         ranker_diff = check_ranker_parity(rk.model, ranker_path, DIM, seed=seed)
 
-    with timer.stage("evaluate (ONNX encoder + HNSW + ONNX ranker)"):
+    with timer.stage("evaluate", "ONNX encoder + HNSW + ONNX ranker"):
         ranker_session, _ = create_session(ranker_path, ort_options)
         full_metrics = evaluate(dataset, split, spec, encoder, index, item_vecs,
                                 ranker_session, k=EVAL_K, rerank_n=RERANK_N,
