@@ -41,6 +41,7 @@ T = TypeVar("T")
 STATUS_FOR_KIND: dict[ErrorKind, grpc.StatusCode] = {k: grpc.StatusCode[k.value] for k in ErrorKind}
 KIND_FOR_STATUS: dict[grpc.StatusCode, ErrorKind] = {v: k for k, v in STATUS_FOR_KIND.items()}
 FIELD_METADATA_KEY = "recstack-field"
+NO_DEADLINE_S = 365 * 24 * 3600.0
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -83,8 +84,15 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 def deadline_of(context: grpc.ServicerContext) -> Deadline:
-    """The caller's deadline as a transport-free Deadline (none if the caller set none)."""
-    return Deadline.after(context.time_remaining())
+    """The caller's deadline as a transport-free Deadline (none if the caller set none).
+
+    grpc reports "no deadline" as an enormous remaining time rather than None; passing a
+    share of that downstream would overflow the next call's deadline, so it becomes None.
+    """
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE_S:
+        return Deadline.none()
+    return Deadline.after(remaining)
 
 
 class CoreRef(Generic[T]):

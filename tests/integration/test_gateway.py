@@ -23,7 +23,7 @@ def test_recommend_by_user_returns_k_distinct_unseen(stub, bundle, user):
     ids = [i.id for i in resp.items]
     assert len(ids) == 5 and len(set(ids)) == 5
     assert not set(ids) & set(history)
-    assert resp.history_length == len(history)
+    assert resp.history_length == len(set(history))
     assert resp.bundle_version == bundle.version
     scores = [i.score for i in resp.items]
     assert scores == sorted(scores, reverse=True)
