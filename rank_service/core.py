@@ -1,50 +1,136 @@
 """Rank core: score candidates for one user with the bundle's ONNX ranker (no grpc here).
 
-The ranker graph takes ``user`` [N, dim] and ``item`` [N, dim] float32 and returns
-``score`` [N]; the user-item fusion (concat, product, |difference|) lives inside the graph,
-so the service only tiles the user vector. Stateless: everything needed arrives in the
-request, and a request's embedding version must equal the ranker's bundle version
-(invariant 2: never score vectors from another embedding space).
+The ranker graph takes ``user`` [N, dim] and ``item`` [N, dim] float32 (plus ``features``
+[N, F] when the manifest's ranker section declares ``side_features``) and returns ``score``
+[N]; the user-item fusion (concat, product, |difference|) lives inside the graph, so the
+service only tiles the user vector. Stateless: everything needed arrives in the request,
+and a request's embedding version must equal the ranker's bundle version (invariant 2:
+never score vectors from another embedding space).
+
+Each row is scored independently, which is what makes dynamic batching exact: concurrent
+requests' rows are concatenated into one ORT run by ``rank_service.batcher`` and split back.
+
+Lifecycle for hot swap: a core counts the requests inside ``rank``; ``retire`` (called
+after a newer core has been published through ``CoreRef.set``) refuses new entries, waits
+for the in-flight ones to finish on this core, then stops its batcher. A request that
+fetched this core just before the swap but entered after ``retire`` gets ``CoreRetired``
+and the servicer retries on the new core.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
 import numpy as np
 
+from rank_service.batcher import Batcher, BeforeRunHook
+from rank_service.mmr import mmr_order
+from rank_service.runner import RankerRunner
 from recstack import metrics
 from recstack.bundle import Bundle
 from recstack.config import RankOptions
 from recstack.deadline import Deadline
 from recstack.domain import RankInfo, RankQuery, RankResult, ScoredItem
-from recstack.errors import BundleError, FailedPrecondition, InvalidArgument, ResourceExhausted
-from recstack.ort import SessionOptions, create_session
+from recstack.errors import (
+    BundleError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from recstack.ort import CUDA, SessionOptions, create_session
 from recstack.vectors import F32Array
 
 log = logging.getLogger(__name__)
+
+DEFAULT_FEATURES_INPUT = "features"
+
+
+class CoreRetired(Unavailable):
+    """This core was replaced by a hot swap; retry on the current one (UNAVAILABLE if not)."""
 
 
 class RankCore:
     """Serves one bundle version's ranker."""
 
-    def __init__(self, bundle: Bundle, options: RankOptions, ort: SessionOptions) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        options: RankOptions,
+        ort: SessionOptions,
+        *,
+        before_batch: BeforeRunHook | None = None,
+    ) -> None:
         self.version = bundle.version
         self.dim = bundle.dim
+        self.root = bundle.root
         self.options = options
         spec = bundle.section("ranker")
         self.user_input, self.item_input = spec["inputs"]
         self.output = spec["output"]
-        self.session, self.provider = create_session(bundle.path(spec["model"]), ort)
-        names = {i.name for i in self.session.get_inputs()}
-        if names != {self.user_input, self.item_input}:
-            raise BundleError(
-                f"bundle {self.version}: ranker inputs {sorted(names)}, "
-                f"manifest says {spec['inputs']}"
+        self.side_features: tuple[str, ...] = tuple(str(f) for f in spec.get("side_features", []))
+        self.features_input = str(spec.get("features_input", DEFAULT_FEATURES_INPUT))
+        self.requested_device = ort.device
+        session, self.provider = create_session(bundle.path(spec["model"]), ort)
+        self._check_inputs(session, spec)
+        use_binding = options.io_binding and self.provider == CUDA
+        self.runner = RankerRunner(session, self.provider, self.output, io_binding=use_binding)
+        self.batcher: Batcher | None = None
+        if options.batching:
+            self.batcher = Batcher(
+                self._run_merged,
+                max_batch_rows=options.max_batch_rows,
+                max_queue_delay_s=options.max_queue_delay_ms / 1000.0,
+                max_queue_requests=options.max_queue_requests,
+                before_run=before_batch,
+                name=f"rank-batcher-{self.version}",
             )
+        # In-flight accounting for hot swap; guarded by _state (see module docstring).
+        self._state = threading.Condition()
+        self._inflight = 0
+        self._retired = False
+        log.info(
+            "ranker ready",
+            extra={
+                "version": self.version,
+                "provider": self.provider,
+                "requested_device": ort.device,
+                "io_binding": use_binding,
+                "pinned_buffers": self.runner.pinned,
+                "batching": options.batching,
+                "max_batch_rows": options.max_batch_rows,
+                "max_queue_delay_ms": options.max_queue_delay_ms,
+                "side_features": list(self.side_features),
+            },
+        )
 
-    def validate(self, q: RankQuery) -> None:
-        """Reject malformed queries with the offending field named."""
+    @property
+    def feature_count(self) -> int:
+        return len(self.side_features)
+
+    def _check_inputs(self, session: Any, spec: dict[str, Any]) -> None:
+        inputs = {i.name: i for i in session.get_inputs()}
+        want = {self.user_input, self.item_input}
+        if self.side_features:
+            want.add(self.features_input)
+        if set(inputs) != want:
+            raise BundleError(
+                f"bundle {self.version}: ranker inputs {sorted(inputs)}, manifest says "
+                f"{spec['inputs']} with side_features {list(self.side_features)}"
+            )
+        if self.side_features:
+            shape = inputs[self.features_input].shape
+            width = shape[-1] if len(shape) == 2 else None
+            if isinstance(width, int) and width != self.feature_count:
+                raise BundleError(
+                    f"bundle {self.version}: ranker input {self.features_input!r} has width "
+                    f"{width}, manifest declares {self.feature_count} side features"
+                )
+
+    def validate(self, q: RankQuery) -> F32Array | None:
+        """Reject malformed queries with the offending field named; returns [N, F] features."""
         if not q.embedding_version:
             raise InvalidArgument(
                 "required (the bundle version the vectors came from)", field="embedding_version"
@@ -67,50 +153,169 @@ class RankCore:
             raise InvalidArgument("ids must be distinct", field="candidate_ids")
         if q.top_k < 0:
             raise InvalidArgument(f"must be >= 0 (0 = all), got {q.top_k}", field="top_k")
+        if not (np.isfinite(q.diversity_lambda) and 0.0 <= q.diversity_lambda <= 1.0):
+            raise InvalidArgument(
+                f"must be in [0, 1] (0 = off), got {q.diversity_lambda}", field="diversity_lambda"
+            )
         if q.user_vector.shape != (self.dim,):
             raise InvalidArgument(f"expected {self.dim} dims", field="user_vector")
         if q.candidate_vectors.shape != (n, self.dim):
             raise InvalidArgument(f"expected {n} x {self.dim} values", field="candidate_vectors")
+        return self._features(q.candidate_features, n)
 
-    def scores(self, user: F32Array, items: F32Array) -> F32Array:
-        """Raw ranker scores for rows of ``items`` against one user vector."""
-        users = np.broadcast_to(user, items.shape)
-        out = self.session.run(
-            [self.output], {self.user_input: np.ascontiguousarray(users), self.item_input: items}
-        )[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+    def _features(self, flat: F32Array | None, n: int) -> F32Array | None:
+        f = self.feature_count
+        sent = flat is not None and flat.size > 0
+        if not f:
+            if sent:
+                raise InvalidArgument(
+                    f"this ranker (bundle {self.version}) declares no side features; send none",
+                    field="candidate_features",
+                )
+            return None
+        if flat is None or not sent:
+            raise InvalidArgument(
+                f"required: {n} x {f} float32 values ({', '.join(self.side_features)})",
+                field="candidate_features",
+            )
+        if flat.size != n * f:
+            raise InvalidArgument(
+                f"expected {n} x {f} = {n * f} float32 values "
+                f"({', '.join(self.side_features)}), got {flat.size}",
+                field="candidate_features",
+            )
+        if not np.isfinite(flat).all():
+            raise InvalidArgument("contains NaN or infinite values", field="candidate_features")
+        return np.ascontiguousarray(flat, dtype=np.float32).reshape(n, f)
+
+    def _feeds(self, inputs: tuple[F32Array, ...]) -> dict[str, F32Array]:
+        feeds = {self.user_input: inputs[0], self.item_input: inputs[1]}
+        if self.side_features:
+            feeds[self.features_input] = inputs[2]
+        return feeds
+
+    def _run_merged(self, inputs: tuple[F32Array, ...]) -> F32Array:
+        return self.runner.run(self._feeds(inputs))
+
+    def scores(self, user: F32Array, items: F32Array, features: F32Array | None = None) -> F32Array:
+        """Raw ranker scores for rows of ``items`` against one user vector (direct run)."""
+        return self.runner.run(self._feeds(self._rows(user, items, features)))
+
+    def _rows(
+        self, user: F32Array, items: F32Array, features: F32Array | None
+    ) -> tuple[F32Array, ...]:
+        users = np.ascontiguousarray(np.broadcast_to(user, items.shape), dtype=np.float32)
+        rows: tuple[F32Array, ...] = (users, np.ascontiguousarray(items, dtype=np.float32))
+        if self.side_features:
+            if features is None:
+                features = np.zeros((items.shape[0], self.feature_count), dtype=np.float32)
+            rows += (features,)
+        return rows
 
     def rank(self, q: RankQuery, deadline: Deadline) -> RankResult:
-        """Candidates by descending score (ties keep request order), cut to ``top_k``."""
-        self.validate(q)
+        """Candidates by descending score (ties keep request order) or MMR order, cut to top_k."""
+        with self._state:
+            if self._retired:
+                raise CoreRetired(f"ranker {self.version} was replaced; retry")
+            self._inflight += 1
+        try:
+            return self._rank(q, deadline)
+        finally:
+            with self._state:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._state.notify_all()
+
+    def _rank(self, q: RankQuery, deadline: Deadline) -> RankResult:
+        features = self.validate(q)
         deadline.check("ranking")
-        scores = self.scores(q.user_vector, q.candidate_vectors)
-        order = np.argsort(-scores, kind="stable")
-        if q.top_k:
-            order = order[: q.top_k]
+        rows = self._rows(q.user_vector, q.candidate_vectors, features)
+        if self.batcher is not None:
+            scores = self.batcher.submit(rows, deadline)
+        else:
+            scores = self.runner.run(self._feeds(rows))
+        if q.diversity_lambda > 0:
+            order = mmr_order(scores, q.candidate_vectors, q.diversity_lambda, q.top_k)
+        else:
+            order = np.argsort(-scores, kind="stable")
+            if q.top_k:
+                order = order[: q.top_k]
         return RankResult(
             [ScoredItem(q.candidate_ids[i], float(scores[i])) for i in order], self.version
         )
 
     def self_check(self) -> None:
-        """Probe run on a deterministic input: finite scores of the right shape."""
+        """Probe run on a deterministic input: finite scores of the right shape, both paths.
+
+        The probe goes through the batcher too (when on), so a core that is published can
+        run requests end to end.
+        """
         rng = np.random.default_rng(0)
         items = rng.standard_normal((4, self.dim)).astype(np.float32)
         items /= np.linalg.norm(items, axis=1, keepdims=True)
         scores = self.scores(items[0], items)
         if scores.shape != (4,) or not np.isfinite(scores).all():
             raise BundleError(f"bundle {self.version}: ranker self-check gave {scores!r}")
+        if self.batcher is not None:
+            batched = self.batcher.submit(self._rows(items[0], items, None), Deadline.after(30))
+            if not np.allclose(batched, scores, atol=1e-5):
+                raise BundleError(f"bundle {self.version}: batched self-check disagrees")
         log.info(
             "rank self-check passed", extra={"version": self.version, "provider": self.provider}
         )
 
     def info(self) -> RankInfo:
-        return RankInfo(self.version, self.dim, self.provider, self.options.max_candidates)
+        return RankInfo(
+            self.version,
+            self.dim,
+            self.provider,
+            self.options.max_candidates,
+            side_features=self.side_features,
+            batching=self.batcher is not None,
+            max_batch_rows=self.options.max_batch_rows if self.batcher is not None else 0,
+        )
+
+    def retire(self, timeout: float | None = None) -> None:
+        """Stop taking requests, let in-flight ones finish here, then release the batcher.
+
+        Call only after a replacement core is published (or at shutdown).
+        """
+        with self._state:
+            self._retired = True
+            if not self._state.wait_for(lambda: self._inflight == 0, timeout):
+                log.warning(
+                    "retiring ranker with requests still in flight",
+                    extra={"version": self.version, "inflight": self._inflight},
+                )
+        if self.batcher is not None:
+            self.batcher.close(timeout)
+        log.info("ranker retired", extra={"version": self.version})
 
 
-def load_core(options: RankOptions, ort: SessionOptions) -> RankCore:
-    """Open and verify the bundle, build the core, self-check it."""
-    core = RankCore(Bundle.open(options.bundle), options, ort)
-    core.self_check()
-    metrics.BUNDLE_INFO.labels("rank", core.version, core.provider).set(1)
+def publish_metrics(core: RankCore, *, serving: bool) -> None:
+    """Set (or clear) the bundle/provider gauges for ``core``."""
+    value = 1 if serving else 0
+    metrics.BUNDLE_INFO.labels("rank", core.version, core.provider).set(value)
+    metrics.RANK_PROVIDER.labels(
+        core.provider, core.requested_device, str(core.runner.io_binding).lower()
+    ).set(value)
+
+
+def load_core(
+    options: RankOptions,
+    ort: SessionOptions,
+    *,
+    path: str | None = None,
+    before_batch: BeforeRunHook | None = None,
+) -> RankCore:
+    """Open and verify the bundle (``path`` or ``options.bundle``), build the core, self-check.
+
+    A core that fails its self-check is retired before the error propagates (no thread leak).
+    """
+    core = RankCore(Bundle.open(path or options.bundle), options, ort, before_batch=before_batch)
+    try:
+        core.self_check()
+    except BaseException:
+        core.retire(timeout=5)
+        raise
     return core

@@ -1,8 +1,16 @@
-"""Rank service assembly: ``serve(...)`` starts a real server and returns it (port 0 ok)."""
+"""Rank service assembly: ``serve(...)`` starts a real server and returns it (port 0 ok).
+
+The first bundle load runs in the background (health NOT_SERVING until it passes its
+self-check); then the bundle pointer watcher starts (``--bundle-poll-s``). Stopping the
+server stops the watcher and retires the serving core (its batcher thread) after the gRPC
+server has finished its in-flight RPCs.
+"""
 
 from __future__ import annotations
 
-from rank_service.core import RankCore, load_core
+from rank_service.batcher import BeforeRunHook
+from rank_service.core import RankCore
+from rank_service.reload import BundleReloader
 from rank_service.servicer import RankServicer
 from recstack.config import OrtOptions, RankOptions, ServerOptions
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
@@ -12,18 +20,40 @@ SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name
 
 
 def serve(
-    server: ServerOptions, options: RankOptions, ort: OrtOptions | None = None
+    server: ServerOptions,
+    options: RankOptions,
+    ort: OrtOptions | None = None,
+    *,
+    before_batch: BeforeRunHook | None = None,
 ) -> RunningServer:
-    """Start the rank server; health turns SERVING once the ranker passes its self-check."""
+    """Start the rank server; health turns SERVING once the ranker passes its self-check.
+
+    ``before_batch`` (tests only) is called by the batcher's worker before each merged run.
+    """
     ref: CoreRef[RankCore] = CoreRef("rank service")
-    servicer = RankServicer(ref)
-    session_options = (ort or OrtOptions()).session_options()
-    return start_server(
+    session_options = (ort or OrtOptions()).session_options(options.optimized_model_path or None)
+    reloader = BundleReloader(ref, options, session_options, before_batch=before_batch)
+    servicer = RankServicer(ref, reloader if options.reload_rpc else None)
+
+    def load() -> None:
+        reloader.load_initial()
+        reloader.start_watching(options.bundle_poll_s)
+
+    running = start_server(
         server,
         [
             ServiceSpec(
                 SERVICE_NAME, lambda s: rank_pb2_grpc.add_RankServiceServicer_to_server(servicer, s)
             )
         ],
-        lambda: ref.set(load_core(options, session_options)),
+        load,
     )
+    stop_grpc = running.stop
+
+    def stop(grace: float | None = None) -> None:
+        # gRPC first (drain, in-flight RPCs finish on their cores), then our threads.
+        stop_grpc(grace)
+        reloader.close()
+
+    running.stop = stop  # type: ignore[method-assign]
+    return running

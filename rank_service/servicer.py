@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import grpc
+import numpy as np
 
-from rank_service.core import RankCore
-from recstack.domain import RankQuery
+from rank_service.core import CoreRetired, RankCore
+from rank_service.reload import BundleReloader
+from recstack.domain import RankQuery, RankResult
+from recstack.errors import FailedPrecondition, InvalidArgument
 from recstack.server import CoreRef, deadline_of
 from recstack.v1 import rank_pb2, rank_pb2_grpc
-from recstack.vectors import unpack_rows, unpack_vector
+from recstack.vectors import WIRE_DTYPE, F32Array, unpack_rows, unpack_vector
+
+# A hot swap can retire the core a request fetched before it entered; retry on the new one.
+_SWAP_RETRIES = 3
+
+
+def unpack_flat(data: bytes, field: str) -> F32Array | None:
+    """Packed float32 bytes as a flat array (None if empty); the core checks the shape."""
+    if not data:
+        return None
+    if len(data) % WIRE_DTYPE.itemsize:
+        raise InvalidArgument(
+            f"{len(data)} bytes is not a whole number of float32 values", field=field
+        )
+    return np.frombuffer(data, dtype=WIRE_DTYPE).astype(np.float32)
 
 
 class RankServicer(rank_pb2_grpc.RankServiceServicer):
     """recstack.v1.RankService over whichever core is loaded."""
 
-    def __init__(self, core: CoreRef[RankCore]) -> None:
+    def __init__(self, core: CoreRef[RankCore], reloader: BundleReloader | None = None) -> None:
         self.core = core
+        self.reloader = reloader
 
-    def Rank(
-        self,
-        request: rank_pb2.RankRequest,
-        context: grpc.ServicerContext,
-    ) -> rank_pb2.RankResponse:
+    def _rank_once(
+        self, request: rank_pb2.RankRequest, context: grpc.ServicerContext
+    ) -> RankResult:
         core = self.core.get()
         ids = tuple(request.candidate_ids)
         query = RankQuery(
@@ -32,8 +48,23 @@ class RankServicer(rank_pb2_grpc.RankServiceServicer):
             ),
             embedding_version=request.embedding_version,
             top_k=request.top_k,
+            diversity_lambda=request.diversity_lambda,
+            candidate_features=unpack_flat(request.candidate_features, "candidate_features"),
         )
-        result = core.rank(query, deadline_of(context))
+        return core.rank(query, deadline_of(context))
+
+    def Rank(
+        self,
+        request: rank_pb2.RankRequest,
+        context: grpc.ServicerContext,
+    ) -> rank_pb2.RankResponse:
+        for attempt in range(_SWAP_RETRIES):
+            try:
+                result = self._rank_once(request, context)
+                break
+            except CoreRetired:
+                if attempt == _SWAP_RETRIES - 1:
+                    raise
         return rank_pb2.RankResponse(
             items=[rank_pb2.ScoredItem(id=i.id, score=i.score) for i in result.items],
             bundle_version=result.bundle_version,
@@ -50,4 +81,22 @@ class RankServicer(rank_pb2_grpc.RankServiceServicer):
             dim=i.dim,
             execution_provider=i.execution_provider,
             max_candidates=i.max_candidates,
+            side_features=list(i.side_features),
+            batching=i.batching,
+            max_batch_rows=i.max_batch_rows,
+        )
+
+    def Reload(
+        self,
+        request: rank_pb2.RankServiceReloadRequest,
+        context: grpc.ServicerContext,
+    ) -> rank_pb2.RankServiceReloadResponse:
+        if self.reloader is None:
+            raise FailedPrecondition("the Reload RPC is disabled on this server (--reload-rpc)")
+        self.core.get()  # UNAVAILABLE while the first bundle is still loading
+        outcome = self.reloader.reload(request.expected_version)
+        return rank_pb2.RankServiceReloadResponse(
+            bundle_version=outcome.bundle_version,
+            previous_version=outcome.previous_version,
+            swapped=outcome.swapped,
         )

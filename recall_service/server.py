@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from recall_service.core import RecallCore, load_core
+from recall_service.replica import Replica
 from recall_service.servicer import RecallServicer
 from recstack.config import OrtOptions, RecallOptions, ServerOptions
-from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
+from recstack.server import RunningServer, ServiceSpec, start_server
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 
 SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name
@@ -14,11 +14,11 @@ SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name
 def serve(
     server: ServerOptions, options: RecallOptions, ort: OrtOptions | None = None
 ) -> RunningServer:
-    """Start the recall server; health turns SERVING once the bundle passes its self-check."""
-    ref: CoreRef[RecallCore] = CoreRef("recall service")
-    servicer = RecallServicer(ref)
-    session_options = (ort or OrtOptions()).session_options()
-    return start_server(
+    """Start the recall server; health turns SERVING once the bundle is loaded, the log
+    replayed and the self-check passed. ``running.replica`` is the replica."""
+    replica = Replica(options, (ort or OrtOptions()).session_options())
+    servicer = RecallServicer(replica)
+    running = start_server(
         server,
         [
             ServiceSpec(
@@ -26,5 +26,7 @@ def serve(
                 lambda s: recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, s),
             )
         ],
-        lambda: ref.set(load_core(options, session_options)),
+        replica.load,
+        on_stop=replica.close,
     )
+    return running

@@ -1,63 +1,133 @@
-"""Thin gRPC servicer: protobuf <-> domain objects, then the recall core does the work."""
+"""Thin gRPC servicer: protobuf <-> domain objects, then the replica/core does the work."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import grpc
 
-from recall_service.core import RecallCore
-from recstack.domain import RecallQuery
-from recstack.server import CoreRef, deadline_of
+from recall_service.core import FilteredQuery, ItemWrite
+from recall_service.filters import MetadataFilter
+from recall_service.replica import Replica
+from recstack.domain import RecallQuery, RecallResult
+from recstack.errors import InvalidArgument
+from recstack.server import deadline_of
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack, unpack_vector
 
 
-class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
-    """recstack.v1.RecallService over whichever core is loaded."""
-
-    def __init__(self, core: CoreRef[RecallCore]) -> None:
-        self.core = core
-
-    def Recall(
-        self,
-        request: recall_pb2.RecallRequest,
-        context: grpc.ServicerContext,
-    ) -> recall_pb2.RecallResponse:
-        core = self.core.get()
-        query = RecallQuery(
+def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> FilteredQuery:
+    return FilteredQuery(
+        RecallQuery(
             k=request.k,
             query_text=request.query_text,
             history_item_ids=tuple(request.history_item_ids),
             query_vector=(
-                unpack_vector(request.query_vector, core.dim, "query_vector")
+                unpack_vector(request.query_vector, dim, prefix + "query_vector")
                 if request.query_vector
                 else None
             ),
             exclude_ids=tuple(request.exclude_ids),
             omit_vectors=request.omit_vectors,
-        )
-        result = core.recall(query, deadline_of(context))
-        return recall_pb2.RecallResponse(
-            candidates=[
-                recall_pb2.Candidate(
-                    id=c.id,
-                    score=c.score,
-                    title=c.title,
-                    text=c.text,
-                    vector=b"" if c.vector is None else pack(c.vector),
-                )
-                for c in result.candidates
-            ],
-            query_vector=pack(result.query_vector),
-            dim=core.dim,
-            bundle_version=result.bundle_version,
-        )
+        ),
+        filters=tuple(
+            MetadataFilter(
+                f.field,
+                tuple(f.any_of),
+                f.min if f.HasField("min") else None,
+                f.max if f.HasField("max") else None,
+            )
+            for f in request.filters
+        ),
+        min_sequence=request.min_sequence,
+        exact=request.exact,
+    )
+
+
+def _response(result: RecallResult, dim: int) -> recall_pb2.RecallResponse:
+    return recall_pb2.RecallResponse(
+        candidates=[
+            recall_pb2.Candidate(
+                id=c.id,
+                score=c.score,
+                title=c.title,
+                text=c.text,
+                vector=b"" if c.vector is None else pack(c.vector),
+            )
+            for c in result.candidates
+        ],
+        query_vector=pack(result.query_vector),
+        dim=dim,
+        bundle_version=result.bundle_version,
+    )
+
+
+def _metadata(raw: str, field: str) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(f"invalid JSON: {exc}", field=field) from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument("must be a JSON object", field=field)
+    return value
+
+
+class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
+    """recstack.v1.RecallService over a replica."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def Recall(
+        self, request: recall_pb2.RecallRequest, context: grpc.ServicerContext
+    ) -> recall_pb2.RecallResponse:
+        core = self.replica.ref.get()
+        result = core.recall(_query(request, core.dim), deadline_of(context))
+        return _response(result, core.dim)
+
+    def RecallBatch(
+        self, request: recall_pb2.RecallBatchRequest, context: grpc.ServicerContext
+    ) -> recall_pb2.RecallBatchResponse:
+        core = self.replica.ref.get()
+        queries = [_query(r, core.dim, f"requests[{i}].") for i, r in enumerate(request.requests)]
+        results = core.recall_batch(queries, deadline_of(context))
+        return recall_pb2.RecallBatchResponse(responses=[_response(r, core.dim) for r in results])
+
+    def Upsert(
+        self, request: recall_pb2.UpsertRequest, context: grpc.ServicerContext
+    ) -> recall_pb2.UpsertResponse:
+        dim = self.replica.ref.get().dim
+        items = [
+            ItemWrite(
+                id=it.id,
+                title=it.title,
+                text=it.text,
+                metadata=_metadata(it.metadata_json, f"items[{i}].metadata_json"),
+                vector=unpack_vector(it.vector, dim, f"items[{i}].vector") if it.vector else None,
+                embedding_version=it.embedding_version,
+            )
+            for i, it in enumerate(request.items)
+        ]
+        return recall_pb2.UpsertResponse(sequence=self.replica.upsert(items))
+
+    def Delete(
+        self, request: recall_pb2.DeleteRequest, context: grpc.ServicerContext
+    ) -> recall_pb2.DeleteResponse:
+        return recall_pb2.DeleteResponse(sequence=self.replica.delete(list(request.ids)))
+
+    def ReloadBundle(
+        self, request: recall_pb2.ReloadBundleRequest, context: grpc.ServicerContext
+    ) -> recall_pb2.ReloadBundleResponse:
+        version, swapped = self.replica.reload()
+        return recall_pb2.ReloadBundleResponse(bundle_version=version, swapped=swapped)
 
     def GetInfo(
-        self,
-        request: recall_pb2.RecallServiceGetInfoRequest,
-        context: grpc.ServicerContext,
+        self, request: recall_pb2.RecallServiceGetInfoRequest, context: grpc.ServicerContext
     ) -> recall_pb2.RecallServiceGetInfoResponse:
-        i = self.core.get().info()
+        i = self.replica.ref.get().info()
         return recall_pb2.RecallServiceGetInfoResponse(
             bundle_version=i.bundle_version,
             dim=i.dim,
@@ -67,4 +137,8 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             hnsw_ef_search=i.hnsw_ef_search,
             encoder_provider=i.encoder_provider,
             max_k=i.max_k,
+            shard_index=i.shard_index,
+            shard_count=i.shard_count,
+            applied_sequence=i.applied_sequence,
+            filter_fields=i.filter_fields,
         )

@@ -140,14 +140,47 @@ class RecallOptions:
     max_text_chars: int = _opt(2000, "longest query_text accepted")
     max_history: int = _opt(200, "most history_item_ids accepted")
     max_exclude: int = _opt(5000, "most exclude_ids accepted")
+    max_batch: int = _opt(256, "most requests in a RecallBatch / items in an Upsert or Delete")
+    search_threads: int = _opt(1, "hnswlib threads per batched search")
+    exact_threshold: int = _opt(20000, "filters matching at most this many items search exactly")
+    shard_index: int = _opt(0, "shard served by this replica (items with hash(id) mod N == i)")
+    shard_count: int = _opt(1, "number of recall shards N")
+    state_dir: str = _opt("state/recall", "writable directory for snapshots and the SQLite log")
+    catalog_dsn: str = _opt(
+        "", "catalog log: sqlite:///path or postgresql://... (default: SQLite in --state-dir)"
+    )
+    snapshot_every: int = _opt(10000, "write a snapshot after this many applied writes (0 = never)")
+    log_poll_s: float = _opt(0.5, "how often to apply log entries written by other replicas")
+    bundle_poll_s: float = _opt(
+        10.0, "how often to check the bundle's CURRENT for a new version (0 = only on ReloadBundle)"
+    )
+    read_wait_s: float = _opt(5.0, "longest wait for min_sequence when the caller set no deadline")
 
 
 @dataclass(frozen=True)
 class RankOptions:
-    """Rank service limits."""
+    """Rank service limits, dynamic batching, hot swap and ORT extras."""
 
     bundle: str = _opt("bundles", "bundle directory, or a root with a CURRENT pointer")
     max_candidates: int = _opt(2000, "most candidates one Rank may carry")
+    batching: bool = _opt(True, "merge concurrent Rank requests into one ORT run")
+    max_batch_rows: int = _opt(4096, "most candidate rows in one merged ORT run")
+    max_queue_delay_ms: float = _opt(
+        1.0, "longest a queued request waits for others to join its batch"
+    )
+    max_queue_requests: int = _opt(
+        256, "requests waiting for the batcher before RESOURCE_EXHAUSTED"
+    )
+    io_binding: bool = _opt(True, "on CUDA, run with IO binding and pinned host buffers")
+    optimized_model_path: str = _opt(
+        "", "save the graph-optimised ranker to this file at load (empty = do not)"
+    )
+    bundle_poll_s: float = _opt(
+        10.0, "how often to check the bundle's CURRENT for a new version (0 = only on Reload)"
+    )
+    reload_rpc: bool = _opt(
+        True, "enable the Reload admin RPC (re-reads --bundle; requests cannot name a path)"
+    )
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,10 @@ class RecallInfo:
     hnsw_ef_search: int
     encoder_provider: str
     max_k: int
+    shard_index: int = 0
+    shard_count: int = 1
+    applied_sequence: int = 0
+    filter_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,11 @@ class RankQuery:
     candidate_vectors: F32Array
     embedding_version: str
     top_k: int = 0
+    # MMR weight of relevance vs similarity to already-picked items (0 = plain ranking).
+    diversity_lambda: float = 0.0
+    # Per-candidate side features, flat float32 as decoded from the wire (None = none sent);
+    # the rank core checks the size against the ranker's declared side features.
+    candidate_features: F32Array | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,9 @@ class RankInfo:
     dim: int
     execution_provider: str
     max_candidates: int
+    side_features: tuple[str, ...] = ()
+    batching: bool = False
+    max_batch_rows: int = 0
 
 
 @dataclass(frozen=True)

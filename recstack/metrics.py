@@ -31,6 +31,11 @@ BUNDLE_INFO = Gauge(
     ["service", "version", "provider"],
 )
 INDEX_ITEMS = Gauge("recstack_index_items", "items in the recall index")
+APPLIED_SEQUENCE = Gauge(
+    "recstack_catalog_applied_sequence",
+    "highest catalog log sequence applied by this recall replica",
+)
+REPLAY_LAG = Gauge("recstack_catalog_replay_lag", "committed log entries not yet applied here")
 STAGE_LATENCY = Histogram(
     "recstack_stage_latency_seconds", "gateway time per stage", ["stage"], buckets=_LATENCY_BUCKETS
 )
@@ -44,3 +49,45 @@ def start_metrics_server(port: int, host: str) -> int:
     bound = int(server.server_port)
     log.info("metrics listening", extra={"address": f"{host}:{bound}"})
     return bound
+
+
+# --- rank service: dynamic batching, ORT runs, provider, hot swap ---
+_BATCH_ROW_BUCKETS = (1, 10, 50, 100, 200, 500, 1000, 2000, 4000, 8000, 16000)
+_BATCH_REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+RANK_BATCH_ROWS = Histogram(
+    "recstack_rank_batch_rows",
+    "candidate rows per ORT run of the ranker (after dynamic batching)",
+    buckets=_BATCH_ROW_BUCKETS,
+)
+RANK_BATCH_REQUESTS = Histogram(
+    "recstack_rank_batch_requests",
+    "Rank requests merged into one ORT run",
+    buckets=_BATCH_REQUEST_BUCKETS,
+)
+RANK_QUEUE_DELAY = Histogram(
+    "recstack_rank_queue_delay_seconds",
+    "time a Rank request waited in the batch queue before its ORT run started",
+    buckets=_LATENCY_BUCKETS,
+)
+RANK_ORT_RUN = Histogram(
+    "recstack_rank_ort_run_seconds",
+    "ONNX Runtime run time of the ranker, per run",
+    ["provider"],
+    buckets=_LATENCY_BUCKETS,
+)
+RANK_QUEUE_DEPTH = Gauge("recstack_rank_queue_depth", "Rank requests waiting for the batcher")
+RANK_DROPPED = Counter(
+    "recstack_rank_dropped_total",
+    "Rank requests not run by the batcher, by reason (queue_full, deadline)",
+    ["reason"],
+)
+RANK_PROVIDER = Gauge(
+    "recstack_rank_execution_provider",
+    "1 for the ONNX Runtime execution provider the ranker runs on",
+    ["provider", "requested_device", "io_binding"],
+)
+RANK_RELOADS = Counter(
+    "recstack_rank_reloads_total",
+    "rank bundle hot-swap attempts, by outcome (swapped, unchanged, refused)",
+    ["outcome"],
+)

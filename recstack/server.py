@@ -133,12 +133,14 @@ class RunningServer:
         port: int,
         health_servicer: health.HealthServicer,
         names: Sequence[str],
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
         self.names = list(names)
         self.metrics_port = 0
+        self._on_stop = on_stop
         self._loaded = threading.Event()
         self.load_error: BaseException | None = None
 
@@ -173,12 +175,18 @@ class RunningServer:
         """Drain, refuse new RPCs, give in-flight ones ``grace`` seconds, then close."""
         self.drain()
         self.server.stop(grace).wait()
+        if self._on_stop is not None:
+            self._on_stop()
 
 
 def start_server(
-    options: ServerOptions, services: Sequence[ServiceSpec], load: Callable[[], None]
+    options: ServerOptions,
+    services: Sequence[ServiceSpec],
+    load: Callable[[], None],
+    on_stop: Callable[[], None] | None = None,
 ) -> RunningServer:
-    """Bind, register and start; ``load`` runs in the background and gates health."""
+    """Bind, register and start; ``load`` runs in the background and gates health;
+    ``on_stop`` runs once the server has stopped (release files and threads)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
         interceptors=[ErrorMappingInterceptor()],
@@ -197,7 +205,7 @@ def start_server(
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
-    running = RunningServer(server, port, health_servicer, names)
+    running = RunningServer(server, port, health_servicer, names, on_stop)
     running.metrics_port = metrics.start_metrics_server(options.metrics_port, options.host)
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()

@@ -46,11 +46,21 @@ def _started(running: RunningServer) -> Iterator[RunningServer]:
         running.stop(0)
 
 
+def recall_options(bundle_dir: Path, state_dir: Path, **overrides: object) -> RecallOptions:
+    """Recall options for tests: the given bundle, a private state dir, no bundle polling."""
+    return RecallOptions(
+        bundle=str(bundle_dir), state_dir=str(state_dir), bundle_poll_s=0.0, **overrides
+    )
+
+
 @pytest.fixture(scope="session")
-def recall_server(bundle_dir: Path) -> Iterator[RunningServer]:
+def recall_server(
+    bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     from recall_service.server import serve
 
-    yield from _started(serve(ServerOptions(port=0), RecallOptions(bundle=str(bundle_dir))))
+    options = recall_options(bundle_dir, tmp_path_factory.mktemp("recall-state"))
+    yield from _started(serve(ServerOptions(port=0), options))
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,7 @@ class Profile:
     warmup_steps: int
     freeze_layers: int
     temperature: float = 0.05
+    logq_correction: bool = True
     max_pairs_per_user: int | None = None
     ranker_epochs: int = 8
     ranker_positions_per_user: int = 2
@@ -216,7 +217,8 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
         tt_config = TwoTowerConfig(
             steps=prof.steps, batch_size=prof.batch_size, lr=prof.lr,
             temperature=prof.temperature, max_length=prof.max_length,
-            warmup_steps=prof.warmup_steps, freeze_layers=prof.freeze_layers)
+            warmup_steps=prof.warmup_steps, freeze_layers=prof.freeze_layers,
+            logq_correction=prof.logq_correction)
         tt = train_two_tower(pairs, tt_config, seed=seed, progress=progress)
 
     encoder_spec = {
@@ -288,7 +290,8 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
         "batch_size": prof.batch_size, "lr": prof.lr, "temperature": prof.temperature,
         "max_length": prof.max_length, "freeze_layers": prof.freeze_layers,
         "warmup_steps": prof.warmup_steps, "pairs": tt.pairs,
-        "final_loss": round(float(np.mean(tt.losses[-5:])), 4),
+        "final_loss": round(float(np.mean(tt.losses[-5:])), 4) if tt.losses else None,
+        "logq_correction": prof.logq_correction,
         "ranker_epochs": prof.ranker_epochs, "ranker_examples": rk.examples,
         "ranker_final_loss": round(rk.losses[-1], 4) if rk.losses else None,
         "ranker_negatives": {"random": r_config.random_negatives,

@@ -13,9 +13,11 @@ contains the same item twice masks those duplicates out, since they are not nega
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +126,7 @@ class TwoTowerConfig:
     max_length: int
     warmup_steps: int = 0
     weight_decay: float = 0.01
+    logq_correction: bool = True
     # Embeddings and the first ``freeze_layers`` transformer layers stay fixed: autograd
     # then keeps no activations for them, which roughly halves a CPU step at 3 of 6.
     freeze_layers: int = 0
@@ -150,9 +153,17 @@ def freeze(model: Any, layers: int) -> None:
 
 
 def info_nce(user: torch.Tensor, item: torch.Tensor, item_ids: Sequence[str],
-             temperature: float) -> torch.Tensor:
-    """Cross-entropy of each user against all batch items; duplicate targets are masked."""
+             temperature: float, log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each user against all batch items; duplicate targets are masked.
+
+    ``log_q`` (log sampling probability of each batch item) applies the logQ correction:
+    in-batch negatives are drawn in proportion to popularity, so without it the model
+    learns to push popular items down; subtracting log q makes the softmax estimate
+    p(item | user) with popularity included.
+    """
     logits = user @ item.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[None, :]
     ids = list(item_ids)
     same = torch.tensor([[a == b for b in ids] for a in ids], dtype=torch.bool)
     same.fill_diagonal_(False)
@@ -184,6 +195,8 @@ def train_two_tower(pairs: Sequence[Pair], config: TwoTowerConfig, seed: int,
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
     rng = random.Random(seed)
+    counts = Counter(p.item_id for p in pairs)
+    log_q = {i: math.log(c / len(pairs)) for i, c in counts.items()}
     order: list[int] = []
     batch_size = min(config.batch_size, len(pairs))
     result = TwoTowerResult(model, tokenizer, pairs=len(pairs))
@@ -199,7 +212,9 @@ def train_two_tower(pairs: Sequence[Pair], config: TwoTowerConfig, seed: int,
         batch = [pairs[i] for i in idx]
         user = embed(model, tokenizer, [p.user_text for p in batch], config.max_length)
         item = embed(model, tokenizer, [p.item_text for p in batch], config.max_length)
-        loss = info_nce(user, item, [p.item_id for p in batch], config.temperature)
+        lq = (torch.tensor([log_q[p.item_id] for p in batch])
+              if config.logq_correction else None)
+        loss = info_nce(user, item, [p.item_id for p in batch], config.temperature, lq)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -7,18 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RankRequest(_message.Message):
-    __slots__ = ("user_vector", "candidate_ids", "candidate_vectors", "embedding_version", "top_k")
+    __slots__ = ("user_vector", "candidate_ids", "candidate_vectors", "embedding_version", "top_k", "diversity_lambda", "candidate_features")
     USER_VECTOR_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     user_vector: bytes
     candidate_ids: _containers.RepeatedScalarFieldContainer[str]
     candidate_vectors: bytes
     embedding_version: str
     top_k: int
-    def __init__(self, user_vector: _Optional[bytes] = ..., candidate_ids: _Optional[_Iterable[str]] = ..., candidate_vectors: _Optional[bytes] = ..., embedding_version: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+    diversity_lambda: float
+    candidate_features: bytes
+    def __init__(self, user_vector: _Optional[bytes] = ..., candidate_ids: _Optional[_Iterable[str]] = ..., candidate_vectors: _Optional[bytes] = ..., embedding_version: _Optional[str] = ..., top_k: _Optional[int] = ..., diversity_lambda: _Optional[float] = ..., candidate_features: _Optional[bytes] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("id", "score")
@@ -41,13 +45,35 @@ class RankServiceGetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RankServiceGetInfoResponse(_message.Message):
-    __slots__ = ("bundle_version", "dim", "execution_provider", "max_candidates")
+    __slots__ = ("bundle_version", "dim", "execution_provider", "max_candidates", "side_features", "batching", "max_batch_rows")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     dim: int
     execution_provider: str
     max_candidates: int
-    def __init__(self, bundle_version: _Optional[str] = ..., dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_candidates: _Optional[int] = ...) -> None: ...
+    side_features: _containers.RepeatedScalarFieldContainer[str]
+    batching: bool
+    max_batch_rows: int
+    def __init__(self, bundle_version: _Optional[str] = ..., dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_candidates: _Optional[int] = ..., side_features: _Optional[_Iterable[str]] = ..., batching: _Optional[bool] = ..., max_batch_rows: _Optional[int] = ...) -> None: ...
+
+class RankServiceReloadRequest(_message.Message):
+    __slots__ = ("expected_version",)
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    expected_version: str
+    def __init__(self, expected_version: _Optional[str] = ...) -> None: ...
+
+class RankServiceReloadResponse(_message.Message):
+    __slots__ = ("bundle_version", "previous_version", "swapped")
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SWAPPED_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    previous_version: str
+    swapped: bool
+    def __init__(self, bundle_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...

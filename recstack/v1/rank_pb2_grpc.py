@@ -28,7 +28,9 @@ if _version_not_supported:
 class RankServiceStub:
     """RankService scores candidates for a user with the bundle's ranker (an MLP
     over the fused user-item vector) and returns them sorted. It is stateless:
-    every request carries the vectors it needs.
+    every request carries the vectors it needs. Concurrent requests may be
+    merged into one model run (dynamic batching); each request only ever
+    receives its own candidates' scores.
 
     Vectors travel as packed bytes: little-endian IEEE-754 float32 values,
     `dim` values (4 * dim bytes) per vector, rows back to back.
@@ -50,12 +52,19 @@ class RankServiceStub:
                 request_serializer=recstack_dot_v1_dot_rank__pb2.RankServiceGetInfoRequest.SerializeToString,
                 response_deserializer=recstack_dot_v1_dot_rank__pb2.RankServiceGetInfoResponse.FromString,
                 _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/recstack.v1.RankService/Reload',
+                request_serializer=recstack_dot_v1_dot_rank__pb2.RankServiceReloadRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_rank__pb2.RankServiceReloadResponse.FromString,
+                _registered_method=True)
 
 
 class RankServiceServicer:
     """RankService scores candidates for a user with the bundle's ranker (an MLP
     over the fused user-item vector) and returns them sorted. It is stateless:
-    every request carries the vectors it needs.
+    every request carries the vectors it needs. Concurrent requests may be
+    merged into one model run (dynamic batching); each request only ever
+    receives its own candidates' scores.
 
     Vectors travel as packed bytes: little-endian IEEE-754 float32 values,
     `dim` values (4 * dim bytes) per vector, rows back to back.
@@ -75,6 +84,18 @@ class RankServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reload(self, request, context):
+        """Reload (admin) re-reads the server's configured bundle path (a root's
+        CURRENT pointer may now name another version); if it names a different
+        bundle, loads it in the background, verifies its checksums, self-checks
+        it and swaps it in atomically. In-flight requests finish on the old
+        ranker. A bundle that fails any check is refused (FAILED_PRECONDITION)
+        and the old one keeps serving. The request cannot name a path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -88,6 +109,11 @@ def add_RankServiceServicer_to_server(servicer, server):
                     request_deserializer=recstack_dot_v1_dot_rank__pb2.RankServiceGetInfoRequest.FromString,
                     response_serializer=recstack_dot_v1_dot_rank__pb2.RankServiceGetInfoResponse.SerializeToString,
             ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=recstack_dot_v1_dot_rank__pb2.RankServiceReloadRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_rank__pb2.RankServiceReloadResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recstack.v1.RankService', rpc_method_handlers)
@@ -99,7 +125,9 @@ def add_RankServiceServicer_to_server(servicer, server):
 class RankService:
     """RankService scores candidates for a user with the bundle's ranker (an MLP
     over the fused user-item vector) and returns them sorted. It is stateless:
-    every request carries the vectors it needs.
+    every request carries the vectors it needs. Concurrent requests may be
+    merged into one model run (dynamic batching); each request only ever
+    receives its own candidates' scores.
 
     Vectors travel as packed bytes: little-endian IEEE-754 float32 values,
     `dim` values (4 * dim bytes) per vector, rows back to back.
@@ -149,6 +177,33 @@ class RankService:
             '/recstack.v1.RankService/GetInfo',
             recstack_dot_v1_dot_rank__pb2.RankServiceGetInfoRequest.SerializeToString,
             recstack_dot_v1_dot_rank__pb2.RankServiceGetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RankService/Reload',
+            recstack_dot_v1_dot_rank__pb2.RankServiceReloadRequest.SerializeToString,
+            recstack_dot_v1_dot_rank__pb2.RankServiceReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,20 +7,102 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecallRequest(_message.Message):
-    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors")
+    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact")
     QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     OMIT_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     query_text: str
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     query_vector: bytes
     k: int
     exclude_ids: _containers.RepeatedScalarFieldContainer[str]
     omit_vectors: bool
-    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ...) -> None: ...
+    filters: _containers.RepeatedCompositeFieldContainer[MetadataFilter]
+    min_sequence: int
+    exact: bool
+    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
+
+class MetadataFilter(_message.Message):
+    __slots__ = ("field", "any_of", "min", "max")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    any_of: _containers.RepeatedScalarFieldContainer[str]
+    min: float
+    max: float
+    def __init__(self, field: _Optional[str] = ..., any_of: _Optional[_Iterable[str]] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class RecallBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[RecallRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[RecallRequest, _Mapping]]] = ...) -> None: ...
+
+class RecallBatchResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[RecallResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[RecallResponse, _Mapping]]] = ...) -> None: ...
+
+class ItemWrite(_message.Message):
+    __slots__ = ("id", "title", "text", "vector", "metadata_json", "embedding_version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    title: str
+    text: str
+    vector: bytes
+    metadata_json: str
+    embedding_version: str
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., vector: _Optional[bytes] = ..., metadata_json: _Optional[str] = ..., embedding_version: _Optional[str] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ItemWrite]
+    def __init__(self, items: _Optional[_Iterable[_Union[ItemWrite, _Mapping]]] = ...) -> None: ...
+
+class UpsertResponse(_message.Message):
+    __slots__ = ("sequence",)
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("sequence",)
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
+
+class ReloadBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadBundleResponse(_message.Message):
+    __slots__ = ("bundle_version", "swapped")
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SWAPPED_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    swapped: bool
+    def __init__(self, bundle_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("id", "score", "vector", "title", "text")
@@ -53,7 +135,7 @@ class RecallServiceGetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RecallServiceGetInfoResponse(_message.Message):
-    __slots__ = ("bundle_version", "dim", "item_count", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "encoder_provider", "max_k")
+    __slots__ = ("bundle_version", "dim", "item_count", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "encoder_provider", "max_k", "shard_index", "shard_count", "applied_sequence", "filter_fields")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +144,10 @@ class RecallServiceGetInfoResponse(_message.Message):
     HNSW_EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     ENCODER_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MAX_K_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELDS_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     dim: int
     item_count: int
@@ -70,4 +156,8 @@ class RecallServiceGetInfoResponse(_message.Message):
     hnsw_ef_search: int
     encoder_provider: str
     max_k: int
-    def __init__(self, bundle_version: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., hnsw_m: _Optional[int] = ..., hnsw_ef_construction: _Optional[int] = ..., hnsw_ef_search: _Optional[int] = ..., encoder_provider: _Optional[str] = ..., max_k: _Optional[int] = ...) -> None: ...
+    shard_index: int
+    shard_count: int
+    applied_sequence: int
+    filter_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundle_version: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., hnsw_m: _Optional[int] = ..., hnsw_ef_construction: _Optional[int] = ..., hnsw_ef_search: _Optional[int] = ..., encoder_provider: _Optional[str] = ..., max_k: _Optional[int] = ..., shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., filter_fields: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -50,6 +50,26 @@ class RecallServiceStub:
                 request_serializer=recstack_dot_v1_dot_recall__pb2.RecallServiceGetInfoRequest.SerializeToString,
                 response_deserializer=recstack_dot_v1_dot_recall__pb2.RecallServiceGetInfoResponse.FromString,
                 _registered_method=True)
+        self.RecallBatch = channel.unary_unary(
+                '/recstack.v1.RecallService/RecallBatch',
+                request_serializer=recstack_dot_v1_dot_recall__pb2.RecallBatchRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_recall__pb2.RecallBatchResponse.FromString,
+                _registered_method=True)
+        self.Upsert = channel.unary_unary(
+                '/recstack.v1.RecallService/Upsert',
+                request_serializer=recstack_dot_v1_dot_recall__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_recall__pb2.UpsertResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/recstack.v1.RecallService/Delete',
+                request_serializer=recstack_dot_v1_dot_recall__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_recall__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.ReloadBundle = channel.unary_unary(
+                '/recstack.v1.RecallService/ReloadBundle',
+                request_serializer=recstack_dot_v1_dot_recall__pb2.ReloadBundleRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_recall__pb2.ReloadBundleResponse.FromString,
+                _registered_method=True)
 
 
 class RecallServiceServicer:
@@ -76,6 +96,40 @@ class RecallServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecallBatch(self, request, context):
+        """RecallBatch answers many recalls in one call (one batched index search);
+        results are in request order. Any invalid request fails the whole batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Upsert(self, request, context):
+        """Upsert adds or replaces items. It returns once the writes are committed
+        to the catalog log and applied on this replica; the returned sequence
+        can be passed as min_sequence to read them on any replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Delete removes items (ids not present are ignored: deletes are
+        idempotent). Returns once committed and applied on this replica.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReloadBundle(self, request, context):
+        """ReloadBundle loads the bundle the configured path now points to (e.g. a
+        new CURRENT), self-checks it and swaps it in; the old one keeps serving
+        if the new one is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecallServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -88,6 +142,26 @@ def add_RecallServiceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=recstack_dot_v1_dot_recall__pb2.RecallServiceGetInfoRequest.FromString,
                     response_serializer=recstack_dot_v1_dot_recall__pb2.RecallServiceGetInfoResponse.SerializeToString,
+            ),
+            'RecallBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecallBatch,
+                    request_deserializer=recstack_dot_v1_dot_recall__pb2.RecallBatchRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_recall__pb2.RecallBatchResponse.SerializeToString,
+            ),
+            'Upsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsert,
+                    request_deserializer=recstack_dot_v1_dot_recall__pb2.UpsertRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_recall__pb2.UpsertResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=recstack_dot_v1_dot_recall__pb2.DeleteRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_recall__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ReloadBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadBundle,
+                    request_deserializer=recstack_dot_v1_dot_recall__pb2.ReloadBundleRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_recall__pb2.ReloadBundleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -150,6 +224,114 @@ class RecallService:
             '/recstack.v1.RecallService/GetInfo',
             recstack_dot_v1_dot_recall__pb2.RecallServiceGetInfoRequest.SerializeToString,
             recstack_dot_v1_dot_recall__pb2.RecallServiceGetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecallBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RecallService/RecallBatch',
+            recstack_dot_v1_dot_recall__pb2.RecallBatchRequest.SerializeToString,
+            recstack_dot_v1_dot_recall__pb2.RecallBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RecallService/Upsert',
+            recstack_dot_v1_dot_recall__pb2.UpsertRequest.SerializeToString,
+            recstack_dot_v1_dot_recall__pb2.UpsertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RecallService/Delete',
+            recstack_dot_v1_dot_recall__pb2.DeleteRequest.SerializeToString,
+            recstack_dot_v1_dot_recall__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RecallService/ReloadBundle',
+            recstack_dot_v1_dot_recall__pb2.ReloadBundleRequest.SerializeToString,
+            recstack_dot_v1_dot_recall__pb2.ReloadBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

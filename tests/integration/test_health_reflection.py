@@ -1,6 +1,7 @@
 """grpc.health.v1 (Check + Watch), reflection, and NOT_SERVING until a good bundle loads."""
 
 import shutil
+import threading
 
 import grpc
 import pytest
@@ -10,12 +11,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gateway.server import SERVICE_NAME as GATEWAY
 from rank_service.server import SERVICE_NAME as RANK
 from rank_service.server import serve as serve_rank
+from recall_service.replica import Replica
 from recall_service.server import SERVICE_NAME as RECALL
 from recall_service.server import serve as serve_recall
-from recstack.config import RankOptions, RecallOptions, ServerOptions
+from recstack.config import RankOptions, ServerOptions
 from recstack.errors import BundleError
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from tests.conftest import channel_to
+from tests.conftest import channel_to, recall_options
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -60,18 +62,16 @@ def test_tampered_bundle_never_serves(bundle_dir, tmp_path):
         running.stop(0)
 
 
-def test_not_serving_and_unavailable_while_loading(bundle_dir, monkeypatch):
-    import recall_service.server as module
+def test_not_serving_and_unavailable_while_loading(bundle_dir, tmp_path, monkeypatch):
+    gate = threading.Event()
+    real = Replica._build
 
-    gate = __import__("threading").Event()
-    real = module.load_core
-
-    def slow_load(*args):
+    def slow_build(self, bundle):
         gate.wait(30)
-        return real(*args)
+        return real(self, bundle)
 
-    monkeypatch.setattr(module, "load_core", slow_load)
-    running = serve_recall(ServerOptions(port=0), RecallOptions(bundle=str(bundle_dir)))
+    monkeypatch.setattr(Replica, "_build", slow_build)
+    running = serve_recall(ServerOptions(port=0), recall_options(bundle_dir, tmp_path))
     try:
         channel = channel_to(running)
         health = health_pb2_grpc.HealthStub(channel)

@@ -1,0 +1,402 @@
+"""The live item index: hnswlib graph + item table + vectors, safe for concurrent use.
+
+Concurrency (ARCHITECTURE invariant 4): hnswlib must not search while it inserts. Every
+search holds ``lock.read()`` (many at once; ``knn_query`` releases the GIL, so they run in
+parallel), every mutation (``apply``, growth) holds ``lock.write()`` (alone). The lock is
+writer-preferring, so a stream of searches cannot starve writes; writes are applied in
+batches (one ``add_items`` call per batch) to keep exclusive sections short. Growth
+(``resize_index``) happens inside a write section and doubles capacity, so it is rare.
+
+Labels: an upsert of an existing id replaces its vector under the same hnswlib label; a
+delete marks the label deleted (hnswlib keeps the element in the graph, so the label is
+never reused; a later upsert of that id gets a fresh label). ``applied_sequence`` is the
+catalog-log sequence this state reflects; it is updated in the same write section as the
+data, so a snapshot is always consistent.
+
+Snapshot format (directory): ``index.bin`` (hnswlib), ``items.jsonl`` (line i = label i,
+``null`` when the label is free or deleted), ``vectors.npy``, ``meta.json`` (sequence,
+bundle version, shard, and the sha256 of each file, checked on load).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from recall_service.catalog_log import DELETE, LogWrite
+from recstack.bundle import Bundle, CatalogItem, sha256_file
+from recstack.errors import BundleError
+from recstack.rwlock import RWLock
+from recstack.sharding import shard_of
+from recstack.vectors import F32Array
+
+log = logging.getLogger(__name__)
+
+Hit = tuple[int, float]  # (label, score)
+SNAPSHOT_FILES = ("index.bin", "items.jsonl", "vectors.npy")
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """HNSW parameters (from the bundle manifest)."""
+
+    dim: int
+    space: str
+    m: int
+    ef_construction: int
+    ef_search: int
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One query's search: k, exclusions, an optional metadata predicate, exact or ANN."""
+
+    k: int
+    exclude_ids: tuple[str, ...] = ()
+    predicate: Callable[[dict[str, Any]], bool] | None = None
+    exact: bool = False
+
+
+class ItemIndex:
+    """HNSW index over live items with one-writer/many-readers locking."""
+
+    def __init__(
+        self,
+        params: IndexParams,
+        hnsw: hnswlib.Index,
+        items: list[CatalogItem | None],
+        vectors: F32Array,
+        applied_sequence: int = 0,
+        exact_threshold: int = 20000,
+    ) -> None:
+        self.params = params
+        self.lock = RWLock()
+        self._hnsw = hnsw
+        self._items = items
+        self._vectors = vectors  # capacity rows; rows >= len(items) are unused
+        self._label_of = {it.id: label for label, it in enumerate(items) if it is not None}
+        self.applied_sequence = applied_sequence
+        self.exact_threshold = exact_threshold
+        self.metadata_fields: set[str] = {k for it in items if it for k in it.metadata}
+        hnsw.set_ef(params.ef_search)
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def _new_hnsw(cls, params: IndexParams, capacity: int) -> hnswlib.Index:
+        hnsw = hnswlib.Index(space=params.space, dim=params.dim)
+        hnsw.init_index(
+            max_elements=max(capacity, 16),
+            M=params.m,
+            ef_construction=params.ef_construction,
+            random_seed=100,
+        )
+        return hnsw
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        exact_threshold: int = 20000,
+    ) -> ItemIndex:
+        """The bundle's items (only this shard's when sharded) and index."""
+        spec = bundle.section("index")
+        params = IndexParams(
+            bundle.dim,
+            spec["space"],
+            int(spec["M"]),
+            int(spec["ef_construction"]),
+            int(spec["ef_search"]),
+        )
+        items = list(bundle.iter_catalog())
+        vectors = bundle.load_vectors()
+        if len(vectors) != len(items):
+            raise BundleError(
+                f"bundle {bundle.version}: {len(items)} catalog items but {len(vectors)} vectors"
+            )
+        if len(set(i.id for i in items)) != len(items):
+            raise BundleError(f"bundle {bundle.version}: duplicate item ids in the catalog")
+        if shard_count == 1:
+            hnsw = hnswlib.Index(space=params.space, dim=params.dim)
+            hnsw.load_index(str(bundle.path(spec["path"])), max_elements=max(len(items), 16))
+            if hnsw.get_current_count() != len(items):
+                raise BundleError(
+                    f"bundle {bundle.version}: index holds "
+                    f"{hnsw.get_current_count()} items, catalog {len(items)}"
+                )
+            return cls(
+                params,
+                hnsw,
+                list[CatalogItem | None](items),
+                _grow(vectors, max(len(items), 16)),
+                0,
+                exact_threshold,
+            )
+        # A shard builds its own graph over its items: smaller, and no cross-shard hops.
+        mine = [i for i, it in enumerate(items) if shard_of(it.id, shard_count) == shard_index]
+        hnsw = cls._new_hnsw(params, len(mine))
+        if mine:
+            hnsw.add_items(vectors[mine], np.arange(len(mine)))
+        return cls(
+            params,
+            hnsw,
+            [items[i] for i in mine],
+            _grow(vectors[mine], max(len(mine), 16)),
+            0,
+            exact_threshold,
+        )
+
+    @classmethod
+    def load_snapshot(
+        cls, directory: Path, params: IndexParams, exact_threshold: int = 20000
+    ) -> tuple[ItemIndex, dict[str, Any]]:
+        """Load a snapshot written by :meth:`save`; BundleError if anything is off."""
+        meta = json.loads((directory / "meta.json").read_text())
+        for name in SNAPSHOT_FILES:
+            if sha256_file(directory / name) != meta["sha256"][name]:
+                raise BundleError(f"snapshot {directory}: checksum mismatch for {name}")
+        items: list[CatalogItem | None] = []
+        with (directory / "items.jsonl").open(encoding="utf-8") as f:
+            for line in f:
+                d = json.loads(line)
+                items.append(
+                    None
+                    if d is None
+                    else CatalogItem(d["id"], d["title"], d["text"], d["metadata"])
+                )
+        vectors = np.load(directory / "vectors.npy", allow_pickle=False)
+        capacity = max(int(meta["capacity"]), len(items), 16)
+        hnsw = hnswlib.Index(space=params.space, dim=params.dim)
+        hnsw.load_index(str(directory / "index.bin"), max_elements=capacity)
+        if vectors.shape != (len(items), params.dim):
+            raise BundleError(
+                f"snapshot {directory}: vectors {vectors.shape} do not match {len(items)} items"
+            )
+        index = cls(
+            params,
+            hnsw,
+            items,
+            _grow(vectors.astype(np.float32), capacity),
+            int(meta["applied_sequence"]),
+            exact_threshold,
+        )
+        return index, meta
+
+    def save(self, directory: Path, extra_meta: dict[str, Any]) -> None:
+        """Write a consistent snapshot into ``directory`` (which must not exist yet)."""
+        directory.mkdir(parents=True)
+        # Readers may keep searching; writers wait, so data and sequence stay consistent.
+        with self.lock.read():
+            n = len(self._items)
+            self._hnsw.save_index(str(directory / "index.bin"))
+            with (directory / "items.jsonl").open("w", encoding="utf-8") as f:
+                for it in self._items:
+                    f.write(
+                        json.dumps(
+                            None
+                            if it is None
+                            else {
+                                "id": it.id,
+                                "title": it.title,
+                                "text": it.text,
+                                "metadata": it.metadata,
+                            }
+                        )
+                        + "\n"
+                    )
+            np.save(directory / "vectors.npy", self._vectors[:n], allow_pickle=False)
+            meta = {
+                **extra_meta,
+                "applied_sequence": self.applied_sequence,
+                "capacity": int(self._hnsw.get_max_elements()),
+                "items": n,
+            }
+        meta["sha256"] = {name: sha256_file(directory / name) for name in SNAPSHOT_FILES}
+        for name in SNAPSHOT_FILES:
+            _fsync(directory / name)
+        (directory / "meta.json").write_text(json.dumps(meta, indent=1))
+        _fsync(directory / "meta.json")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._label_of)
+
+    def item(self, label: int) -> tuple[CatalogItem, F32Array]:
+        """Item and vector of a label returned by a search (same read section)."""
+        it = self._items[label]
+        assert it is not None
+        return it, self._vectors[label]
+
+    def lookup(self, item_id: str) -> CatalogItem | None:
+        label = self._label_of.get(item_id)
+        return None if label is None else self._items[label]
+
+    def vector_of(self, item_id: str) -> F32Array | None:
+        label = self._label_of.get(item_id)
+        return None if label is None else self._vectors[label].copy()
+
+    def live_ids(self) -> list[str]:
+        with self.lock.read():
+            return list(self._label_of)
+
+    def search(
+        self, queries: F32Array, specs: Sequence[SearchSpec], num_threads: int = 1
+    ) -> list[list[Hit]]:
+        """Top hits per query (label, inner-product score), best first.
+
+        Call inside ``with index.lock.read():`` when the caller also reads items of the
+        returned labels (they must not change in between); this method does not lock.
+        """
+        results: list[list[Hit] | None] = [None] * len(specs)
+        plain = [i for i, s in enumerate(specs) if not s.exact and s.predicate is None]
+        if plain:
+            results_plain = self._ann_batch(queries[plain], [specs[i] for i in plain], num_threads)
+            for i, hits in zip(plain, results_plain, strict=True):
+                results[i] = hits
+        for i, spec in enumerate(specs):
+            if results[i] is None:
+                results[i] = self._filtered(queries[i], spec)
+        return [r if r is not None else [] for r in results]
+
+    def _excluded(self, spec: SearchSpec) -> set[int]:
+        return {self._label_of[i] for i in spec.exclude_ids if i in self._label_of}
+
+    def _ann_batch(
+        self, queries: F32Array, specs: Sequence[SearchSpec], num_threads: int
+    ) -> list[list[Hit]]:
+        excluded = [self._excluded(s) for s in specs]
+        live = len(self._label_of)
+        # Over-fetch by the number of excluded live labels so k others remain.
+        fetch = min(max(s.k + len(e) for s, e in zip(specs, excluded, strict=True)), live)
+        if fetch == 0:
+            return [[] for _ in specs]
+        try:
+            labels, dists = self._hnsw.knn_query(queries, k=fetch, num_threads=num_threads)
+        except RuntimeError:  # hnswlib could not find `fetch` live neighbours
+            return [self._exact(q, s, None) for q, s in zip(queries, specs, strict=True)]
+        out = []
+        for row, (spec, ex) in enumerate(zip(specs, excluded, strict=True)):
+            hits = [
+                (int(lab), 1.0 - float(d))
+                for lab, d in zip(labels[row], dists[row], strict=True)
+                if int(lab) not in ex
+            ][: spec.k]
+            if len(hits) < min(spec.k, live - len(ex)):
+                hits = self._exact(queries[row], spec, None)
+            out.append(hits)
+        return out
+
+    def _filtered(self, query: F32Array, spec: SearchSpec) -> list[Hit]:
+        if spec.predicate is None:
+            return self._exact(query, spec, None)
+        ex = self._excluded(spec)
+        allowed = [
+            lab
+            for lab in self._label_of.values()
+            if lab not in ex and spec.predicate(self._items[lab].metadata)  # type: ignore[union-attr]
+        ]
+        if spec.exact or len(allowed) <= max(self.exact_threshold, spec.k):
+            return self._exact(query, spec, allowed)
+        allowed_set = set(allowed)
+        try:
+            labels, dists = self._hnsw.knn_query(
+                query[None, :], k=spec.k, num_threads=1, filter=lambda lab: lab in allowed_set
+            )
+        except RuntimeError:
+            return self._exact(query, spec, allowed)
+        return [(int(lab), 1.0 - float(d)) for lab, d in zip(labels[0], dists[0], strict=True)]
+
+    def _exact(self, query: F32Array, spec: SearchSpec, labels: list[int] | None) -> list[Hit]:
+        """Brute force over ``labels`` (default: every live, non-excluded label)."""
+        if labels is None:
+            ex = self._excluded(spec)
+            labels = [lab for lab in self._label_of.values() if lab not in ex]
+        if not labels:
+            return []
+        idx = np.fromiter(labels, dtype=np.int64, count=len(labels))
+        scores = self._vectors[idx] @ query
+        k = min(spec.k, len(idx))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(idx[t]), float(scores[t])) for t in top]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def apply(self, writes: Iterable[LogWrite], sequence: int) -> int:
+        """Apply a batch of log writes (already filtered to this shard) up to ``sequence``.
+
+        Within a batch the last write of an id wins, exactly as applying them one by one
+        would; this lets the batch be one ``add_items`` call. Returns writes applied.
+        """
+        final: dict[str, LogWrite] = {}
+        for w in writes:
+            final.pop(w.item_id, None)  # keep the order of last occurrence
+            final[w.item_id] = w
+        with self.lock.write():
+            if sequence <= self.applied_sequence:
+                return 0  # idempotent replay: already reflected
+            upserts = [w for w in final.values() if w.op != DELETE]
+            new = sum(1 for w in upserts if w.item_id not in self._label_of)
+            self._reserve(len(self._items) + new)
+            labels, rows = [], []
+            for w in final.values():
+                label = self._label_of.get(w.item_id)
+                if w.op == DELETE:
+                    if label is not None:
+                        self._hnsw.mark_deleted(label)
+                        self._items[label] = None
+                        del self._label_of[w.item_id]
+                    continue
+                if label is None:
+                    label = self._free_label(w.item_id)
+                assert w.vector is not None
+                self._items[label] = CatalogItem(w.item_id, w.title, w.text, w.metadata)
+                self._label_of[w.item_id] = label
+                self._vectors[label] = w.vector
+                self.metadata_fields.update(w.metadata)
+                labels.append(label)
+                rows.append(w.vector)
+            if labels:
+                self._hnsw.add_items(np.stack(rows), np.asarray(labels), num_threads=1)
+            self.applied_sequence = sequence
+        return len(final)
+
+    def _free_label(self, item_id: str) -> int:
+        self._items.append(None)
+        return len(self._items) - 1
+
+    def _reserve(self, needed: int) -> None:
+        capacity = int(self._hnsw.get_max_elements())
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, capacity * 2)
+        log.info("growing index", extra={"from": capacity, "to": new_capacity})
+        self._hnsw.resize_index(new_capacity)
+        self._vectors = _grow(self._vectors, new_capacity)
+
+
+def _grow(vectors: F32Array, capacity: int) -> F32Array:
+    if len(vectors) >= capacity:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    out = np.zeros((capacity, vectors.shape[1]), dtype=np.float32)
+    out[: len(vectors)] = vectors
+    return out
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

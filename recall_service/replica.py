@@ -1,0 +1,237 @@
+"""A recall replica's lifecycle: load, replay, snapshots, background tailing, hot swap.
+
+Start-up: open the catalog log; load the newest valid snapshot taken for this bundle
+version and shard (else the bundle's own index), then replay the log from the snapshot's
+sequence. A snapshot that fails its checksums is logged and ignored: the log is the system
+of record, so falling back to bundle + full replay is always correct, only slower.
+
+Background: a tailer thread applies log entries written by other replicas every
+``log_poll_s`` and writes a snapshot every ``snapshot_every`` applied writes; a watcher
+polls the bundle root's ``CURRENT`` every ``bundle_poll_s`` and hot-swaps to a new version.
+
+Hot swap ordering: the new core is built and replayed while the old one serves. Writes
+run under ``_write_gate``; a swap takes the gate, applies the last entries to the new
+core, switches the reference and releases it, so no write acknowledged by the old core can
+be missing from the new one. Requests that already hold the old core finish on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from recall_service.catalog_log import CatalogLog, open_log
+from recall_service.core import FilteredQuery, ItemWrite, RecallCore
+from recall_service.index import IndexParams, ItemIndex
+from recstack import metrics
+from recstack.bundle import Bundle, resolve_bundle_dir
+from recstack.config import RecallOptions
+from recstack.deadline import Deadline
+from recstack.domain import RecallResult
+from recstack.encoder import TextEncoder
+from recstack.errors import BundleError
+from recstack.ort import SessionOptions
+from recstack.server import CoreRef
+
+log = logging.getLogger(__name__)
+SNAPSHOT_POINTER = "SNAPSHOT"
+
+
+class Replica:
+    """Owns the current RecallCore and everything that replaces or feeds it."""
+
+    def __init__(self, options: RecallOptions, ort: SessionOptions) -> None:
+        self.options = options
+        self.ort = ort
+        self.state_dir = Path(options.state_dir)
+        self.ref: CoreRef[RecallCore] = CoreRef("recall service")
+        self._write_gate = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._catalog: CatalogLog | None = None
+        self._snapshot_seq = 0
+        self._refused: Path | None = None
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Build the first core (blocking) and start the background threads."""
+        o = self.options
+        if not 0 <= o.shard_index < o.shard_count:
+            raise BundleError(f"--shard-index {o.shard_index} is not in [0, {o.shard_count})")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._catalog = open_log(
+            o.catalog_dsn or f"sqlite:///{self.state_dir.resolve()}/catalog.db"
+        )
+        core = self._build(Bundle.open(o.bundle))
+        self.ref.set(core)
+        self._start("log-tailer", self._tail, o.log_poll_s)
+        if o.bundle_poll_s > 0:
+            self._start("bundle-watcher", self._watch, o.bundle_poll_s)
+
+    def _build(self, bundle: Bundle) -> RecallCore:
+        """A self-checked core for ``bundle``, caught up with the whole log."""
+        assert self._catalog is not None
+        o = self.options
+        started = time.perf_counter()
+        index = self._from_snapshot(bundle) or ItemIndex.from_bundle(
+            bundle, o.shard_index, o.shard_count, o.exact_threshold
+        )
+        from_seq = index.applied_sequence
+        core = RecallCore(bundle, index, TextEncoder(bundle, self.ort), self._catalog, o)
+        replayed = core.catch_up()
+        core.self_check()
+        metrics.BUNDLE_INFO.labels("recall", core.version, core.encoder.provider).set(1)
+        metrics.INDEX_ITEMS.set(len(index))
+        log.info(
+            "recall core ready",
+            extra={
+                "version": core.version,
+                "shard": f"{o.shard_index}/{o.shard_count}",
+                "snapshot_sequence": from_seq,
+                "replayed": replayed,
+                "applied_sequence": index.applied_sequence,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        return core
+
+    def _snapshot_meta(self, bundle: Bundle) -> dict[str, object]:
+        o = self.options
+        return {
+            "bundle_version": bundle.version,
+            "shard_index": o.shard_index,
+            "shard_count": o.shard_count,
+        }
+
+    def _from_snapshot(self, bundle: Bundle) -> ItemIndex | None:
+        pointer = self.state_dir / SNAPSHOT_POINTER
+        if not pointer.is_file():
+            return None
+        directory = self.state_dir / pointer.read_text().strip()
+        spec = bundle.section("index")
+        params = IndexParams(
+            bundle.dim,
+            spec["space"],
+            int(spec["M"]),
+            int(spec["ef_construction"]),
+            int(spec["ef_search"]),
+        )
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            want = self._snapshot_meta(bundle)
+            if any(meta.get(k) != v for k, v in want.items()):
+                log.info(
+                    "snapshot is for another bundle or shard; not used",
+                    extra={"snapshot": str(directory)},
+                )
+                return None
+            index, _ = ItemIndex.load_snapshot(directory, params, self.options.exact_threshold)
+        except (OSError, ValueError, KeyError, BundleError, RuntimeError) as exc:
+            log.error(
+                "snapshot unusable, rebuilding from bundle + log",
+                extra={"snapshot": str(directory), "error": str(exc)},
+            )
+            return None
+        self._snapshot_seq = index.applied_sequence
+        return index
+
+    # -- background ----------------------------------------------------------------------
+
+    def _start(self, name: str, loop: object, interval: float) -> None:
+        def run() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    loop()  # type: ignore[operator]
+                except Exception:
+                    log.exception("%s iteration failed; retrying", name)
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _tail(self) -> None:
+        core = self.ref.get()
+        core.catch_up()
+        if self._catalog is not None:
+            metrics.REPLAY_LAG.set(self._catalog.last_sequence() - core.index.applied_sequence)
+        every = self.options.snapshot_every
+        if every and core.index.applied_sequence - self._snapshot_seq >= every:
+            self.snapshot()
+
+    def snapshot(self) -> Path:
+        """Write a snapshot of the current core and point SNAPSHOT at it; prune old ones."""
+        core = self.ref.get()
+        name = f"snapshot-{core.version}-{core.index.applied_sequence}-{time.time_ns()}"
+        tmp = self.state_dir / (name + ".tmp")
+        core.index.save(tmp, self._snapshot_meta(core.bundle))
+        final = self.state_dir / name
+        os.replace(tmp, final)
+        pointer_tmp = self.state_dir / (SNAPSHOT_POINTER + ".tmp")
+        pointer_tmp.write_text(name + "\n")
+        os.replace(pointer_tmp, self.state_dir / SNAPSHOT_POINTER)
+        for old in self.state_dir.glob("snapshot-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        self._snapshot_seq = core.index.applied_sequence
+        log.info(
+            "snapshot written", extra={"path": str(final), "applied_sequence": self._snapshot_seq}
+        )
+        return final
+
+    def _watch(self) -> None:
+        target = resolve_bundle_dir(self.options.bundle).resolve()
+        if target not in (self.ref.get().bundle.root, self._refused):
+            try:
+                self.reload()
+            except BundleError as exc:
+                # Remember it so a bad version is reported once, not every poll.
+                self._refused = target
+                log.error(
+                    "new bundle refused; still serving the old one",
+                    extra={"bundle": str(target), "error": str(exc)},
+                )
+
+    # -- requests ------------------------------------------------------------------------
+
+    def recall_batch(
+        self, queries: Sequence[FilteredQuery], deadline: Deadline
+    ) -> list[RecallResult]:
+        return self.ref.get().recall_batch(queries, deadline)
+
+    def upsert(self, items: Sequence[ItemWrite]) -> int:
+        with self._write_gate:
+            return self.ref.get().upsert(items)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        with self._write_gate:
+            return self.ref.get().delete(ids)
+
+    def reload(self) -> tuple[str, bool]:
+        """Load what the bundle path points to now; swap if it is a new, good version."""
+        with self._reload_lock:
+            old = self.ref.get()
+            bundle = Bundle.open(self.options.bundle)  # BundleError: refused, old keeps serving
+            if bundle.root == old.bundle.root:
+                return old.version, False
+            new = self._build(bundle)
+            with self._write_gate:
+                new.catch_up()
+                self.ref.set(new)
+            metrics.BUNDLE_INFO.labels("recall", old.version, old.encoder.provider).set(0)
+            log.info("bundle swapped", extra={"from": old.version, "to": new.version})
+            return new.version, True
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        if self._catalog is not None:
+            self._catalog.close()
