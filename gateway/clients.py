@@ -7,7 +7,9 @@ sees e.g. INVALID_ARGUMENT naming ``history_item_ids`` rather than a generic fai
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -29,9 +31,15 @@ from recstack.vectors import pack, unpack_vector
 R = TypeVar("R")
 
 
+# Balance per call across every address a target resolves to (e.g. ``dns:///recall-0``,
+# a headless Service listing each replica), instead of pinning one connection.
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
 def open_channel(address: str, options: ServerOptions | None = None) -> grpc.Channel:
-    """A channel with the same message-size and keepalive settings as our servers."""
-    return grpc.insecure_channel(address, options=(options or ServerOptions()).grpc_options())
+    """A channel with our servers' message-size and keepalive settings, round-robin."""
+    settings = [*(options or ServerOptions()).grpc_options(), ("grpc.service_config", _ROUND_ROBIN)]
+    return grpc.insecure_channel(address, options=settings)
 
 
 def relay_errors(service: str, call: Callable[[], R]) -> R:
@@ -99,3 +107,32 @@ class GrpcRank:
         )
         resp = relay_errors("rank", lambda: self.stub.Rank(request, timeout=timeout))
         return RankResult([ScoredItem(i.id, i.score) for i in resp.items], resp.bundle_version)
+
+
+class ShardedRecall:
+    """RecallBackend over N recall shards: the same query to all in parallel, merged top-k.
+
+    Every shard encodes the same user text to the same vector (their title directories
+    cover all items), so merging by score gives what one node holding every item would
+    return. Any shard failing fails the call (each call already runs under the deadline).
+    """
+
+    def __init__(self, shards: Sequence[GrpcRecall]) -> None:
+        if not shards:
+            raise ValueError("at least one recall shard is required")
+        self.shards = list(shards)
+        self._pool = ThreadPoolExecutor(max_workers=4 * len(shards), thread_name_prefix="fanout")
+
+    def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult:
+        if len(self.shards) == 1:
+            return self.shards[0].recall(query, timeout)
+        futures = [self._pool.submit(s.recall, query, timeout) for s in self.shards]
+        results = [f.result() for f in futures]
+        versions = {r.bundle_version for r in results}
+        if len(versions) > 1:
+            raise Unavailable(
+                f"recall shards serve different bundle versions {sorted(versions)}"
+                " (a rollout is in progress); retry shortly"
+            )
+        merged = sorted((c for r in results for c in r.candidates), key=lambda c: -c.score)
+        return RecallResult(merged[: query.k], results[0].query_vector, results[0].bundle_version)

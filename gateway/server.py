@@ -12,7 +12,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.clients import GrpcRank, GrpcRecall, open_channel
+from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall, open_channel
 from gateway.core import GatewayCore, ProfileStore
 from gateway.servicer import RecommendServicer
 from rank_service.server import SERVICE_NAME as RANK_SERVICE
@@ -43,18 +43,21 @@ def wait_serving(channel: grpc.Channel, service: str, timeout: float) -> None:
 
 
 def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
-    """Start the gateway; health turns SERVING when profiles are loaded and both
-    downstream services are SERVING."""
+    """Start the gateway; health turns SERVING when profiles are loaded and every recall
+    shard and the rank service are SERVING."""
     ref: CoreRef[GatewayCore] = CoreRef("gateway")
     servicer = RecommendServicer(ref)
-    recall_channel = open_channel(options.recall_address, server)
+    addresses = [a.strip() for a in options.recall_address.split(",") if a.strip()]
+    recall_channels = [open_channel(a, server) for a in addresses]
     rank_channel = open_channel(options.rank_address, server)
 
     def load() -> None:
         profiles = ProfileStore.from_bundle(options.bundle) if options.bundle else ProfileStore()
-        wait_serving(recall_channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
+        for channel in recall_channels:
+            wait_serving(channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
         wait_serving(rank_channel, RANK_SERVICE, DOWNSTREAM_WAIT_S)
-        ref.set(GatewayCore(GrpcRecall(recall_channel), GrpcRank(rank_channel), profiles, options))
+        recall = ShardedRecall([GrpcRecall(c) for c in recall_channels])
+        ref.set(GatewayCore(recall, GrpcRank(rank_channel), profiles, options))
 
     return start_server(
         server,

@@ -187,7 +187,10 @@ class RankOptions:
 class GatewayOptions:
     """Gateway downstream addresses, defaults and limits."""
 
-    recall_address: str = _opt(f"127.0.0.1:{RECALL_PORT}", "recall service host:port")
+    recall_address: str = _opt(
+        f"127.0.0.1:{RECALL_PORT}",
+        "recall host:port; comma-separated shard addresses in shard order when sharded",
+    )
     rank_address: str = _opt(f"127.0.0.1:{RANK_PORT}", "rank service host:port")
     bundle: str = _opt("", "bundle whose users/history.jsonl seeds user profiles (optional)")
     default_k: int = _opt(10, "k when a request leaves it 0")

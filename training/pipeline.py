@@ -65,21 +65,22 @@ class Profile:
     logq_correction: bool = True
     max_pairs_per_user: int | None = None
     ranker_epochs: int = 8
-    ranker_positions_per_user: int = 2
+    ranker_anchors: int = 1
+    ranker_horizon: int = 5
     ranker_hard_k: int = 20
     parity_texts: int = 16
 
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile("tiny", steps=4, batch_size=16, lr=1e-4, max_length=32, warmup_steps=0,
-                    freeze_layers=4, ranker_epochs=10, ranker_positions_per_user=3,
+                    freeze_layers=4, ranker_epochs=10, ranker_anchors=2, ranker_horizon=2,
                     ranker_hard_k=5, parity_texts=8),
     "quick": Profile("quick", steps=50, batch_size=32, lr=1e-4, max_length=64,
                      warmup_steps=5, freeze_layers=3, ranker_epochs=10,
-                     ranker_positions_per_user=1),
+                     ranker_anchors=1, ranker_horizon=10),
     "full": Profile("full", steps=1500, batch_size=64, lr=5e-5, max_length=128,
                     warmup_steps=100, freeze_layers=0, ranker_epochs=20,
-                    ranker_positions_per_user=10, ranker_hard_k=50, parity_texts=64),
+                    ranker_anchors=4, ranker_horizon=10, ranker_hard_k=50, parity_texts=64),
 }
 
 
@@ -119,29 +120,39 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def _ranker_examples(dataset: Dataset, split: Split, spec: UserTextSpec,
-                     per_user: int) -> tuple[list[str], list[int]]:
-    """User texts and positive item indices from each user's last train positions."""
+def _ranker_examples(dataset: Dataset, split: Split, spec: UserTextSpec, anchors: int,
+                     horizon: int) -> tuple[list[str], list[list[int]]]:
+    """User texts at a few anchor points of each train sequence and the items that follow.
+
+    Anchor t (counted back from the end in steps of ``horizon``) gives the text of the
+    history before t and, as positives, the next ``horizon`` train items: one encoder call
+    yields several examples, which matters because encoding is the expensive part.
+    """
     titles = {it.id: it.title for it in dataset.items}
     texts: list[str] = []
-    positives: list[int] = []
+    positives: list[list[int]] = []
     for user in sorted(split.train):
         seq = split.train[user]
-        for t in range(max(1, len(seq) - per_user), len(seq)):
+        for a in range(anchors):
+            t = len(seq) - horizon * (a + 1)
+            if t < 1:
+                break
             history = seq[max(0, t - spec.max_history):t][::-1]
             texts.append(spec.build([titles[i] for i in history]))
-            positives.append(dataset.item_index[seq[t]])
+            positives.append([dataset.item_index[i] for i in seq[t:t + horizon]])
     return texts, positives
 
 
-def _hard_negatives(index: Any, user_vecs: np.ndarray, positives: np.ndarray,
+def _hard_negatives(index: Any, user_vecs: np.ndarray, positives: list[list[int]],
                     k: int) -> np.ndarray:
-    """[M, k] recall candidates per example with the positive removed (padded by repeats)."""
-    labels, _ = index.knn_query(user_vecs, k=min(k + 1, index.get_current_count()))
+    """[M, k] recall candidates per user vector, its positives removed (padded by repeats)."""
+    labels, _ = index.knn_query(user_vecs, k=min(k + 10, index.get_current_count()))
     rows = []
     for row, pos in zip(labels, positives, strict=True):
-        cand = [int(j) for j in row if int(j) != int(pos)][:k]
-        rows.append((cand * k)[:k] if cand else [int(pos)] * k)
+        own = set(pos)
+        cand = [int(j) for j in row if int(j) not in own][:k]
+        # A tiny catalog may have no candidate left: fall back to a random-ish item.
+        rows.append((cand * k)[:k] if cand else [(pos[0] + 1) % len(index.get_ids_list())] * k)
     return np.asarray(rows, dtype=np.int64)
 
 
@@ -260,15 +271,18 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
 
     with timer.stage("ranker", "train + ONNX export + parity check"):
         seed_everything(seed)
-        r_texts, r_pos = _ranker_examples(dataset, split, spec, prof.ranker_positions_per_user)
-        positives = np.asarray(r_pos, dtype=np.int64)
-        user_vecs = (encoder.encode(r_texts) if r_texts
-                     else np.zeros((0, DIM), dtype=np.float32))
-        hard = (_hard_negatives(index, user_vecs, positives, prof.ranker_hard_k)
-                if len(r_texts) and prof.ranker_hard_k else None)
+        r_texts, r_pos = _ranker_examples(dataset, split, spec, prof.ranker_anchors,
+                                          prof.ranker_horizon)
+        if not r_texts:
+            raise ValueError("no user has two train interactions: nothing to train on")
+        user_vecs = encoder.encode(r_texts)
+        users = np.asarray([u for u, pos in enumerate(r_pos) for _ in pos], dtype=np.int64)
+        positives = np.asarray([i for pos in r_pos for i in pos], dtype=np.int64)
+        hard = (_hard_negatives(index, user_vecs, r_pos, prof.ranker_hard_k)
+                if prof.ranker_hard_k else None)
         r_config = RankerConfig(epochs=prof.ranker_epochs)
-        rk = train_ranker(user_vecs, positives, item_vecs, r_config, seed=seed, hard=hard,
-                          progress=progress)
+        rk = train_ranker(user_vecs, users, positives, item_vecs, r_config, seed=seed,
+                          hard=hard, progress=progress)
         ranker_path = export_ranker(rk.model, work / "ranker" / "model.onnx", DIM)
         ranker_diff = check_ranker_parity(rk.model, ranker_path, DIM, seed=seed)
 
@@ -293,6 +307,7 @@ def _build_into(work: Path, data_dir: Path, prof: Profile, version: str, seed: i
         "final_loss": round(float(np.mean(tt.losses[-5:])), 4) if tt.losses else None,
         "logq_correction": prof.logq_correction,
         "ranker_epochs": prof.ranker_epochs, "ranker_examples": rk.examples,
+        "ranker_user_texts": len(r_texts), "ranker_horizon": prof.ranker_horizon,
         "ranker_final_loss": round(rk.losses[-1], 4) if rk.losses else None,
         "ranker_negatives": {"random": r_config.random_negatives,
                              "hard": r_config.hard_negatives if hard is not None else 0,

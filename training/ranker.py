@@ -74,38 +74,40 @@ class RankerResult:
     seconds: float = 0.0
 
 
-def _negatives(rng: np.random.Generator, positives: npt.NDArray[np.int64], n_items: int,
+def _negatives(rng: np.random.Generator, users: npt.NDArray[np.int64],
+               positives: npt.NDArray[np.int64], n_items: int,
                hard: npt.NDArray[np.int64] | None, config: RankerConfig) -> np.ndarray:
-    """[M, k] negative item indices: uniform draws plus sampled hard candidates.
+    """[E, k] negative item indices: uniform draws plus draws from the user's hard list.
 
-    A draw equal to the positive is shifted by one (mod n_items), so it is never the positive.
+    A uniform draw equal to the positive is shifted by one (mod n_items), so it is never the
+    positive; hard lists already exclude all of their user's positives.
     """
     m = len(positives)
     rand = rng.integers(0, n_items, size=(m, config.random_negatives))
+    clash = rand == positives[:, None]
+    rand[clash] = (rand[clash] + 1) % n_items
     cols = [rand]
     if hard is not None and hard.shape[1] > 0 and config.hard_negatives > 0:
         pick = rng.integers(0, hard.shape[1], size=(m, config.hard_negatives))
-        cols.append(np.take_along_axis(hard, pick, axis=1))
-    neg = np.concatenate(cols, axis=1)
-    clash = neg == positives[:, None]
-    neg[clash] = (neg[clash] + 1) % n_items
-    return neg
+        cols.append(np.take_along_axis(hard[users], pick, axis=1))
+    return np.concatenate(cols, axis=1)
 
 
-def train_ranker(user_vecs: np.ndarray, positives: npt.NDArray[np.int64],
-                 item_vecs: np.ndarray, config: RankerConfig, seed: int,
-                 hard: npt.NDArray[np.int64] | None = None,
+def train_ranker(user_vecs: np.ndarray, users: npt.NDArray[np.int64],
+                 positives: npt.NDArray[np.int64], item_vecs: np.ndarray,
+                 config: RankerConfig, seed: int, hard: npt.NDArray[np.int64] | None = None,
                  progress: bool = True) -> RankerResult:
-    """Train on (user_vecs[i], item_vecs[positives[i]]) vs sampled negatives.
+    """Train on examples (user_vecs[users[e]], item_vecs[positives[e]]) vs sampled negatives.
 
-    ``hard``: optional [M, h] indices of recall candidates per example (excluding the
-    positive), sampled as hard negatives.
+    Several examples may share one user vector (a history followed by several items).
+    ``hard``: optional [len(user_vecs), h] recall candidates per user vector, none of them a
+    positive of that user vector, sampled as hard negatives.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n_items, dim = item_vecs.shape
-    users = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
-    items = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32))
+    user_t = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
+    item_t = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32))
     model = FusionRanker(dim, config.hidden)
     optim = torch.optim.AdamW(model.parameters(), lr=config.lr,
                               weight_decay=config.weight_decay)
@@ -113,17 +115,17 @@ def train_ranker(user_vecs: np.ndarray, positives: npt.NDArray[np.int64],
     start = time.perf_counter()
     model.train()
     for _ in tqdm(range(config.epochs), desc="ranker", disable=not progress, unit="epoch"):
-        neg = _negatives(rng, positives, n_items, hard, config)
+        neg = _negatives(rng, users, positives, n_items, hard, config)
         k = neg.shape[1]
-        # Rows: each example once as a positive and k times with a negative.
-        u_idx = np.repeat(np.arange(len(positives)), 1 + k)
+        # Rows: each example once with its positive and k times with a negative.
+        u_idx = np.repeat(users, 1 + k)
         i_idx = np.concatenate([positives[:, None], neg], axis=1).reshape(-1)
         labels = np.tile(np.r_[1.0, np.zeros(k)], len(positives)).astype(np.float32)
         perm = rng.permutation(len(u_idx))
         epoch_loss, batches = 0.0, 0
         for s in range(0, len(perm), config.batch_size):
             b = perm[s:s + config.batch_size]
-            logits = model(users[u_idx[b]], items[i_idx[b]])
+            logits = model(user_t[u_idx[b]], item_t[i_idx[b]])
             loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels[b]))
             optim.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,359 @@
+"""Rank benchmarks, measured side by side in one run; prints ratios, writes JSON.
+
+1. **ORT vs torch eager** on the same ranker weights: the bundle's ``ranker/model.onnx`` run
+   by ONNX Runtime, and ``training.ranker.FusionRanker`` with its weights loaded from that
+   ONNX file's initializers (checked to agree to 1e-5), for 1, 100 and 500 candidates,
+   both with the same thread count. Median latency per call, timed alternately in rounds
+   so that background load hits both equally.
+2. **Dynamic batching on vs off**: two real rank servers (subprocesses, ``--port 0``), one
+   with ``--batching`` and one with ``--no-batching``, each driven in turn by the same
+   closed-loop load: ``--clients`` concurrent clients (default 32) sending Rank requests of
+   ``--candidates`` candidates. Throughput, p50 and p95 latency, and the mean merged batch
+   read from the server's own Prometheus metrics.
+
+Usage: ``python -m bench.rank_bench [--bundle bundles] [--seconds 8] [--out FILE]``. Without
+a bundle at ``--bundle`` the tiny one is trained into a temporary directory first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx import numpy_helper
+
+from recstack.bundle import Bundle
+from recstack.errors import BundleError
+from recstack.v1 import rank_pb2, rank_pb2_grpc
+from recstack.vectors import pack
+from training.ranker import FusionRanker
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "rank.json"
+
+
+# ---------------------------------------------------------------- bundle
+
+
+def ensure_bundle(path: str) -> Bundle:
+    try:
+        return Bundle.open(path)
+    except BundleError:
+        pass
+    from training.data import write_synthetic_dataset
+    from training.pipeline import build_bundle
+
+    tmp = Path(tempfile.mkdtemp(prefix="rank-bench-"))
+    print(f"no bundle at {path!r}: training the tiny one into {tmp}", flush=True)
+    data = write_synthetic_dataset(tmp / "data")
+    return Bundle.open(build_bundle(data, tmp / "bundles", profile="tiny", progress=False))
+
+
+# ---------------------------------------------------------------- ORT vs torch
+
+
+def torch_ranker_from_onnx(model_path: Path, dim: int) -> FusionRanker:
+    """FusionRanker with the ONNX file's weights (initializer names are state_dict keys)."""
+    weights = {
+        t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+        for t in onnx.load(str(model_path)).graph.initializer
+    }
+    layers = sorted(
+        {int(k.split(".")[1]) for k in weights if k.startswith("mlp.") and k.endswith("weight")}
+    )
+    hidden = tuple(int(weights[f"mlp.{i}.weight"].shape[0]) for i in layers[:-1])
+    model = FusionRanker(dim, hidden)
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    return model
+
+
+def _median_ms(fn: Any, min_calls: int, budget_s: float) -> float:
+    times = []
+    end = time.perf_counter() + budget_s
+    while len(times) < min_calls or time.perf_counter() < end:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def ort_vs_torch(bundle: Bundle, threads: int, budget_s: float) -> list[dict[str, Any]]:
+    spec = bundle.section("ranker")
+    path = bundle.path(spec["model"])
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    torch.set_num_threads(threads)
+    model = torch_ranker_from_onnx(path, bundle.dim)
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in (1, 100, 500):
+        user = rng.standard_normal((1, bundle.dim)).astype(np.float32)
+        items = rng.standard_normal((n, bundle.dim)).astype(np.float32)
+        items /= np.linalg.norm(items, axis=1, keepdims=True)
+        users = np.repeat(user / np.linalg.norm(user), n, axis=0)
+        tu, ti = torch.from_numpy(users), torch.from_numpy(items)
+
+        def run_ort(users: np.ndarray = users, items: np.ndarray = items) -> np.ndarray:
+            return session.run([spec["output"]], {"user": users, "item": items})[0]
+
+        def run_torch(tu: torch.Tensor = tu, ti: torch.Tensor = ti) -> np.ndarray:
+            with torch.inference_mode():
+                return model(tu, ti).numpy()
+
+        diff = float(np.max(np.abs(run_ort().reshape(-1) - run_torch().reshape(-1))))
+        if diff > 1e-5:
+            raise SystemExit(f"torch and ORT rankers disagree by {diff:.3g} at n={n}")
+        for _ in range(20):
+            run_ort()
+            run_torch()
+        ort_ms, torch_ms = [], []
+        for _ in range(5):  # alternate rounds: both see the same background load
+            ort_ms.append(_median_ms(run_ort, 20, budget_s / 10))
+            torch_ms.append(_median_ms(run_torch, 20, budget_s / 10))
+        o, t = statistics.median(ort_ms), statistics.median(torch_ms)
+        rows.append(
+            {
+                "candidates": n,
+                "ort_ms": round(o, 4),
+                "torch_ms": round(t, 4),
+                "torch_over_ort": round(t / o, 2),
+                "max_abs_diff": diff,
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- batching on vs off
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RankProcess:
+    """A rank server subprocess on a free port, SERVING before __enter__ returns."""
+
+    def __init__(self, bundle: Path, extra: list[str], workdir: Path, name: str) -> None:
+        self.port_file = workdir / f"{name}.port"
+        self.metrics_port = _free_port()
+        self.log = (workdir / f"{name}.log").open("w")
+        cmd = [
+            sys.executable, "-m", "rank_service",
+            "--bundle", str(bundle), "--port", "0", "--port-file", str(self.port_file),
+            "--metrics-port", str(self.metrics_port), "--log-level", "WARNING",
+            "--bundle-poll-s", "0", *extra,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.port = 0
+
+    def __enter__(self) -> RankProcess:
+        deadline = time.monotonic() + 120
+        while not (self.port_file.is_file() and self.port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"rank server did not start (see {self.log.name})")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+        while True:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return self
+            if time.monotonic() > deadline:
+                raise SystemExit("rank server never became SERVING")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ).read()
+        for line in text.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def drive(port: int, bundle: Bundle, clients: int, candidates: int, seconds: float) -> dict:
+    """Closed loop: ``clients`` threads each send Rank back to back for ``seconds``."""
+    vectors = bundle.load_vectors()
+    ids = [i.id for i in bundle.iter_catalog()]
+    rng = np.random.default_rng(1)
+    reqs = []
+    for _ in range(64):
+        pick = rng.integers(0, len(ids), size=candidates)
+        reqs.append(
+            rank_pb2.RankRequest(
+                user_vector=pack(vectors[int(rng.integers(len(ids)))]),
+                candidate_ids=[f"{ids[p]}#{k}" for k, p in enumerate(pick)],
+                candidate_vectors=pack(vectors[pick]),
+                embedding_version=bundle.version,
+                top_k=10,
+            )
+        )
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
+    stubs = [rank_pb2_grpc.RankServiceStub(c) for c in channels]
+    for s in stubs:  # connect + warm up
+        for r in reqs[:8]:
+            s.Rank(r, timeout=10)
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0]
+
+    def client(i: int) -> None:
+        stub = stubs[i % len(stubs)]
+        mine = latencies[i]
+        start.wait()
+        k = i
+        while time.perf_counter() < stop_at[0]:
+            t = time.perf_counter()
+            try:
+                stub.Rank(reqs[k % len(reqs)], timeout=10)
+            except grpc.RpcError:
+                errors[0] += 1
+                continue
+            mine.append(time.perf_counter() - t)
+            k += clients
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + seconds
+    began = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    for c in channels:
+        c.close()
+    flat = np.array([x for lat in latencies for x in lat])
+    return {
+        "requests": int(flat.size),
+        "errors": errors[0],
+        "seconds": round(elapsed, 2),
+        "rps": round(flat.size / elapsed, 1),
+        "p50_ms": round(float(np.percentile(flat, 50)) * 1000, 2),
+        "p95_ms": round(float(np.percentile(flat, 95)) * 1000, 2),
+    }
+
+
+def batching_on_off(bundle: Bundle, args: argparse.Namespace) -> dict[str, Any]:
+    common = ["--max-workers", str(args.clients + 4), "--max-concurrent-rpcs", "512",
+              "--max-candidates", str(max(args.candidates, 2000))]  # fmt: skip
+    configs = {
+        "off": ["--no-batching"],
+        "on": ["--batching", "--max-queue-delay-ms", str(args.max_queue_delay_ms)],
+    }
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in configs.items():
+            with RankProcess(bundle.root, common + extra, Path(tmp), name) as server:
+                res = drive(server.port, bundle, args.clients, args.candidates, args.seconds)
+                count = server.metric("recstack_rank_batch_requests_count")
+                total = server.metric("recstack_rank_batch_requests_sum")
+                res["mean_requests_per_run"] = round(total / count, 2) if count else 1.0
+                out[name] = res
+                print(f"  batching {name}: {res}", flush=True)
+    out["throughput_on_over_off"] = round(out["on"]["rps"] / out["off"]["rps"], 2)
+    out["p95_off_over_on"] = round(out["off"]["p95_ms"] / out["on"]["p95_ms"], 2)
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.rank_bench", description=__doc__)
+    parser.add_argument("--bundle", default="bundles", help="bundle dir or root with CURRENT")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="intra-op threads for ORT and torch in part 1")  # fmt: skip
+    parser.add_argument("--budget-s", type=float, default=3.0, help="timing budget per size")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=8.0, help="load duration per server")
+    parser.add_argument("--max-queue-delay-ms", type=float, default=1.0)
+    parser.add_argument("--skip-servers", action="store_true")
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    args = parser.parse_args(argv)
+
+    bundle = ensure_bundle(args.bundle)
+    print(f"bundle {bundle.version} ({bundle.root}); {os.cpu_count()} CPUs", flush=True)
+    print("ORT vs torch eager (same weights, CPU)...", flush=True)
+    kernels = ort_vs_torch(bundle, args.threads, args.budget_s)
+    serving = None if args.skip_servers else batching_on_off(bundle, args)
+
+    print(f"\nRanker, one call (median ms; CPU, {args.threads} threads)")
+    print(f"{'candidates':>10} {'ORT ms':>9} {'torch ms':>9} {'torch/ORT':>10}")
+    for r in kernels:
+        print(
+            f"{r['candidates']:>10} {r['ort_ms']:>9.3f} {r['torch_ms']:>9.3f} "
+            f"{r['torch_over_ort']:>9.2f}x"
+        )
+    if serving:
+        print(
+            f"\nRank server, {args.clients} concurrent clients, {args.candidates} candidates/"
+            f"request, {args.seconds:g}s each"
+        )
+        print(f"{'batching':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/run':>8}")
+        for name in ("off", "on"):
+            s = serving[name]
+            print(
+                f"{name:>8} {s['rps']:>8.1f} {s['p50_ms']:>8.2f} {s['p95_ms']:>8.2f} "
+                f"{s['mean_requests_per_run']:>8.2f}"
+            )
+        print(
+            f"throughput on/off: {serving['throughput_on_over_off']:.2f}x, "
+            f"p95 off/on: {serving['p95_off_over_on']:.2f}x"
+        )
+    result = {
+        "bundle_version": bundle.version,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+            "providers": ort.get_available_providers(),
+        },
+        "args": vars(args),
+        "ort_vs_torch": kernels,
+        "batching": serving,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

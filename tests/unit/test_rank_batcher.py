@@ -1,0 +1,257 @@
+"""Dynamic batcher (rank_service.batcher) with a numpy stand-in for the model run.
+
+The batcher is model-agnostic (it concatenates row-aligned arrays and splits one output
+vector back), so a deterministic per-row function checks merging and splitting exactly.
+Slow runs are made with the ``before_run`` hook, and every wait is on an event, never on
+elapsed time.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+
+from rank_service.batcher import Batcher
+from recstack.deadline import Deadline
+from recstack.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+WAIT = 10.0
+
+
+def row_fn(inputs):
+    """Per-row 'model': a different value for every row content."""
+    user, item = inputs
+    return (user * item).sum(axis=1) + item[:, 0] * 1000.0
+
+
+class Gate:
+    """before_run hook: records batch sizes; blocks runs while closed."""
+
+    def __init__(self, blocked=False):
+        self.open = threading.Event()
+        if not blocked:
+            self.open.set()
+        self.entered = threading.Event()
+        self.batches = []
+        self.lock = threading.Lock()
+
+    def __call__(self, requests, rows):
+        with self.lock:
+            self.batches.append((requests, rows))
+        self.entered.set()
+        assert self.open.wait(WAIT)
+
+
+def request(rng, n, dim=8):
+    user = rng.standard_normal(dim).astype(np.float32)
+    items = rng.standard_normal((n, dim)).astype(np.float32)
+    return (np.repeat(user[None], n, axis=0), items)
+
+
+def wait_until(predicate):
+    done = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if predicate():
+            return
+        done.wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+def run_in_thread(batcher, inputs, deadline=None):
+    box = {}
+
+    def target():
+        try:
+            box["result"] = batcher.submit(inputs, deadline or Deadline.none())
+        except Exception as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, box
+
+
+def test_concurrent_requests_are_merged_and_split_exactly():
+    gate = Gate(blocked=True)
+    batcher = Batcher(
+        row_fn,
+        max_batch_rows=10_000,
+        max_queue_delay_s=0.0,
+        max_queue_requests=100,
+        before_run=gate,
+    )
+    rng = np.random.default_rng(0)
+    try:
+        first = request(rng, 3)
+        t0, box0 = run_in_thread(batcher, first)
+        assert gate.entered.wait(WAIT)  # worker holds the first batch; the rest queue up
+        reqs = [request(rng, int(n)) for n in rng.integers(1, 40, size=12)]
+        threads = [run_in_thread(batcher, r) for r in reqs]
+        wait_until(lambda: batcher.queued == len(reqs))
+        gate.open.set()
+        for (t, box), r in zip(threads, reqs, strict=True):
+            t.join(WAIT)
+            np.testing.assert_array_equal(box["result"], row_fn(r).astype(np.float32))
+        t0.join(WAIT)
+        np.testing.assert_array_equal(box0["result"], row_fn(first).astype(np.float32))
+        assert gate.batches[0] == (1, 3)
+        assert gate.batches[1] == (len(reqs), sum(r[0].shape[0] for r in reqs))
+    finally:
+        gate.open.set()
+        batcher.close(WAIT)
+
+
+def test_max_batch_rows_splits_batches_in_fifo_order():
+    gate = Gate(blocked=True)
+    batcher = Batcher(
+        row_fn,
+        max_batch_rows=10,
+        max_queue_delay_s=0.0,
+        max_queue_requests=100,
+        before_run=gate,
+    )
+    rng = np.random.default_rng(1)
+    try:
+        _t0, _ = run_in_thread(batcher, request(rng, 1))
+        assert gate.entered.wait(WAIT)
+        sizes = [4, 4, 4, 25, 2]  # 25 > max_batch_rows runs alone
+        threads = []
+        for n in sizes:  # one at a time, so FIFO order is the order of this list
+            threads.append(run_in_thread(batcher, request(rng, n)))
+            expected = len(threads)
+            wait_until(lambda e=expected: batcher.queued == e)
+        gate.open.set()
+        for t, box in threads:
+            t.join(WAIT)
+            assert "result" in box
+        assert [rows for _, rows in gate.batches[1:]] == [8, 4, 25, 2]
+    finally:
+        gate.open.set()
+        batcher.close(WAIT)
+
+
+def test_full_queue_is_resource_exhausted():
+    gate = Gate(blocked=True)
+    batcher = Batcher(
+        row_fn,
+        max_batch_rows=100,
+        max_queue_delay_s=0.0,
+        max_queue_requests=2,
+        before_run=gate,
+    )
+    rng = np.random.default_rng(2)
+    try:
+        t0, box0 = run_in_thread(batcher, request(rng, 2))
+        assert gate.entered.wait(WAIT)
+        waiting = [run_in_thread(batcher, request(rng, 2)) for _ in range(2)]
+        wait_until(lambda: batcher.queued == 2)
+        with pytest.raises(ResourceExhausted, match="queue full"):
+            batcher.submit(request(rng, 2), Deadline.none())
+        gate.open.set()
+        for t, box in [(t0, box0), *waiting]:
+            t.join(WAIT)
+            assert "result" in box
+        batcher.submit(request(rng, 2), Deadline.none())  # room again
+    finally:
+        gate.open.set()
+        batcher.close(WAIT)
+
+
+def test_expired_requests_are_dropped_before_running():
+    gate = Gate(blocked=True)
+    ran_rows = []
+
+    def recording(inputs):
+        ran_rows.append(inputs[1].copy())
+        return row_fn(inputs)
+
+    batcher = Batcher(
+        recording,
+        max_batch_rows=100,
+        max_queue_delay_s=0.0,
+        max_queue_requests=10,
+        before_run=gate,
+    )
+    rng = np.random.default_rng(3)
+    try:
+        _t0, _ = run_in_thread(batcher, request(rng, 1))
+        assert gate.entered.wait(WAIT)
+        doomed = request(rng, 5)
+        expires = Deadline.after(0.05)
+        t1, box1 = run_in_thread(batcher, doomed, expires)
+        kept = request(rng, 2)
+        t2, box2 = run_in_thread(batcher, kept)
+        wait_until(lambda: batcher.queued == 2)
+        t1.join(WAIT)  # its caller gives up when the deadline passes...
+        assert isinstance(box1["error"], DeadlineExceeded)
+        gate.open.set()
+        t2.join(WAIT)
+        np.testing.assert_array_equal(box2["result"], row_fn(kept).astype(np.float32))
+        # ...and the worker never ran its rows
+        assert not any(
+            r.shape == doomed[1].shape and np.array_equal(r, doomed[1]) for r in ran_rows
+        )
+        assert all(r.shape[0] != 7 for r in ran_rows)
+        with pytest.raises(DeadlineExceeded):
+            batcher.submit(request(rng, 1), Deadline.after(-1))
+    finally:
+        gate.open.set()
+        batcher.close(WAIT)
+
+
+def test_a_failing_run_fails_only_its_batch_and_the_worker_survives():
+    calls = []
+
+    def flaky(inputs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return row_fn(inputs)
+
+    batcher = Batcher(flaky, max_batch_rows=100, max_queue_delay_s=0.0, max_queue_requests=10)
+    rng = np.random.default_rng(4)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            batcher.submit(request(rng, 2), Deadline.none())
+        r = request(rng, 3)
+        np.testing.assert_array_equal(batcher.submit(r, Deadline.none()), row_fn(r))
+    finally:
+        batcher.close(WAIT)
+
+
+def test_close_finishes_queued_work_then_refuses():
+    gate = Gate(blocked=True)
+    batcher = Batcher(
+        row_fn,
+        max_batch_rows=100,
+        max_queue_delay_s=0.0,
+        max_queue_requests=10,
+        before_run=gate,
+    )
+    rng = np.random.default_rng(5)
+    t0, box0 = run_in_thread(batcher, request(rng, 1))
+    assert gate.entered.wait(WAIT)
+    t1, box1 = run_in_thread(batcher, request(rng, 1))
+    wait_until(lambda: batcher.queued == 1)
+    closer = threading.Thread(target=batcher.close, args=(WAIT,))
+    closer.start()
+    gate.open.set()
+    closer.join(WAIT)
+    t0.join(WAIT)
+    t1.join(WAIT)
+    assert "result" in box0 and "result" in box1
+    with pytest.raises(Unavailable):
+        batcher.submit(request(rng, 1), Deadline.none())
+
+
+def test_mismatched_rows_and_bad_options():
+    with pytest.raises(ValueError):
+        Batcher(row_fn, max_batch_rows=0, max_queue_delay_s=0.0, max_queue_requests=1)
+    batcher = Batcher(row_fn, max_batch_rows=10, max_queue_delay_s=0.0, max_queue_requests=1)
+    try:
+        with pytest.raises(ValueError, match="same number of rows"):
+            batcher.submit(
+                (np.zeros((2, 3), np.float32), np.zeros((3, 3), np.float32)), Deadline.none()
+            )
+    finally:
+        batcher.close(WAIT)

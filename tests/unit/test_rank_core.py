@@ -1,0 +1,397 @@
+"""Rank core against the tiny bundle's real ONNX ranker: batching, side features, providers,
+IO binding path, hot swap. No grpc here (see tests/integration/test_rank_service.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from rank_service.core import CoreRetired, RankCore, load_core
+from rank_service.reload import BundleReloader
+from rank_service.runner import RankerRunner
+from recstack.bundle import MANIFEST, Bundle, write_manifest
+from recstack.config import RankOptions
+from recstack.deadline import Deadline
+from recstack.domain import RankQuery
+from recstack.errors import BundleError, FailedPrecondition, InvalidArgument
+from recstack.ort import CPU, CUDA, SessionOptions
+from recstack.server import CoreRef
+
+WAIT = 30.0
+HAS_CUDA = CUDA in ort.get_available_providers()
+FEATURES = ("popularity", "recency")
+FEATURE_WEIGHTS = (0.5, -0.25)
+
+
+# ---- helpers (also imported by the integration tests) ----
+
+
+def copy_bundle(src: Path, dst: Path, *, version: str | None = None) -> Path:
+    """Copy a bundle, optionally renaming its version, and re-write its manifest."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    manifest.pop("files", None)
+    if version:
+        manifest["version"] = version
+    write_manifest(dst, manifest)
+    return dst
+
+
+def feature_ranker(dim: int, weights=FEATURE_WEIGHTS) -> onnx.ModelProto:
+    """score = sum(user * item) + features @ weights, built with the onnx helper API."""
+    f = len(weights)
+    w = numpy_helper.from_array(np.asarray(weights, np.float32).reshape(f, 1), "w")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [
+        helper.make_node("Mul", ["user", "item"], ["prod"]),
+        helper.make_node("ReduceSum", ["prod", "axes"], ["dot"], keepdims=0),
+        helper.make_node("MatMul", ["features", "w"], ["fw"]),
+        helper.make_node("Squeeze", ["fw", "axes"], ["fw1"]),
+        helper.make_node("Add", ["dot", "fw1"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "feature_ranker",
+        [
+            helper.make_tensor_value_info("user", TensorProto.FLOAT, ["n", dim]),
+            helper.make_tensor_value_info("item", TensorProto.FLOAT, ["n", dim]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", f]),
+        ],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])],
+        [w, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def feature_bundle(src: Path, dst: Path, features=FEATURES, weights=FEATURE_WEIGHTS) -> Path:
+    """The tiny bundle with its ranker swapped for one that declares side features."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    manifest.pop("files", None)
+    onnx.save(feature_ranker(int(manifest["dim"]), weights), dst / "ranker" / "model.onnx")
+    manifest["ranker"] = {**manifest["ranker"], "side_features": list(features)}
+    manifest["version"] = manifest["version"] + "-features"
+    write_manifest(dst, manifest)
+    return dst
+
+
+def direct_scores(bundle: Bundle, user, items) -> np.ndarray:
+    spec = bundle.section("ranker")
+    session = ort.InferenceSession(str(bundle.path(spec["model"])), providers=[CPU])
+    users = np.repeat(np.asarray(user, np.float32)[None], len(items), axis=0)
+    return session.run([spec["output"]], {"user": users, "item": items})[0].reshape(-1)
+
+
+def query(bundle, ids, vectors, user, **kw) -> RankQuery:
+    return RankQuery(
+        user_vector=np.asarray(user, np.float32),
+        candidate_ids=tuple(ids),
+        candidate_vectors=np.asarray(vectors, np.float32),
+        embedding_version=kw.pop("version", bundle.version),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def catalog(bundle):
+    return [i.id for i in bundle.iter_catalog()], bundle.load_vectors()
+
+
+# ---- batching ----
+
+
+def test_batching_on_and_off_match_direct_onnx_under_concurrency(bundle, catalog):
+    ids, vectors = catalog
+    merged = []
+    first_gate = threading.Event()
+
+    def hook(requests, rows):
+        merged.append(requests)
+        if len(merged) == 2:  # hold the first real batch until others have queued behind it
+            first_gate.wait(WAIT)
+
+    on = load_core(
+        RankOptions(bundle=str(bundle.root), max_queue_delay_ms=2.0),
+        SessionOptions(device="cpu"),
+        before_batch=hook,
+    )
+    off = load_core(RankOptions(bundle=str(bundle.root), batching=False), SessionOptions("cpu"))
+    rng = np.random.default_rng(0)
+    jobs = []
+    for _ in range(16 * 4):
+        n = int(rng.integers(1, len(ids) + 1))
+        pick = rng.choice(len(ids), size=n, replace=False)
+        user = vectors[int(rng.integers(len(ids)))] + 0.1 * rng.standard_normal(bundle.dim)
+        jobs.append(([ids[i] for i in pick], vectors[pick], user.astype(np.float32)))
+    results: dict[tuple[str, int], object] = {}
+
+    def worker(t):
+        for j in range(t, len(jobs), 16):
+            for name, core in (("on", on), ("off", off)):
+                try:
+                    results[name, j] = core.rank(query(bundle, *jobs[j]), Deadline.after(WAIT))
+                except Exception as exc:  # surfaced by the asserts below
+                    results[name, j] = exc
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    while not on.batcher.queued >= 4 and any(t.is_alive() for t in threads):
+        threading.Event().wait(0.005)
+    first_gate.set()
+    for t in threads:
+        t.join(120)
+    try:
+        assert max(merged) > 1  # requests really were merged into shared runs
+        for j, (jids, jvecs, user) in enumerate(jobs):
+            want = dict(zip(jids, direct_scores(bundle, user, jvecs), strict=True))
+            a, b = results["on", j], results["off", j]
+            assert [i.id for i in a.items] == [i.id for i in b.items]
+            for x, y in zip(a.items, b.items, strict=True):
+                assert x.score == pytest.approx(float(want[x.id]), abs=1e-5)
+                assert y.score == pytest.approx(float(want[y.id]), abs=1e-5)
+    finally:
+        first_gate.set()
+        on.retire(WAIT)
+        off.retire(WAIT)
+
+
+def test_diversity_lambda_validation_and_mmr_order(bundle, catalog):
+    _ids, vectors = catalog
+    core = load_core(RankOptions(bundle=str(bundle.root)), SessionOptions("cpu"))
+    try:
+        # candidate 1 is a near-copy of candidate 0
+        vecs = np.vstack([vectors[0], vectors[0] + 1e-3, vectors[2:10]]).astype(np.float32)
+        cids = [f"c{i}" for i in range(len(vecs))]
+        user = vectors[0]
+        plain = core.rank(query(bundle, cids, vecs, user), Deadline.none())
+        same = core.rank(query(bundle, cids, vecs, user, diversity_lambda=1.0), Deadline.none())
+        assert [i.id for i in same.items] == [i.id for i in plain.items]
+        top = [i.id for i in plain.items[:2]]
+        if set(top) == {"c0", "c1"}:  # the duplicates lead: MMR must split them up
+            diverse = core.rank(
+                query(bundle, cids, vecs, user, diversity_lambda=0.3, top_k=2), Deadline.none()
+            )
+            assert len({i.id for i in diverse.items} & {"c0", "c1"}) == 1
+        for bad in (-0.1, 1.5, float("nan")):
+            with pytest.raises(InvalidArgument, match="diversity_lambda"):
+                core.rank(query(bundle, cids, vecs, user, diversity_lambda=bad), Deadline.none())
+    finally:
+        core.retire(WAIT)
+
+
+# ---- side features ----
+
+
+def test_features_sent_to_a_ranker_without_side_features(bundle, catalog):
+    ids, vectors = catalog
+    core = load_core(RankOptions(bundle=str(bundle.root)), SessionOptions("cpu"))
+    try:
+        q = query(bundle, ids[:3], vectors[:3], vectors[5], candidate_features=np.ones(6, "f4"))
+        with pytest.raises(InvalidArgument, match="candidate_features") as err:
+            core.rank(q, Deadline.none())
+        assert err.value.field == "candidate_features"
+        assert core.info().side_features == ()
+    finally:
+        core.retire(WAIT)
+
+
+def test_side_features_are_fed_and_validated(bundle_dir, bundle, catalog, tmp_path):
+    ids, vectors = catalog
+    fb = Bundle.open(feature_bundle(Path(bundle_dir), tmp_path / "feat"))
+    for batching in (True, False):
+        core = load_core(RankOptions(bundle=str(fb.root), batching=batching), SessionOptions("cpu"))
+        try:
+            assert core.info().side_features == FEATURES
+            n = 6
+            user, items = vectors[7], vectors[:n]
+            feats = np.random.default_rng(0).random((n, 2)).astype(np.float32)
+            res = core.rank(
+                query(fb, ids[:n], items, user, candidate_features=feats.reshape(-1)),
+                Deadline.none(),
+            )
+            want = items @ user + feats @ np.asarray(FEATURE_WEIGHTS, np.float32)
+            got = {i.id: i.score for i in res.items}
+            for k in range(n):
+                assert got[ids[k]] == pytest.approx(float(want[k]), abs=1e-5)
+            for bad in (None, np.ones(n * 2 - 1, "f4"), np.full(n * 2, np.nan, "f4")):
+                with pytest.raises(InvalidArgument, match="candidate_features"):
+                    core.rank(
+                        query(fb, ids[:n], items, user, candidate_features=bad), Deadline.none()
+                    )
+        finally:
+            core.retire(WAIT)
+
+
+def test_manifest_and_model_disagreeing_on_features_is_refused(bundle_dir, tmp_path):
+    dst = feature_bundle(Path(bundle_dir), tmp_path / "feat3", features=("a", "b", "c"))
+    with pytest.raises(BundleError, match="side features"):
+        load_core(RankOptions(bundle=str(dst)), SessionOptions("cpu"))
+
+
+# ---- providers and the IO-binding path ----
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks behaviour with no GPU")
+def test_provider_selection_without_gpu(bundle):
+    core = RankCore(bundle, RankOptions(), SessionOptions(device="cuda", allow_cpu_fallback=True))
+    try:
+        assert core.provider == CPU and not core.runner.io_binding and not core.runner.pinned
+        assert core.info().execution_provider == CPU
+    finally:
+        core.retire(WAIT)
+    with pytest.raises(BundleError, match="onnxruntime-gpu"):
+        RankCore(bundle, RankOptions(), SessionOptions(device="cuda", allow_cpu_fallback=False))
+    auto = RankCore(bundle, RankOptions(), SessionOptions(device="auto"))
+    try:
+        assert auto.provider == CPU
+    finally:
+        auto.retire(WAIT)
+
+
+def test_io_binding_path_matches_plain_run_on_cpu(bundle, catalog):
+    """The CUDA path's IO-binding code is provider-agnostic; run it on CPU buffers."""
+    _, vectors = catalog
+    spec = bundle.section("ranker")
+    session = ort.InferenceSession(str(bundle.path(spec["model"])), providers=[CPU])
+    bound = RankerRunner(session, CPU, spec["output"], io_binding=True)
+    plain = RankerRunner(session, CPU, spec["output"], io_binding=False)
+    for n in (1, 7, 100, 3):  # grows, then reuses, the staging buffers
+        items = vectors[:n] if n <= len(vectors) else np.tile(vectors, (2, 1))[:n]
+        users = np.repeat(vectors[-1][None], n, axis=0)
+        feeds = {"user": users, "item": np.ascontiguousarray(items)}
+        np.testing.assert_allclose(bound.run(feeds), plain.run(feeds), atol=1e-6)
+    assert not bound.pinned
+    bound.close()
+
+
+def test_optimized_model_is_saved(bundle, tmp_path):
+    out = tmp_path / "ranker.opt.onnx"
+    core = load_core(
+        RankOptions(bundle=str(bundle.root)),
+        SessionOptions(device="cpu", optimized_model_path=str(out)),
+    )
+    core.retire(WAIT)
+    assert out.is_file() and onnx.load(str(out)).graph.node
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a CUDA GPU")
+def test_cuda_provider_with_io_binding_matches_cpu(bundle, catalog):
+    ids, vectors = catalog
+    gpu = load_core(RankOptions(bundle=str(bundle.root)), SessionOptions(device="cuda"))
+    cpu = load_core(RankOptions(bundle=str(bundle.root)), SessionOptions(device="cpu"))
+    try:
+        assert gpu.provider == CUDA and gpu.runner.io_binding
+        q = query(bundle, ids, vectors, vectors[3])
+        a = gpu.rank(q, Deadline.none())
+        b = cpu.rank(q, Deadline.none())
+        assert [i.id for i in a.items] == [i.id for i in b.items]
+        for x, y in zip(a.items, b.items, strict=True):
+            assert x.score == pytest.approx(y.score, abs=1e-4)
+    finally:
+        gpu.retire(WAIT)
+        cpu.retire(WAIT)
+
+
+# ---- hot swap ----
+
+
+@pytest.fixture
+def bundle_root(bundle_dir, tmp_path):
+    """A root with two versions of the tiny bundle and CURRENT naming v1."""
+    root = tmp_path / "bundles"
+    root.mkdir()
+    copy_bundle(Path(bundle_dir), root / "v1", version="v1")
+    copy_bundle(Path(bundle_dir), root / "v2", version="v2")
+    (root / "CURRENT").write_text("v1\n")
+    return root
+
+
+def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog):
+    ids, vectors = catalog
+    hold = threading.Event()
+    held = threading.Event()
+
+    def hook(requests, rows):
+        # block only v1's worker, only once the test arms it
+        if threading.current_thread().name.endswith("-v1") and armed.is_set():
+            held.set()
+            hold.wait(WAIT)
+
+    armed = threading.Event()
+    ref: CoreRef[RankCore] = CoreRef("rank")
+    reloader = BundleReloader(
+        ref, RankOptions(bundle=str(bundle_root)), SessionOptions("cpu"), before_batch=hook
+    )
+    reloader.load_initial()
+    old = ref.get()
+    assert old.version == "v1"
+    box = {}
+
+    def in_flight():
+        q = RankQuery(vectors[9], tuple(ids[:5]), vectors[:5], "v1")
+        box["result"] = old.rank(q, Deadline.after(WAIT))
+
+    armed.set()
+    t = threading.Thread(target=in_flight)
+    t.start()
+    try:
+        assert held.wait(WAIT)
+        (bundle_root / "CURRENT").write_text("v2\n")
+        outcome = reloader.reload()
+        assert (outcome.bundle_version, outcome.previous_version, outcome.swapped) == (
+            "v2",
+            "v1",
+            True,
+        )
+        new = ref.get()
+        assert new.version == "v2"
+        q2 = RankQuery(vectors[9], tuple(ids[:5]), vectors[:5], "v2")
+        assert new.rank(q2, Deadline.after(WAIT)).bundle_version == "v2"
+        assert t.is_alive()  # still running on v1
+    finally:
+        hold.set()
+    t.join(WAIT)
+    assert box["result"].bundle_version == "v1" and len(box["result"].items) == 5
+    old.batcher._worker.join(WAIT)  # retired in the background once its request finished
+    with pytest.raises(CoreRetired):
+        old.rank(RankQuery(vectors[9], tuple(ids[:5]), vectors[:5], "v1"), Deadline.none())
+    assert reloader.reload().swapped is False
+    reloader.close()
+
+
+def test_bad_bundle_is_refused_and_old_keeps_serving(bundle_root, bundle_dir, catalog):
+    ids, vectors = catalog
+    ref: CoreRef[RankCore] = CoreRef("rank")
+    reloader = BundleReloader(ref, RankOptions(bundle=str(bundle_root)), SessionOptions("cpu"))
+    reloader.load_initial()
+    bad = copy_bundle(Path(bundle_dir), bundle_root / "v3", version="v3")
+    with (bad / "ranker" / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    (bundle_root / "CURRENT").write_text("v3\n")
+    with pytest.raises(FailedPrecondition, match="checksum mismatch"):
+        reloader.reload()
+    (bundle_root / "CURRENT").write_text("nope\n")
+    with pytest.raises(FailedPrecondition, match="reload refused"):
+        reloader.reload()
+    (bundle_root / "CURRENT").write_text("v2\n")
+    with pytest.raises(FailedPrecondition, match="expected_version"):
+        reloader.reload(expected_version="v9")
+    core = ref.get()
+    assert core.version == "v1"
+    q = RankQuery(vectors[9], tuple(ids[:4]), vectors[:4], "v1")
+    assert core.rank(q, Deadline.none()).bundle_version == "v1"
+    assert reloader.reload(expected_version="v2").swapped
+    reloader.close()
