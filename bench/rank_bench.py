@@ -87,7 +87,7 @@ def torch_ranker_from_onnx(model_path: Path, dim: int) -> FusionRanker:
 
 
 def _median_ms(fn: Any, min_calls: int, budget_s: float) -> float:
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + budget_s
     while len(times) < min_calls or time.perf_counter() < end:
         t = time.perf_counter()

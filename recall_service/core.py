@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 QUERY_FIELDS = "query_text|history_item_ids|query_vector"
 REPLAY_BATCH = 2048
+UNIT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,13 @@ class FilteredQuery:
     filters: tuple[MetadataFilter, ...] = ()
     min_sequence: int = 0
     exact: bool = False
+
+
+def _unit(vector: F32Array) -> F32Array:
+    """A caller's vector as stored: kept bit-exact when already unit length, else scaled."""
+    if abs(float(np.linalg.norm(vector)) - 1.0) <= UNIT_TOLERANCE:
+        return vector
+    return l2_normalize(vector)
 
 
 class RecallCore:
@@ -257,7 +265,7 @@ class RecallCore:
                 it.title,
                 it.text,
                 it.metadata,
-                vectors[i] if it.vector is None else l2_normalize(it.vector),
+                vectors[i] if it.vector is None else _unit(it.vector),
                 self.version,
             )
             for i, it in enumerate(items)

@@ -35,7 +35,7 @@ from recstack.config import RecallOptions
 from recstack.deadline import Deadline
 from recstack.domain import RecallResult
 from recstack.encoder import TextEncoder
-from recstack.errors import BundleError
+from recstack.errors import BundleError, FailedPrecondition
 from recstack.ort import SessionOptions
 from recstack.server import CoreRef
 
@@ -191,7 +191,7 @@ class Replica:
         if target not in (self.ref.get().bundle.root, self._refused):
             try:
                 self.reload()
-            except BundleError as exc:
+            except FailedPrecondition as exc:
                 # Remember it so a bad version is reported once, not every poll.
                 self._refused = target
                 log.error(
@@ -218,10 +218,15 @@ class Replica:
         """Load what the bundle path points to now; swap if it is a new, good version."""
         with self._reload_lock:
             old = self.ref.get()
-            bundle = Bundle.open(self.options.bundle)  # BundleError: refused, old keeps serving
-            if bundle.root == old.bundle.root:
-                return old.version, False
-            new = self._build(bundle)
+            try:
+                bundle = Bundle.open(self.options.bundle)
+                if bundle.root == old.bundle.root:
+                    return old.version, False
+                new = self._build(bundle)
+            except BundleError as exc:
+                raise FailedPrecondition(
+                    f"new bundle refused, still serving {old.version}: {exc}"
+                ) from exc
             with self._write_gate:
                 new.catch_up()
                 self.ref.set(new)

@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh train,dev
+if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "==> installing PostgreSQL (the catalog-log tests run a real server)"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q postgresql >/dev/null || { $SUDO apt-get update -q && $SUDO apt-get install -y -q postgresql >/dev/null; }
+fi
 echo "==> generated stubs match protos/"
 python scripts/gen_protos.py --check
 echo "==> buf lint"

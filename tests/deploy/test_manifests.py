@@ -114,7 +114,9 @@ def test_every_container_is_locked_down(rendered: list[Obj]) -> None:
             assert "/tmp" in mounts, f"{at}: no writable /tmp with a read-only root"
 
 
-_PINNED = re.compile(r"^[a-z0-9.\-/:]+(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+_PINNED = re.compile(
+    r"^[a-z0-9.\-/:]+(:[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+)
 
 
 def test_images_are_pinned(rendered: list[Obj]) -> None:
@@ -329,7 +331,9 @@ def _selects_pod(selector: Obj, labels: dict[str, str]) -> bool:
 
 def _policies_for(objs: list[Obj], labels: dict[str, str]) -> list[Obj]:
     return [
-        p for p in k8s.by_kind(objs, "NetworkPolicy") if _selects_pod(p["spec"]["podSelector"], labels)
+        p
+        for p in k8s.by_kind(objs, "NetworkPolicy")
+        if _selects_pod(p["spec"]["podSelector"], labels)
     ]
 
 
@@ -377,13 +381,16 @@ def test_only_the_gateway_is_reachable_from_outside(serving: list[Obj]) -> None:
                     assert _ports(rule) <= metrics_ports, f"{name_of(obj)}: {rule}"
                 else:
                     assert k8s.label_selector_matches(peer["podSelector"], gateway_labels)
-                    assert peer["podSelector"]["matchLabels"].get(
-                        "app.kubernetes.io/component"
-                    ) == "gateway", f"{name_of(obj)}: non-gateway pods may connect: {peer}"
+                    assert (
+                        peer["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
+                        == "gateway"
+                    ), f"{name_of(obj)}: non-gateway pods may connect: {peer}"
         if not is_gateway:  # ...and the gateway can in fact reach it.
             assert any(
                 grpc_port in _ports(r)
-                and any("podSelector" in p and "namespaceSelector" not in p for p in r.get("from", []))
+                and any(
+                    "podSelector" in p and "namespaceSelector" not in p for p in r.get("from", [])
+                )
                 for r in rules
             ), f"{name_of(obj)}: the gateway cannot reach it"
 
@@ -391,7 +398,9 @@ def test_only_the_gateway_is_reachable_from_outside(serving: list[Obj]) -> None:
 def test_services_route_to_pods(serving: list[Obj]) -> None:
     for svc in k8s.by_kind(serving, "Service"):
         targets = [
-            o for o in k8s.workloads(serving) if k8s.selects(svc["spec"]["selector"], k8s.pod_labels(o))
+            o
+            for o in k8s.workloads(serving)
+            if k8s.selects(svc["spec"]["selector"], k8s.pod_labels(o))
         ]
         assert len(targets) == 1, f"{name_of(svc)} selects {[name_of(t) for t in targets]}"
         names = {p["name"] for c in k8s.pod_spec(targets[0])["containers"] for p in c["ports"]}
@@ -411,7 +420,9 @@ def test_gpus_only_for_rank_in_the_gpu_overlay(name: str) -> None:
     objs = overlay(name)
     for obj in k8s.workloads(objs):
         for c in k8s.all_containers(obj):
-            wants = name == "gpu" and obj["metadata"]["name"] == "recstack-rank" and c["name"] == "rank"
+            wants = (
+                name == "gpu" and obj["metadata"]["name"] == "recstack-rank" and c["name"] == "rank"
+            )
             assert (_gpu_limit(c) >= 1) == wants, f"{name}: {name_of(obj)}/{c['name']}"
             if wants:
                 pod = k8s.pod_spec(obj)
@@ -424,7 +435,9 @@ def test_gpus_only_for_rank_in_the_gpu_overlay(name: str) -> None:
 # ---- shards --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "shards"), [("cpu", 1), ("gpu", 1), ("postgres", 1), ("sharded", 4)])
+@pytest.mark.parametrize(
+    ("name", "shards"), [("cpu", 1), ("gpu", 1), ("postgres", 1), ("sharded", 4)]
+)
 def test_recall_shards_and_gateway_agree(name: str, shards: int) -> None:
     objs = overlay(name)
     recall = [o for o in k8s.by_kind(objs, "StatefulSet") if k8s.pod_labels(o).get("app.kubernetes.io/component") == "recall"]  # fmt: skip
@@ -432,7 +445,9 @@ def test_recall_shards_and_gateway_agree(name: str, shards: int) -> None:
     services = {s["metadata"]["name"]: s for s in k8s.by_kind(objs, "Service")}
     indexes = {}
     for sts in recall:
-        opts = k8s.effective_options(ROLES["recstack-recall"], k8s.pod_spec(sts)["containers"][0], objs)
+        opts = k8s.effective_options(
+            ROLES["recstack-recall"], k8s.pod_spec(sts)["containers"][0], objs
+        )
         assert opts.shard_count == shards, name_of(sts)
         indexes[opts.shard_index] = sts
         governing = services[sts["spec"]["serviceName"]]
@@ -444,7 +459,9 @@ def test_recall_shards_and_gateway_agree(name: str, shards: int) -> None:
         ), "state dir must be on the per-replica volume"  # fmt: skip
     assert sorted(indexes) == list(range(shards))
     (gateway,) = [o for o in k8s.workloads(objs) if o["metadata"]["name"] == "recstack-gateway"]
-    gopts = k8s.effective_options(ROLES["recstack-gateway"], k8s.pod_spec(gateway)["containers"][0], objs)
+    gopts = k8s.effective_options(
+        ROLES["recstack-gateway"], k8s.pod_spec(gateway)["containers"][0], objs
+    )
     targets = gopts.recall_address.split(",")
     assert len(targets) == shards, "one gateway recall target per shard"
     for i, target in enumerate(targets):
@@ -466,7 +483,11 @@ def test_postgres_overlay_takes_dsns_from_a_secret() -> None:
             continue
         (c,) = k8s.pod_spec(obj)["containers"]
         env = {e["name"]: e for e in c.get("env", [])}
-        key = "RECSTACK_EVENTS_DSN" if "gateway" in obj["metadata"]["name"] else "RECSTACK_CATALOG_DSN"
+        key = (
+            "RECSTACK_EVENTS_DSN"
+            if "gateway" in obj["metadata"]["name"]
+            else "RECSTACK_CATALOG_DSN"
+        )
         assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "recstack-postgres", name_of(obj)
         role = k8s.role_of(c)
         assert role is not None

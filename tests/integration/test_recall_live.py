@@ -1,0 +1,324 @@
+"""Live catalog through a real recall server: writes, read-your-writes, filters, batches,
+concurrency, hot swap. Each test gets its own server and state directory."""
+
+import json
+import shutil
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from recall_service.server import serve
+from recstack.bundle import MANIFEST, write_manifest
+from recstack.config import ServerOptions
+from recstack.v1 import recall_pb2, recall_pb2_grpc
+from recstack.vectors import l2_normalize, pack, unpack_vector
+from tests.conftest import channel_to, recall_options
+
+
+@pytest.fixture
+def server(bundle_dir, tmp_path):
+    running = serve(ServerOptions(port=0), recall_options(bundle_dir, tmp_path / "state"))
+    running.wait_ready(120)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def stub(server):
+    return recall_pb2_grpc.RecallServiceStub(channel_to(server))
+
+
+def random_vector(dim, seed):
+    return l2_normalize(np.random.default_rng(seed).standard_normal(dim))
+
+
+def ids_of(resp):
+    return [c.id for c in resp.candidates]
+
+
+def test_upsert_by_text_and_vector_then_delete(stub, bundle):
+    vec = random_vector(bundle.dim, 1)
+    seq1 = stub.Upsert(
+        recall_pb2.UpsertRequest(
+            items=[
+                recall_pb2.ItemWrite(
+                    id="new-text",
+                    title="Brand new",
+                    text="a submarine heist thriller",
+                    metadata_json='{"genres": ["Thriller"], "year": 2030}',
+                ),
+                recall_pb2.ItemWrite(
+                    id="new-vec",
+                    title="By vector",
+                    vector=pack(vec),
+                    embedding_version=bundle.version,
+                ),
+            ]
+        )
+    ).sequence
+    assert seq1 >= 2
+    got = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vec), k=3))
+    assert got.candidates[0].id == "new-vec"
+    assert got.candidates[0].score == pytest.approx(1.0, abs=1e-4)
+    by_text = stub.Recall(recall_pb2.RecallRequest(query_text="a submarine heist thriller", k=1))
+    assert by_text.candidates[0].id == "new-text"  # item cold start: served from text alone
+    # the new item's title is usable in a history right away
+    stub.Recall(recall_pb2.RecallRequest(history_item_ids=["new-text"], k=2))
+    seq2 = stub.Delete(recall_pb2.DeleteRequest(ids=["new-vec", "never-existed"])).sequence
+    assert seq2 > seq1
+    after = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vec), k=50))
+    assert "new-vec" not in ids_of(after)
+    info = stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest())
+    assert info.applied_sequence == seq2
+    assert info.item_count == bundle.manifest["items"]["count"] + 1
+
+
+def test_upsert_replaces_existing_item(stub, bundle):
+    first = next(bundle.iter_catalog()).id
+    vec = random_vector(bundle.dim, 2)
+    stub.Upsert(
+        recall_pb2.UpsertRequest(
+            items=[
+                recall_pb2.ItemWrite(
+                    id=first, title="Replaced", vector=pack(vec), embedding_version=bundle.version
+                )
+            ]
+        )
+    )
+    got = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vec), k=1))
+    assert got.candidates[0].id == first and got.candidates[0].title == "Replaced"
+    np.testing.assert_allclose(
+        unpack_vector(got.candidates[0].vector, bundle.dim, "v"), vec, atol=1e-6
+    )
+    info = stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest())
+    assert info.item_count == bundle.manifest["items"]["count"]
+
+
+def test_min_sequence_read_your_writes(stub, bundle):
+    seq = stub.Upsert(
+        recall_pb2.UpsertRequest(items=[recall_pb2.ItemWrite(id="ryw", text="read your writes")])
+    ).sequence
+    got = stub.Recall(
+        recall_pb2.RecallRequest(query_text="read your writes", k=1, min_sequence=seq), timeout=5
+    )
+    assert got.candidates[0].id == "ryw"
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recall(
+            recall_pb2.RecallRequest(query_text="x", k=1, min_sequence=seq + 100), timeout=0.5
+        )
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "min_sequence" in err.value.details()
+
+
+def test_filters_and_exact(stub, bundle):
+    info = stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest())
+    catalog = list(bundle.iter_catalog())
+    field = info.filter_fields[0]
+    values = {
+        str(v)
+        for it in catalog
+        for v in (
+            it.metadata.get(field)
+            if isinstance(it.metadata.get(field), list)
+            else [it.metadata.get(field)]
+        )
+        if v is not None
+    }
+    value = sorted(values)[0]
+    flt = recall_pb2.MetadataFilter(field=field, any_of=[value])
+    got = stub.Recall(recall_pb2.RecallRequest(query_text="anything", k=5, filters=[flt]))
+    by_id = {it.id: it for it in catalog}
+    for c in got.candidates:
+        meta = by_id[c.id].metadata[field]
+        assert value in ([str(m) for m in meta] if isinstance(meta, list) else [str(meta)])
+    exact = stub.Recall(recall_pb2.RecallRequest(query_text="anything", k=10, exact=True))
+    ann = stub.Recall(recall_pb2.RecallRequest(query_text="anything", k=10))
+    assert ids_of(exact) == ids_of(ann)  # tiny catalog: HNSW is exact here
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recall(
+            recall_pb2.RecallRequest(
+                query_text="x",
+                k=5,
+                filters=[recall_pb2.MetadataFilter(field="no_such_field", any_of=["1"])],
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "filters[0].field" in err.value.details()
+
+
+def test_batch_equals_single_calls(stub):
+    requests = [recall_pb2.RecallRequest(query_text=t, k=4) for t in ("space", "love", "war")]
+    batch = stub.RecallBatch(recall_pb2.RecallBatchRequest(requests=requests))
+    assert [ids_of(r) for r in batch.responses] == [ids_of(stub.Recall(r)) for r in requests]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RecallBatch(
+            recall_pb2.RecallBatchRequest(
+                requests=[requests[0], recall_pb2.RecallRequest(query_vector=b"\0" * 8, k=1)]
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests[1].query_vector" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RecallBatch(recall_pb2.RecallBatchRequest(requests=requests * 100))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    ("item", "code", "field"),
+    [
+        (dict(id="", text="x"), "INVALID_ARGUMENT", "items[0].id"),
+        (dict(id="a"), "INVALID_ARGUMENT", "items[0].text"),
+        (
+            dict(id="a", vector=pack(np.ones(3)), embedding_version="V"),
+            "INVALID_ARGUMENT",
+            "items[0].vector",
+        ),
+        (dict(id="a", text="x", metadata_json="[1]"), "INVALID_ARGUMENT", "items[0].metadata_json"),
+        (
+            dict(id="a", text="x", metadata_json="{bad"),
+            "INVALID_ARGUMENT",
+            "items[0].metadata_json",
+        ),
+    ],
+)
+def test_bad_writes(stub, bundle, item, code, field):
+    if item.get("embedding_version") == "V":
+        item = {
+            **item,
+            "vector": pack(np.ones(bundle.dim - 1)),
+            "embedding_version": bundle.version,
+        }
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Upsert(recall_pb2.UpsertRequest(items=[recall_pb2.ItemWrite(**item)]))
+    assert err.value.code() == grpc.StatusCode[code]
+    assert field in err.value.details()
+    assert stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest()).applied_sequence == 0
+
+
+def test_vector_from_another_version_is_refused(stub, bundle):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Upsert(
+            recall_pb2.UpsertRequest(
+                items=[
+                    recall_pb2.ItemWrite(
+                        id="a", vector=pack(random_vector(bundle.dim, 3)), embedding_version="old"
+                    )
+                ]
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "items[0].embedding_version" in err.value.details()
+
+
+def test_concurrent_searches_never_see_acknowledged_deletes(stub, bundle):
+    dim = bundle.dim
+    vecs = {f"c{n}": random_vector(dim, 100 + n) for n in range(60)}
+    deleted: set[str] = set()
+    lock = threading.Lock()
+    errors: list[str] = []
+    done = threading.Event()
+
+    def writer():
+        for name, vec in vecs.items():
+            stub.Upsert(
+                recall_pb2.UpsertRequest(
+                    items=[
+                        recall_pb2.ItemWrite(
+                            id=name, vector=pack(vec), embedding_version=bundle.version
+                        )
+                    ]
+                )
+            )
+            stub.Delete(recall_pb2.DeleteRequest(ids=[name]))
+            with lock:
+                deleted.add(name)  # acknowledged: must never be returned again
+        done.set()
+
+    def reader(seed):
+        rng = np.random.default_rng(seed)
+        while not done.is_set():
+            name = f"c{rng.integers(0, 60)}"
+            with lock:
+                gone = set(deleted)
+            resp = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vecs[name]), k=5))
+            leaked = gone & set(ids_of(resp))
+            if leaked:
+                errors.append(f"deleted ids returned: {leaked}")
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader, args=(s,)) for s in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert done.is_set()
+
+
+def make_version(bundle_dir, root, version):
+    """A copy of the test bundle under a new version name, published via CURRENT."""
+    target = root / version
+    shutil.copytree(bundle_dir, target)
+    manifest = json.loads((target / MANIFEST).read_text())
+    manifest["version"] = version
+    write_manifest(target, {k: v for k, v in manifest.items() if k != "files"})
+    (root / "CURRENT").write_text(version + "\n")
+    return target
+
+
+def test_hot_swap_keeps_live_writes_and_refuses_bad_bundles(bundle_dir, tmp_path):
+    root = tmp_path / "bundles"
+    make_version(bundle_dir, root, "v-one")
+    running = serve(ServerOptions(port=0), recall_options(root, tmp_path / "state"))
+    try:
+        running.wait_ready(120)
+        stub = recall_pb2_grpc.RecallServiceStub(channel_to(running))
+        stub.Upsert(
+            recall_pb2.UpsertRequest(
+                items=[recall_pb2.ItemWrite(id="live", text="an item written before the swap")]
+            )
+        )
+        assert stub.ReloadBundle(recall_pb2.ReloadBundleRequest()).swapped is False
+        make_version(bundle_dir, root, "v-two")
+        resp = stub.ReloadBundle(recall_pb2.ReloadBundleRequest())
+        assert resp.swapped and resp.bundle_version == "v-two"
+        got = stub.Recall(
+            recall_pb2.RecallRequest(query_text="an item written before the swap", k=1)
+        )
+        assert got.bundle_version == "v-two" and got.candidates[0].id == "live"
+        bad = make_version(bundle_dir, root, "v-bad")
+        with (bad / "index" / "hnsw.bin").open("ab") as f:
+            f.write(b"junk")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ReloadBundle(recall_pb2.ReloadBundleRequest())
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "checksum mismatch" in err.value.details()
+        info = stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest())
+        assert info.bundle_version == "v-two"
+    finally:
+        running.stop(0)
+
+
+def test_restart_uses_snapshot_and_replays_the_rest(bundle_dir, tmp_path):
+    options = recall_options(bundle_dir, tmp_path / "state", snapshot_every=1, log_poll_s=0.05)
+    running = serve(ServerOptions(port=0), options)
+    running.wait_ready(120)
+    stub = recall_pb2_grpc.RecallServiceStub(channel_to(running))
+    stub.Upsert(recall_pb2.UpsertRequest(items=[recall_pb2.ItemWrite(id="s1", text="first")]))
+    for _ in range(100):  # the tailer snapshots after >= 1 applied write
+        if (tmp_path / "state" / "SNAPSHOT").exists():
+            break
+        threading.Event().wait(0.05)
+    assert (tmp_path / "state" / "SNAPSHOT").exists()
+    running.stop(0)
+    restarted = serve(ServerOptions(port=0), options)
+    try:
+        restarted.wait_ready(120)
+        stub = recall_pb2_grpc.RecallServiceStub(channel_to(restarted))
+        got = stub.Recall(recall_pb2.RecallRequest(query_text="first", k=1))
+        assert got.candidates[0].id == "s1"
+    finally:
+        restarted.stop(0)
