@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 Hit = tuple[int, float]  # (label, score)
 SNAPSHOT_FILES = ("index.bin", "items.jsonl", "vectors.npy")
+PARALLEL_ADD_MIN = 256
 
 
 @dataclass(frozen=True)
@@ -368,7 +369,9 @@ class ItemIndex:
                 labels.append(label)
                 rows.append(w.vector)
             if labels:
-                self._hnsw.add_items(np.stack(rows), np.asarray(labels), num_threads=1)
+                # Large batches (replay) use every core; this is still one write section.
+                threads = -1 if len(labels) >= PARALLEL_ADD_MIN else 1
+                self._hnsw.add_items(np.stack(rows), np.asarray(labels), num_threads=threads)
             self.applied_sequence = sequence
         return len(final)
 
