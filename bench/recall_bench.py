@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.rank_bench import ensure_bundle
-from recall_service.catalog_log import UPSERT, LogWrite, SqliteLog
+from recall_service.catalog_log import UPSERT, LogWrite, open_log
 from recall_service.index import SearchSpec
 from recall_service.replica import Replica
 from recall_service.server import serve
@@ -47,7 +47,7 @@ def clustered(n: int, rng: np.random.Generator, centers: F32Array) -> F32Array:
 
 
 def fill_log(path: Path, vectors: F32Array, version: str) -> None:
-    log = SqliteLog(path)
+    log = open_log(str(path))
     batch = 1000
     for start in tqdm(range(0, len(vectors), batch), desc="writing log", unit="k items"):
         log.append(

@@ -157,6 +157,8 @@ class BundleReloader:
         self._watcher.start()
 
     def _watch(self, poll_s: float) -> None:
+        # Reads _current/_failed_target without the lock: single reference loads, and a stale
+        # value only causes one redundant reload() call, which re-checks under the lock.
         while not self._stop.wait(poll_s):
             try:
                 target = resolve_bundle_dir(self.options.bundle).resolve()

@@ -10,23 +10,19 @@ sequences become visible in order. SQLite has one writer at a time, so it holds;
 PostgreSQL concurrent transactions could commit out of sequence order, so ``append`` takes
 a transaction-scoped advisory lock first: appends are serialised and commit in order.
 
-DSNs: ``sqlite:///absolute/path.db``, ``sqlite:relative/path.db`` or a bare path for SQLite;
-``postgresql://user@host:port/db`` for PostgreSQL (needs the ``postgres`` extra, psycopg).
+DSNs and connections: see recstack.storage.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from recstack.errors import BundleError
+from recstack.storage import POSTGRES, Database
 from recstack.vectors import WIRE_DTYPE, F32Array
 
 UPSERT = "upsert"
@@ -95,127 +91,63 @@ def _entry(row: Sequence[Any]) -> LogEntry:
 
 
 _COLUMNS = "sequence, op, item_id, title, text, metadata, vector, embedding_version"
+_INSERT = (
+    "INSERT INTO catalog_log (op, item_id, title, text, metadata, vector,"
+    " embedding_version) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 
-class SqliteLog:
-    """Embedded default: one SQLite file in WAL mode (one process writes it)."""
+class SqlCatalogLog:
+    """The catalog log in SQLite (embedded default) or PostgreSQL (shared by replicas)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        # One connection shared by threads; sqlite3 objects are not thread-safe, so every
-        # use holds self._lock.
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS catalog_log (sequence INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " op TEXT NOT NULL, item_id TEXT NOT NULL, title TEXT NOT NULL, text TEXT NOT NULL,"
-            " metadata TEXT NOT NULL, vector BLOB, embedding_version TEXT NOT NULL)"
-        )
+    def __init__(self, dsn: str) -> None:
+        self.db = Database(dsn)
+        postgres = self.db.backend == POSTGRES
+        with self.db.lock, self.db.begin():
+            self.db.conn.execute(
+                "CREATE TABLE IF NOT EXISTS catalog_log ("
+                + (
+                    "sequence BIGSERIAL PRIMARY KEY"
+                    if postgres
+                    else "sequence INTEGER PRIMARY KEY AUTOINCREMENT"
+                )
+                + ", op TEXT NOT NULL, item_id TEXT NOT NULL, title TEXT NOT NULL,"
+                " text TEXT NOT NULL, metadata TEXT NOT NULL, vector "
+                + ("BYTEA" if postgres else "BLOB")
+                + ", embedding_version TEXT NOT NULL)"
+            )
 
     def append(self, writes: Sequence[LogWrite]) -> int:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self._db.executemany(
-                    "INSERT INTO catalog_log (op, item_id, title, text, metadata, vector,"
-                    " embedding_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [_row(w) for w in writes],
-                )
-                del cur
-                last = self._db.execute("SELECT max(sequence) FROM catalog_log").fetchone()[0]
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return int(last)
+        db = self.db
+        with db.lock, db.begin():
+            if db.backend == POSTGRES:
+                db.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
+            cur = db.conn.cursor()
+            cur.executemany(db.sql(_INSERT), [_row(w) for w in writes])
+            cur.execute("SELECT max(sequence) FROM catalog_log")
+            row = cur.fetchone()
+        return int(row[0])
 
     def read_after(self, sequence: int, limit: int) -> list[LogEntry]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM catalog_log WHERE sequence > ? ORDER BY sequence LIMIT ?",
+        with self.db.lock:
+            rows = self.db.conn.execute(
+                self.db.sql(
+                    f"SELECT {_COLUMNS} FROM catalog_log WHERE sequence > ? ORDER BY sequence"
+                    " LIMIT ?"
+                ),
                 (sequence, limit),
             ).fetchall()
         return [_entry(r) for r in rows]
 
     def last_sequence(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT max(sequence) FROM catalog_log").fetchone()
+        with self.db.lock:
+            row = self.db.conn.execute("SELECT max(sequence) FROM catalog_log").fetchone()
         return int(row[0] or 0)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-class PostgresLog:
-    """Shared log: several replicas (and shards) read one PostgreSQL table."""
-
-    def __init__(self, dsn: str) -> None:
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise BundleError(
-                "a postgresql:// catalog DSN needs psycopg: pip install 'recstack[postgres]'"
-            ) from exc
-        self._lock = threading.Lock()
-        self._db = psycopg.connect(dsn, autocommit=False)
-        with self._db.transaction():
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS catalog_log (sequence BIGSERIAL PRIMARY KEY,"
-                " op TEXT NOT NULL, item_id TEXT NOT NULL, title TEXT NOT NULL,"
-                " text TEXT NOT NULL, metadata TEXT NOT NULL, vector BYTEA,"
-                " embedding_version TEXT NOT NULL)"
-            )
-        self._db.commit()
-
-    def append(self, writes: Sequence[LogWrite]) -> int:
-        with self._lock, self._db.transaction(), self._db.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
-            last = 0
-            for w in writes:
-                cur.execute(
-                    "INSERT INTO catalog_log (op, item_id, title, text, metadata, vector,"
-                    " embedding_version) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                    " RETURNING sequence",
-                    _row(w),
-                )
-                row = cur.fetchone()
-                assert row is not None
-                last = int(row[0])
-        return last
-
-    def read_after(self, sequence: int, limit: int) -> list[LogEntry]:
-        with self._lock, self._db.transaction(), self._db.cursor() as cur:
-            cur.execute(
-                f"SELECT {_COLUMNS} FROM catalog_log WHERE sequence > %s"
-                " ORDER BY sequence LIMIT %s",
-                (sequence, limit),
-            )
-            rows = cur.fetchall()
-        return [_entry(r) for r in rows]
-
-    def last_sequence(self) -> int:
-        with self._lock, self._db.transaction(), self._db.cursor() as cur:
-            cur.execute("SELECT coalesce(max(sequence), 0) FROM catalog_log")
-            row = cur.fetchone()
-        return int(row[0]) if row else 0
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
 
 def open_log(dsn: str) -> CatalogLog:
-    """The log a DSN names (see the module docstring)."""
-    if dsn.startswith(("postgresql://", "postgres://")):
-        return PostgresLog(dsn)
-    if dsn.startswith("sqlite:///"):
-        return SqliteLog(Path(dsn[len("sqlite://") :]))
-    if dsn.startswith("sqlite:"):
-        return SqliteLog(Path(dsn[len("sqlite:") :]))
-    if "://" in dsn:
-        raise BundleError(f"unsupported catalog DSN scheme in {dsn.split('://')[0]!r}")
-    return SqliteLog(Path(dsn))
+    """The log a DSN names (see recstack.storage)."""
+    return SqlCatalogLog(dsn)

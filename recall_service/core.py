@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 QUERY_FIELDS = "query_text|history_item_ids|query_vector"
 REPLAY_BATCH = 2048
 UNIT_TOLERANCE = 1e-3
+DEADLINE_MARGIN_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -350,9 +351,12 @@ class RecallCore:
         """Block until ``sequence`` is applied here (read-your-writes), within the deadline."""
         limit = deadline.remaining()
         bounded_by_deadline = limit is not None and limit < self.options.read_wait_s
-        end = time.monotonic() + (
-            limit if bounded_by_deadline and limit is not None else self.options.read_wait_s
-        )
+        if bounded_by_deadline and limit is not None:
+            # Give up a little before the caller does, so the caller receives our message
+            # (which names min_sequence) rather than its own bare deadline expiry.
+            end = time.monotonic() + limit - min(DEADLINE_MARGIN_S, limit * 0.1)
+        else:
+            end = time.monotonic() + self.options.read_wait_s
         while self.index.applied_sequence < sequence:
             self.catch_up()
             left = end - time.monotonic()

@@ -41,6 +41,16 @@ class RecommendServiceStub:
                 request_serializer=recstack_dot_v1_dot_gateway__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=recstack_dot_v1_dot_gateway__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/recstack.v1.RecommendService/RecordEvents',
+                request_serializer=recstack_dot_v1_dot_gateway__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_gateway__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/recstack.v1.RecommendService/DeleteUser',
+                request_serializer=recstack_dot_v1_dot_gateway__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_gateway__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
 
 
 class RecommendServiceServicer:
@@ -56,6 +66,22 @@ class RecommendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvents(self, request, context):
+        """RecordEvents durably stores user interactions; the next Recommend for
+        those users reflects them (real-time profile).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """DeleteUser removes every stored interaction of a user and ignores the
+        user's history seeded from the bundle from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommendServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -63,6 +89,16 @@ def add_RecommendServiceServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=recstack_dot_v1_dot_gateway__pb2.RecommendRequest.FromString,
                     response_serializer=recstack_dot_v1_dot_gateway__pb2.RecommendResponse.SerializeToString,
+            ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=recstack_dot_v1_dot_gateway__pb2.RecordEventsRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_gateway__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=recstack_dot_v1_dot_gateway__pb2.DeleteUserRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_gateway__pb2.DeleteUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +130,60 @@ class RecommendService:
             '/recstack.v1.RecommendService/Recommend',
             recstack_dot_v1_dot_gateway__pb2.RecommendRequest.SerializeToString,
             recstack_dot_v1_dot_gateway__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RecommendService/RecordEvents',
+            recstack_dot_v1_dot_gateway__pb2.RecordEventsRequest.SerializeToString,
+            recstack_dot_v1_dot_gateway__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RecommendService/DeleteUser',
+            recstack_dot_v1_dot_gateway__pb2.DeleteUserRequest.SerializeToString,
+            recstack_dot_v1_dot_gateway__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

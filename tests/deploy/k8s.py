@@ -196,12 +196,12 @@ def cli_spec(role: Role) -> dict[str, Any]:
         seen.update(kwargs)
         return 0
 
-    original = module.cli_main
-    module.cli_main = record
+    original = module.cli_main  # type: ignore[attr-defined]
+    module.cli_main = record  # type: ignore[attr-defined]
     try:
-        module.main([])
+        module.main([])  # type: ignore[attr-defined]
     finally:
-        module.cli_main = original
+        module.cli_main = original  # type: ignore[attr-defined]
     return seen
 
 

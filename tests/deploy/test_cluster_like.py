@@ -136,6 +136,17 @@ def local_env(
     return env
 
 
+def local_command(container: Obj, env: dict[str, str], pod: Pod) -> list[str]:
+    """command + args with literal mount paths localised, then ``$(VAR)`` from ``env``
+    (whose values are already local: substituting after expansion would apply twice)."""
+    local = {
+        **container,
+        "command": [substitute_paths(a, pod.mounts) for a in container.get("command", [])],
+        "args": [substitute_paths(a, pod.mounts) for a in container.get("args", [])],
+    }
+    return k8s.command_line(local, {**env})
+
+
 def executable(argv: list[str]) -> list[str]:
     """``python`` -> this interpreter; a console script -> the one installed beside it."""
     if argv[0] == "python":
@@ -221,15 +232,13 @@ def start_overlay(
             for init in k8s.pod_spec(pod.workload).get("initContainers", []):
                 local_paths(pod, init, published)
                 env = local_env(init, objs, pod, service_ports, version)
-                argv = executable(k8s.command_line(init, {**env}))
-                argv = [substitute_paths(a, pod.mounts) for a in argv]
+                argv = executable(local_command(init, env, pod))
                 done = subprocess.run(argv, env=run_env(env), capture_output=True, timeout=120)
                 assert done.returncode == 0, f"{pod.name}/{init['name']}: {done.stderr!r}"
             pod.mounts.clear()
             local_paths(pod, pod.container, published)
             env = local_env(pod.container, objs, pod, service_ports, version)
-            argv = executable(k8s.command_line(pod.container, env))
-            argv = [substitute_paths(a, pod.mounts) for a in argv]
+            argv = executable(local_command(pod.container, env, pod))
             pod.log = pod.root / "log.txt"
             with pod.log.open("wb") as out:
                 pod.proc = subprocess.Popen(argv, env=run_env(env), stdout=out, stderr=out)
@@ -268,7 +277,8 @@ def exercise(objs: list[Obj], published: tuple[Path, str], root: Path, bundle_di
                 assert resp.bundle_version == version
         # Prometheus endpoints answer on the manifests' metrics port (mapped locally).
         for pod in pods:
-            metrics_port = pod.ports[{p["name"]: p["containerPort"] for p in pod.container["ports"]}["metrics"]]  # fmt: skip
+            named = {p["name"]: p["containerPort"] for p in pod.container["ports"]}
+            metrics_port = pod.ports[named["metrics"]]
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
                 assert r.status == 200
         for pod in pods:

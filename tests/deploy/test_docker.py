@@ -79,7 +79,7 @@ def test_dockerfile_invariants(dockerfile: Path) -> None:
     for image in stages:
         resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         tag = resolved.rsplit("/", 1)[-1].partition(":")[2]
-        assert tag and tag != "latest" or "@sha256:" in resolved, f"unpinned base {resolved}"
+        assert (tag and tag != "latest") or "@sha256:" in resolved, f"unpinned base {resolved}"
     users = [a for w, a in ins if w == "USER"]
     assert users and users[-1] == f"{UID}:{UID}", "final stage must run as the fixed UID"
     runs = " ".join(a for w, a in ins if w == "RUN")

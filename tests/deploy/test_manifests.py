@@ -38,7 +38,7 @@ def serving(request: pytest.FixtureRequest) -> list[Obj]:
     return overlay(request.param)
 
 
-# ---- render + schema ----------------------------------------------------------------------
+# ---- render + schema -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -74,7 +74,7 @@ def test_names_are_namespace_agnostic(rendered: list[Obj]) -> None:
     assert [name_of(o) for o in rendered if "namespace" in o["metadata"]] == []
 
 
-# ---- containers: resources, security, images -----------------------------------------------
+# ---- containers: resources, security, images -----------------------------------------------------
 
 
 def test_every_container_has_requests_and_limits(rendered: list[Obj]) -> None:
@@ -137,7 +137,7 @@ def test_image_pin_check_rejects_latest_and_untagged() -> None:
         assert not ("@sha256:" in image or (tag and tag != "latest"))
 
 
-# ---- probes and lifecycle --------------------------------------------------------------------
+# ---- probes and lifecycle ------------------------------------------------------------------------
 
 
 def test_serving_containers_probe_their_grpc_health(serving: list[Obj]) -> None:
@@ -176,7 +176,7 @@ def test_gateway_startup_outlasts_its_downstream_wait(serving: list[Obj]) -> Non
     assert probe["periodSeconds"] * probe["failureThreshold"] > DOWNSTREAM_WAIT_S
 
 
-# ---- the real CLIs accept what the manifests pass ----------------------------------------------
+# ---- the real CLIs accept what the manifests pass ------------------------------------------------
 
 
 def test_parser_replica_matches_real_help() -> None:
@@ -303,7 +303,8 @@ def test_every_workload_has_exactly_one_pdb(serving: list[Obj]) -> None:
 
 def test_rank_and_gateway_autoscale(serving: list[Obj]) -> None:
     deployments = {o["metadata"]["name"]: o for o in k8s.by_kind(serving, "Deployment")}
-    targets = {h["spec"]["scaleTargetRef"]["name"] for h in k8s.by_kind(serving, "HorizontalPodAutoscaler")}  # fmt: skip
+    hpas = k8s.by_kind(serving, "HorizontalPodAutoscaler")
+    targets = {h["spec"]["scaleTargetRef"]["name"] for h in hpas}
     assert targets == {"recstack-rank", "recstack-gateway"} == set(deployments)
     for name in targets:  # the HPA owns the count; a fixed replicas would fight it on apply
         assert "replicas" not in deployments[name]["spec"], name
@@ -322,7 +323,7 @@ def test_topology_spread(serving: list[Obj]) -> None:
             assert not overlap, f"{name_of(obj)}: {overlap}"
 
 
-# ---- network exposure ------------------------------------------------------------------------------
+# ---- network exposure ----------------------------------------------------------------------------
 
 
 def _selects_pod(selector: Obj, labels: dict[str, str]) -> bool:
@@ -408,7 +409,7 @@ def test_services_route_to_pods(serving: list[Obj]) -> None:
             assert port["targetPort"] in names, f"{name_of(svc)}: {port}"
 
 
-# ---- GPU placement ---------------------------------------------------------------------------------
+# ---- GPU placement -------------------------------------------------------------------------------
 
 
 def _gpu_limit(container: Obj) -> int:
@@ -440,7 +441,11 @@ def test_gpus_only_for_rank_in_the_gpu_overlay(name: str) -> None:
 )
 def test_recall_shards_and_gateway_agree(name: str, shards: int) -> None:
     objs = overlay(name)
-    recall = [o for o in k8s.by_kind(objs, "StatefulSet") if k8s.pod_labels(o).get("app.kubernetes.io/component") == "recall"]  # fmt: skip
+    recall = [
+        o
+        for o in k8s.by_kind(objs, "StatefulSet")
+        if k8s.pod_labels(o).get("app.kubernetes.io/component") == "recall"
+    ]
     assert len(recall) == shards
     services = {s["metadata"]["name"]: s for s in k8s.by_kind(objs, "Service")}
     indexes = {}
@@ -454,9 +459,9 @@ def test_recall_shards_and_gateway_agree(name: str, shards: int) -> None:
         assert governing["spec"].get("clusterIP") == "None", "per-pod balancing needs headless"
         assert k8s.label_selector_matches(sts["spec"]["selector"], k8s.pod_labels(sts))
         claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
-        assert opts.state_dir.startswith(
-            next(m["mountPath"] for m in k8s.pod_spec(sts)["containers"][0]["volumeMounts"] if m["name"] in claims)
-        ), "state dir must be on the per-replica volume"  # fmt: skip
+        mounts = k8s.pod_spec(sts)["containers"][0]["volumeMounts"]
+        state_mount = next(m["mountPath"] for m in mounts if m["name"] in claims)
+        assert opts.state_dir.startswith(state_mount), "state dir must be on the replica volume"
     assert sorted(indexes) == list(range(shards))
     (gateway,) = [o for o in k8s.workloads(objs) if o["metadata"]["name"] == "recstack-gateway"]
     gopts = k8s.effective_options(
@@ -494,3 +499,19 @@ def test_postgres_overlay_takes_dsns_from_a_secret() -> None:
         k8s.effective_options(role, c, objs)
     recall = [o for o in k8s.by_kind(objs, "StatefulSet")]
     assert all(o["spec"]["replicas"] >= 2 for o in recall), "shared catalog: >1 replica/shard"
+
+
+def test_training_job_args_are_accepted_by_the_training_cli() -> None:
+    """`python -m training build --help` (README's CLI) lists every flag the Job passes."""
+    import subprocess
+    import sys
+
+    (job,) = k8s.by_kind(k8s.render("jobs"), "Job")
+    (train,) = k8s.pod_spec(job)["initContainers"]
+    argv = k8s.command_line(train, {})
+    out = subprocess.run(
+        [sys.executable, "-m", "training", *argv[3:4], "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, f"`python -m training {argv[3]} --help` failed: {out.stderr}"
+    for flag in [a for a in argv[4:] if a.startswith("--")]:
+        assert re.search(rf"(^|\s){re.escape(flag)}\b", out.stdout), f"training lacks {flag}"

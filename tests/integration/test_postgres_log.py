@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from recall_service.catalog_log import DELETE, UPSERT, LogWrite, PostgresLog
+from recall_service.catalog_log import DELETE, UPSERT, LogWrite, open_log
 from recall_service.server import serve
 from recstack.config import ServerOptions
 from recstack.v1 import recall_pb2, recall_pb2_grpc
@@ -18,7 +18,7 @@ def dsn():
 
 
 def test_postgres_log_orders_and_roundtrips(dsn):
-    log = PostgresLog(dsn)
+    log = open_log(dsn)
     vec = np.arange(4, dtype=np.float32)
     first = log.append([LogWrite(UPSERT, "a", "A", "alpha", {"x": 1}, vec, "v1")])
     second = log.append([LogWrite(DELETE, "a")])

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from recall_service.catalog_log import SqliteLog
+from recall_service.catalog_log import open_log
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from recstack.vectors import l2_normalize, pack, unpack_vector
 from tests.process.helpers import Proc
@@ -66,7 +66,7 @@ def test_sigkill_during_1000_upserts_loses_no_acknowledged_write(bundle_dir, bun
     try:
         stub = recall_pb2_grpc.RecallServiceStub(restarted.channel())
         info = stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest())
-        committed = SqliteLog(state / "catalog.db").read_after(0, 10_000)
+        committed = open_log(str(state / "catalog.db")).read_after(0, 10_000)
         committed_ids = [e.write.item_id for e in committed]
         # at most the one in-flight write may have committed without its ack arriving
         assert set(acked) <= set(committed_ids) <= set(sent)

@@ -7,7 +7,7 @@ import hnswlib
 import numpy as np
 import pytest
 
-from recall_service.catalog_log import DELETE, UPSERT, LogWrite, SqliteLog, open_log
+from recall_service.catalog_log import DELETE, UPSERT, LogWrite, open_log
 from recall_service.filters import MetadataFilter, compile_filters
 from recall_service.index import IndexParams, ItemIndex, SearchSpec
 from recstack.bundle import CatalogItem
@@ -85,7 +85,7 @@ def test_shard_of_is_stable_and_balanced():
 
 def test_sqlite_log_orders_and_survives_reopen(tmp_path):
     path = tmp_path / "log.db"
-    log = SqliteLog(path)
+    log = open_log(str(path))
     vec = unit_vectors(1)[0]
     s1 = log.append([upsert("a", vec, genre="x"), upsert("b", vec)])
     s2 = log.append([LogWrite(DELETE, "a")])

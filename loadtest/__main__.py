@@ -1,0 +1,5 @@
+"""Entry point: ``python -m loadtest``."""
+
+from loadtest.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""Command line: ``python -m training fetch-data`` and ``python -m training build``.
+
+User errors (a bad data directory, malformed CSV, an unknown profile, a failed download)
+print one ``error:`` line and exit with status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from training.data import DataError, fingerprint_files, fetch_ml100k
+from training.data import INTERACTIONS_CSV, ITEMS_CSV
+
+ML100K = "ml100k"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; reported without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from training.pipeline import PROFILES
+
+    p = argparse.ArgumentParser(prog="python -m training",
+                                description="Train and publish recstack bundles.")
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fetch-data", help="download MovieLens-100K and convert it")
+    f.add_argument("--cache", type=Path, default=Path("data"),
+                   help="data cache directory (default: data)")
+    b = sub.add_parser("build", help="train, export, index, evaluate and publish a bundle")
+    b.add_argument("--data", required=True,
+                   help=f"'{ML100K}' (fetched into --cache) or a generic-format directory")
+    b.add_argument("--profile", default="quick", choices=sorted(PROFILES))
+    b.add_argument("--out", type=Path, default=Path("bundles"),
+                   help="bundle root; CURRENT there names the newest (default: bundles)")
+    b.add_argument("--version", default=None, help="bundle version (default: UTC time-profile)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--reuse", action="store_true",
+                   help="skip training if CURRENT already has this profile, seed and data")
+    b.add_argument("--cache", type=Path, default=Path("data"))
+    b.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _resolve_data(arg: str, cache: Path) -> tuple[Path, str]:
+    if arg == ML100K:
+        return fetch_ml100k(cache), ML100K
+    path = Path(arg)
+    if not path.is_dir():
+        raise UsageError(f"--data {arg}: not '{ML100K}' and not a directory")
+    for name in (ITEMS_CSV, INTERACTIONS_CSV):
+        if not (path / name).is_file():
+            raise UsageError(f"--data {arg}: missing {name} (see docs/data-format.md)")
+    return path, path.resolve().name
+
+
+def _reusable(out: Path, profile: str, seed: int, data_dir: Path) -> Path | None:
+    """The CURRENT bundle if it was built from the same profile, seed and input files."""
+    from recstack.bundle import Bundle
+    from recstack.errors import BundleError
+
+    if not (out / "CURRENT").is_file():
+        return None
+    try:
+        bundle = Bundle.open(out)
+    except BundleError:
+        return None
+    training = bundle.manifest.get("training", {})
+    fingerprint = fingerprint_files([data_dir / ITEMS_CSV, data_dir / INTERACTIONS_CSV])
+    same = (training.get("profile") == profile and training.get("seed") == seed
+            and bundle.manifest.get("dataset", {}).get("fingerprint") == fingerprint)
+    return bundle.root if same else None
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def _summary(bundle_dir: Path, seconds: float) -> str:
+    manifest: dict[str, Any] = json.loads((bundle_dir / "manifest.json").read_text())
+    m = manifest.get("metrics", {})
+    pop = m.get("most_popular", {})
+
+    def f(x: Any) -> str:
+        return f"{x:.4f}" if isinstance(x, int | float) else "n/a"
+
+    return "\n".join([
+        f"bundle:    {bundle_dir}",
+        f"version:   {manifest['version']}",
+        f"size:      {_dir_mb(bundle_dir):.1f} MB",
+        f"wall time: {seconds:.1f} s",
+        f"eval users {m.get('eval_users', 0)}:  Recall@10 {f(m.get('recall@10'))}  "
+        f"NDCG@10 {f(m.get('ndcg@10'))}  (HNSW recall)",
+        f"{'':16}Recall@10 {f(m.get('ranked_recall@10'))}  "
+        f"NDCG@10 {f(m.get('ranked_ndcg@10'))}  (recall + ranker)",
+        f"{'':16}Recall@10 {f(pop.get('recall@10'))}  "
+        f"NDCG@10 {f(pop.get('ndcg@10'))}  (most-popular baseline)",
+    ])
+
+
+def _build(args: argparse.Namespace) -> int:
+    from training.pipeline import build_bundle
+
+    start = time.perf_counter()
+    data_dir, name = _resolve_data(args.data, args.cache)
+    if args.reuse:
+        existing = _reusable(args.out, args.profile, args.seed, data_dir)
+        if existing is not None:
+            print(f"reusing {existing}: same profile, seed and data fingerprint")
+            print(_summary(existing, time.perf_counter() - start))
+            return 0
+    if args.version and (args.out / args.version).exists():
+        raise UsageError(f"--version {args.version}: {args.out / args.version} already exists")
+    bundle = build_bundle(data_dir, args.out, args.profile, version=args.version,
+                          seed=args.seed, progress=not args.quiet, dataset_name=name)
+    print(_summary(bundle, time.perf_counter() - start))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fetch-data":
+            path = fetch_ml100k(args.cache)
+            print(f"MovieLens-100K ready in {path}")
+            return 0
+        return _build(args)
+    except (DataError, UsageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
