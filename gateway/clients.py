@@ -24,6 +24,7 @@ from recstack.domain import (
     ScoredItem,
 )
 from recstack.errors import RecstackError, Unavailable, error_for_kind
+from recstack.pbconv import filters_to_pb
 from recstack.server import FIELD_METADATA_KEY, KIND_FOR_STATUS
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack, unpack_vector
@@ -72,6 +73,9 @@ class GrpcRecall:
             exclude_ids=query.exclude_ids,
             omit_vectors=query.omit_vectors,
             query_vector=b"" if query.query_vector is None else pack(query.query_vector),
+            filters=filters_to_pb(query.filters),
+            min_sequence=query.min_sequence,
+            exact=query.exact,
         )
         resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
         dim = resp.dim
@@ -104,6 +108,7 @@ class GrpcRank:
             candidate_vectors=pack(query.candidate_vectors),
             embedding_version=query.embedding_version,
             top_k=query.top_k,
+            diversity_lambda=query.diversity_lambda,
         )
         resp = relay_errors("rank", lambda: self.stub.Rank(request, timeout=timeout))
         return RankResult([ScoredItem(i.id, i.score) for i in resp.items], resp.bundle_version)
@@ -114,20 +119,36 @@ class ShardedRecall:
 
     Every shard encodes the same user text to the same vector (their title directories
     cover all items), so merging by score gives what one node holding every item would
-    return. Any shard failing fails the call (each call already runs under the deadline).
+    return. Each shard call runs under the caller's deadline. A failing shard fails the
+    call under policy "fail"; under "partial" the others answer and the failed shard is
+    listed in ``missing_shards`` (all failing still fails).
     """
 
-    def __init__(self, shards: Sequence[GrpcRecall]) -> None:
+    def __init__(self, shards: Sequence[GrpcRecall], policy: str = "fail") -> None:
         if not shards:
             raise ValueError("at least one recall shard is required")
         self.shards = list(shards)
+        self.policy = policy
         self._pool = ThreadPoolExecutor(max_workers=4 * len(shards), thread_name_prefix="fanout")
 
     def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult:
         if len(self.shards) == 1:
             return self.shards[0].recall(query, timeout)
         futures = [self._pool.submit(s.recall, query, timeout) for s in self.shards]
-        results = [f.result() for f in futures]
+        results: list[RecallResult] = []
+        missing: list[int] = []
+        first_error: RecstackError | None = None
+        for index, future in enumerate(futures):
+            try:
+                results.append(future.result())
+            except RecstackError as exc:
+                if self.policy != "partial" or exc.kind.value == "INVALID_ARGUMENT":
+                    raise  # a bad request is bad on every shard: report it, not a gap
+                first_error = first_error or exc
+                missing.append(index)
+        if not results:
+            assert first_error is not None
+            raise first_error
         versions = {r.bundle_version for r in results}
         if len(versions) > 1:
             raise Unavailable(
@@ -135,4 +156,6 @@ class ShardedRecall:
                 " (a rollout is in progress); retry shortly"
             )
         merged = sorted((c for r in results for c in r.candidates), key=lambda c: -c.score)
-        return RecallResult(merged[: query.k], results[0].query_vector, results[0].bundle_version)
+        return RecallResult(
+            merged[: query.k], results[0].query_vector, results[0].bundle_version, tuple(missing)
+        )

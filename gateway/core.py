@@ -4,19 +4,22 @@ Downstream services are reached through the ``RecallBackend``/``RankBackend`` pr
 (gateway.clients implements them over gRPC), so this logic is testable in-process.
 Deadline propagation (invariant 7): the caller's deadline (or the configured default) is
 split: recall gets ``recall_share`` of what is left, rank gets everything left after recall.
+
+Profiles: explicit history in the request (freshest) first, then the user's recorded
+events, then their seed history from the bundle. A user with no history and no query gets
+the most popular items (from the bundle), and the response says so in ``fallback``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
 
+from gateway.events import Event, EventStore
 from recstack import metrics
 from recstack.bundle import Bundle
 from recstack.config import GatewayOptions
@@ -30,9 +33,10 @@ from recstack.domain import (
     RecommendQuery,
     RecommendResult,
 )
-from recstack.errors import InvalidArgument, NotFound, ResourceExhausted
+from recstack.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 log = logging.getLogger(__name__)
+POPULARITY = "popularity"
 
 
 class RecallBackend(Protocol):
@@ -47,54 +51,35 @@ class RankBackend(Protocol):
     def rank(self, query: RankQuery, timeout: float | None) -> RankResult: ...
 
 
-class ProfileStore:
-    """User id -> item ids most recent first. Read-only seed from a bundle in this version."""
-
-    def __init__(self, histories: Iterable[tuple[str, list[str]]] = ()) -> None:
-        self._histories = {user: tuple(items) for user, items in histories}
-
-    @classmethod
-    def from_bundle(cls, path: str) -> ProfileStore:
-        return cls(Bundle.open(path).iter_user_histories())
-
-    @classmethod
-    def from_jsonl(cls, path: Path) -> ProfileStore:
-        with path.open(encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        return cls((str(r["user_id"]), [str(i) for i in r["items"]]) for r in rows)
-
-    def history(self, user_id: str) -> tuple[str, ...] | None:
-        return self._histories.get(user_id)
-
-    def __len__(self) -> int:
-        return len(self._histories)
+def catalog_from_bundle(path: str) -> tuple[dict[str, tuple[str, str]], str]:
+    """id -> (title, text) of the bundle's items, and its version (for fallback answers)."""
+    if not path:
+        return {}, ""
+    bundle = Bundle.open(path)
+    return {it.id: (it.title, it.text) for it in bundle.iter_catalog()}, bundle.version
 
 
 class GatewayCore:
-    """Recommend over a recall backend, a rank backend and a profile store."""
+    """Recommend over a recall backend, a rank backend and the event store."""
 
     def __init__(
         self,
         recall: RecallBackend,
         rank: RankBackend,
-        profiles: ProfileStore,
+        events: EventStore,
         options: GatewayOptions,
+        catalog: Mapping[str, tuple[str, str]] | None = None,
+        catalog_version: str = "",
     ) -> None:
         self.recall_backend = recall
         self.rank_backend = rank
-        self.profiles = profiles
+        self.events = events
         self.options = options
+        self.catalog = dict(catalog or {})
+        self.catalog_version = catalog_version
 
     def _history(self, q: RecommendQuery) -> tuple[str, ...]:
-        """Explicit history first (the freshest signal), then the stored profile, deduped."""
-        stored: tuple[str, ...] = ()
-        if q.user_id:
-            found = self.profiles.history(q.user_id)
-            if found is None and not q.history_item_ids and not q.query_text.strip():
-                raise NotFound(
-                    f"unknown user {q.user_id!r} and no history or query given", field="user_id"
-                )
-            stored = found or ()
+        stored = self.events.history(q.user_id, self.options.max_history) or () if q.user_id else ()
         return tuple(dict.fromkeys([*q.history_item_ids, *stored]))
 
     def validate(self, q: RecommendQuery) -> tuple[int, int]:
@@ -121,6 +106,10 @@ class GatewayCore:
             raise InvalidArgument(
                 f"{len(q.history_item_ids)} ids exceeds {o.max_history}", field="history_item_ids"
             )
+        if not 0.0 <= q.diversity_lambda <= 1.0:
+            raise InvalidArgument(
+                f"must be in [0, 1], got {q.diversity_lambda}", field="diversity_lambda"
+            )
         return k, n
 
     def recommend(self, q: RecommendQuery, caller: Deadline) -> RecommendResult:
@@ -132,10 +121,41 @@ class GatewayCore:
             if caller.expires_at is not None
             else Deadline.after(self.options.default_timeout_s)
         )
-        history = self._history(q)
-        exclude = () if q.include_seen else history
         timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        history = self._history(q)
+        timings["profile"] = (time.perf_counter() - t0) * 1000
+        if not history and not q.query_text.strip():
+            result = self._popular(k, timings)
+        else:
+            result = self._personal(q, k, n, history, deadline, timings)
+        result.timings["total"] = (time.perf_counter() - started) * 1000
+        for stage, millis in result.timings.items():
+            metrics.STAGE_LATENCY.labels(stage).observe(millis / 1000)
+        return result
 
+    def _popular(self, k: int, timings: dict[str, float]) -> RecommendResult:
+        if not self.events.popularity:
+            raise FailedPrecondition(
+                "the user has no history and gave no query, and no "
+                "popularity data is loaded (start the gateway with "
+                "--bundle)",
+                field="user_id",
+            )
+        top = self.events.most_popular(k)
+        total = max(n for _, n in top)
+        items = [RecommendedItem(i, n / total, *self.catalog.get(i, ("", "")), 0.0) for i, n in top]
+        return RecommendResult(items, self.catalog_version, 0, timings, fallback=POPULARITY)
+
+    def _personal(
+        self,
+        q: RecommendQuery,
+        k: int,
+        n: int,
+        history: tuple[str, ...],
+        deadline: Deadline,
+        timings: dict[str, float],
+    ) -> RecommendResult:
         deadline.check("recall")
         t0 = time.perf_counter()
         recalled = self.recall_backend.recall(
@@ -143,7 +163,8 @@ class GatewayCore:
                 k=n,
                 query_text=q.query_text,
                 history_item_ids=history[: self.options.max_history],
-                exclude_ids=exclude,
+                exclude_ids=() if q.include_seen else history,
+                filters=q.filters,
             ),
             deadline.budget(self.options.recall_share),
         )
@@ -162,6 +183,7 @@ class GatewayCore:
                     ),
                     embedding_version=recalled.bundle_version,
                     top_k=k,
+                    diversity_lambda=q.diversity_lambda,
                 ),
                 deadline.budget(),
             )
@@ -169,7 +191,16 @@ class GatewayCore:
             for s in ranked.items:
                 c = by_id[s.id]
                 items.append(RecommendedItem(s.id, s.score, c.title, c.text, c.score))
-        timings["total"] = (time.perf_counter() - started) * 1000
-        for stage, millis in timings.items():
-            metrics.STAGE_LATENCY.labels(stage).observe(millis / 1000)
-        return RecommendResult(items, recalled.bundle_version, len(history), timings)
+        return RecommendResult(
+            items,
+            recalled.bundle_version,
+            len(history),
+            timings,
+            missing_shards=recalled.missing_shards,
+        )
+
+    def record_events(self, events: list[Event]) -> int:
+        return self.events.record(events)
+
+    def delete_user(self, user_id: str) -> int:
+        return self.events.delete_user(user_id)

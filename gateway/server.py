@@ -8,12 +8,14 @@ SERVING when a Recommend can succeed.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall, open_channel
-from gateway.core import GatewayCore, ProfileStore
+from gateway.core import GatewayCore, catalog_from_bundle
+from gateway.events import EventStore
 from gateway.servicer import RecommendServicer
 from rank_service.server import SERVICE_NAME as RANK_SERVICE
 from recall_service.server import SERVICE_NAME as RECALL_SERVICE
@@ -51,13 +53,23 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
     recall_channels = [open_channel(a, server) for a in addresses]
     rank_channel = open_channel(options.rank_address, server)
 
+    state: dict[str, EventStore] = {}
+
     def load() -> None:
-        profiles = ProfileStore.from_bundle(options.bundle) if options.bundle else ProfileStore()
+        dsn = options.events_dsn or f"sqlite:///{Path(options.state_dir).resolve()}/events.db"
+        events = state["events"] = EventStore.open(dsn, options.bundle)
+        catalog, version = catalog_from_bundle(options.bundle)
         for channel in recall_channels:
             wait_serving(channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
         wait_serving(rank_channel, RANK_SERVICE, DOWNSTREAM_WAIT_S)
-        recall = ShardedRecall([GrpcRecall(c) for c in recall_channels])
-        ref.set(GatewayCore(recall, GrpcRank(rank_channel), profiles, options))
+        recall = ShardedRecall(
+            [GrpcRecall(c) for c in recall_channels], options.shard_failure_policy
+        )
+        ref.set(GatewayCore(recall, GrpcRank(rank_channel), events, options, catalog, version))
+
+    def close() -> None:
+        if "events" in state:
+            state["events"].close()
 
     return start_server(
         server,
@@ -68,4 +80,5 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
             )
         ],
         load,
+        on_stop=close,
     )

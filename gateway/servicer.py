@@ -5,7 +5,9 @@ from __future__ import annotations
 import grpc
 
 from gateway.core import GatewayCore
+from gateway.events import Event
 from recstack.domain import RecommendQuery
+from recstack.pbconv import filters_from_pb
 from recstack.server import CoreRef, deadline_of
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -17,9 +19,7 @@ class RecommendServicer(gateway_pb2_grpc.RecommendServiceServicer):
         self.core = core
 
     def Recommend(
-        self,
-        request: gateway_pb2.RecommendRequest,
-        context: grpc.ServicerContext,
+        self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.RecommendResponse:
         query = RecommendQuery(
             user_id=request.user_id,
@@ -28,6 +28,8 @@ class RecommendServicer(gateway_pb2_grpc.RecommendServiceServicer):
             k=request.k,
             include_seen=request.include_seen,
             candidate_count=request.candidate_count,
+            filters=filters_from_pb(request.filters),
+            diversity_lambda=request.diversity_lambda,
         )
         result = self.core.get().recommend(query, deadline_of(context))
         return gateway_pb2.RecommendResponse(
@@ -42,4 +44,18 @@ class RecommendServicer(gateway_pb2_grpc.RecommendServiceServicer):
             timings=[
                 gateway_pb2.StageTiming(stage=s, millis=ms) for s, ms in result.timings.items()
             ],
+            fallback=result.fallback,
+            missing_shards=result.missing_shards,
         )
+
+    def RecordEvents(
+        self, request: gateway_pb2.RecordEventsRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.RecordEventsResponse:
+        events = [Event(e.user_id, e.item_id, e.type, e.timestamp_ms) for e in request.events]
+        return gateway_pb2.RecordEventsResponse(sequence=self.core.get().record_events(events))
+
+    def DeleteUser(
+        self, request: gateway_pb2.DeleteUserRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.DeleteUserResponse:
+        removed = self.core.get().delete_user(request.user_id)
+        return gateway_pb2.DeleteUserResponse(events_deleted=removed)

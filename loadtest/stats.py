@@ -160,6 +160,8 @@ class PhaseSpec:
     offered_rps: float | None = None
     concurrency: int | None = None
     planned: int | None = None
+    throughput_end: float | None = None  # completions counted until here (default: end)
+    abandoned: int = 0  # requests still unanswered when the run stopped waiting
 
 
 def _ms_percentiles(values: np.ndarray) -> dict[str, float]:
@@ -193,24 +195,18 @@ def timeline(rows: Rows, start: float, end: float, window: float) -> list[dict[s
     return out
 
 
-def summarize(
-    rows: Rows,
-    spec: PhaseSpec,
-    *,
-    throughput_end: float,
-    window: float,
-) -> dict[str, Any]:
+def summarize(rows: Rows, spec: PhaseSpec, *, window: float) -> dict[str, Any]:
     """The report entry of one phase; ``rows`` are the requests sent in it.
 
-    Throughput counts successful completions inside [start, throughput_end), which is the
-    phase end or, for a run's last phase, the last completion (the drain).
+    Throughput counts successful completions of these requests until ``throughput_end``:
+    the phase end or, for the last phase of a run, the last completion (the drain).
     """
     hist = LatencyHistogram()
     ok = rows.ok
     for v in rows.latency[ok]:
         hist.record(float(v))
     errors = Counter(rows.outcomes[int(c)] for c in rows.outcome[~ok])
-    span = max(spec.end, throughput_end) - spec.start
+    span = max(spec.end, spec.throughput_end or spec.end) - spec.start
     in_span = rows.done_at[ok] < spec.start + span
     by_kind: dict[str, Any] = {}
     for i, kind in enumerate(rows.kinds):
@@ -236,6 +232,7 @@ def summarize(
         "error_count": int(sum(errors.values())),
         "error_rate": float(sum(errors.values())) / sent if sent else 0.0,
         "achieved_rps": float(in_span.sum()) / span if span > 0 else 0.0,
+        "abandoned": spec.abandoned,
         "latency_ms": hist.summary(),
         "hdr": hist.encode() if hist.count else "",
         "by_kind": by_kind,

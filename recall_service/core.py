@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from recall_service.catalog_log import DELETE, UPSERT, CatalogLog, LogEntry, LogWrite
-from recall_service.filters import MetadataFilter, compile_filters
+from recall_service.filters import compile_filters
 from recall_service.index import ItemIndex, SearchSpec
 from recstack import metrics
 from recstack.bundle import Bundle
@@ -68,16 +68,6 @@ class ItemWrite:
     metadata: dict[str, Any] = field(default_factory=dict)
     vector: F32Array | None = None
     embedding_version: str = ""
-
-
-@dataclass(frozen=True)
-class FilteredQuery:
-    """A recall plus the options only the recall service understands."""
-
-    query: RecallQuery
-    filters: tuple[MetadataFilter, ...] = ()
-    min_sequence: int = 0
-    exact: bool = False
 
 
 def _unit(vector: F32Array) -> F32Array:
@@ -159,12 +149,12 @@ class RecallCore:
         with self._encode_lock:
             return self.encoder.encode(texts)
 
-    def recall(self, fq: FilteredQuery, deadline: Deadline) -> RecallResult:
+    def recall(self, query: RecallQuery, deadline: Deadline) -> RecallResult:
         """Top-k items by inner product with the query vector."""
-        return self.recall_batch([fq], deadline)[0]
+        return self.recall_batch([query], deadline)[0]
 
     def recall_batch(
-        self, queries: Sequence[FilteredQuery], deadline: Deadline
+        self, queries: Sequence[RecallQuery], deadline: Deadline
     ) -> list[RecallResult]:
         """Several recalls with one encoder call and one batched index search."""
         if len(queries) > self.options.max_batch:
@@ -173,30 +163,30 @@ class RecallCore:
                 field="requests",
             )
         specs = []
-        for fq in queries:
-            self.validate(fq.query)
-            predicate = compile_filters(fq.filters, self.index.metadata_fields)
-            specs.append(SearchSpec(fq.query.k, fq.query.exclude_ids, predicate, fq.exact))
-        wait_for = max((fq.min_sequence for fq in queries), default=0)
+        for q in queries:
+            self.validate(q)
+            predicate = compile_filters(q.filters, self.index.metadata_fields)
+            specs.append(SearchSpec(q.k, q.exclude_ids, predicate, q.exact))
+        wait_for = max((q.min_sequence for q in queries), default=0)
         if wait_for:
             self.wait_applied(wait_for, deadline)
         deadline.check("encoding")
         texts = [
-            (i, self.user_text(fq.query.history_item_ids, fq.query.query_text))
-            for i, fq in enumerate(queries)
-            if fq.query.query_vector is None
+            (i, self.user_text(q.history_item_ids, q.query_text))
+            for i, q in enumerate(queries)
+            if q.query_vector is None
         ]
         vectors = np.empty((len(queries), self.dim), dtype=np.float32)
         if texts:
             vectors[[i for i, _ in texts]] = self.encode([t for _, t in texts])
-        for i, fq in enumerate(queries):
-            if fq.query.query_vector is not None:
-                vectors[i] = l2_normalize(fq.query.query_vector)
+        for i, q in enumerate(queries):
+            if q.query_vector is not None:
+                vectors[i] = l2_normalize(q.query_vector)
         deadline.check("search")
         results = []
         with self.index.lock.read():
             hits = self.index.search(vectors, specs, self.options.search_threads)
-            for fq, qv, row in zip(queries, vectors, hits, strict=True):
+            for q, qv, row in zip(queries, vectors, hits, strict=True):
                 candidates = []
                 for label, score in row:
                     item, vec = self.index.item(label)
@@ -204,7 +194,7 @@ class RecallCore:
                         RecallCandidate(
                             item.id,
                             score,
-                            None if fq.query.omit_vectors else vec.copy(),
+                            None if q.omit_vectors else vec.copy(),
                             item.title,
                             item.text,
                         )
@@ -383,7 +373,7 @@ class RecallCore:
             vec = self.index.vector_of(item_id)
             assert vec is not None
             got = self.recall(
-                FilteredQuery(RecallQuery(k=1, query_vector=vec, omit_vectors=True)),
+                RecallQuery(k=1, query_vector=vec, omit_vectors=True),
                 Deadline.none(),
             )
             if not got.candidates or abs(got.candidates[0].score - 1.0) > 1e-3:

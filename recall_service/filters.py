@@ -9,22 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from recstack.domain import MetadataFilter
 from recstack.errors import InvalidArgument
 
 Predicate = Callable[[dict[str, Any]], bool]
-
-
-@dataclass(frozen=True)
-class MetadataFilter:
-    """One filter on one metadata field."""
-
-    field: str
-    any_of: tuple[str, ...] = ()
-    min: float | None = None
-    max: float | None = None
 
 
 def _text(value: Any) -> str:

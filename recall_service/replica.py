@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recall_service.catalog_log import CatalogLog, open_log
-from recall_service.core import FilteredQuery, ItemWrite, RecallCore
+from recall_service.core import ItemWrite, RecallCore
 from recall_service.index import IndexParams, ItemIndex
 from recstack import metrics
 from recstack.bundle import Bundle, resolve_bundle_dir
 from recstack.config import RecallOptions
 from recstack.deadline import Deadline
-from recstack.domain import RecallResult
+from recstack.domain import RecallQuery, RecallResult
 from recstack.encoder import TextEncoder
 from recstack.errors import BundleError, FailedPrecondition
 from recstack.ort import SessionOptions
@@ -202,7 +202,7 @@ class Replica:
     # -- requests ------------------------------------------------------------------------
 
     def recall_batch(
-        self, queries: Sequence[FilteredQuery], deadline: Deadline
+        self, queries: Sequence[RecallQuery], deadline: Deadline
     ) -> list[RecallResult]:
         return self.ref.get().recall_batch(queries, deadline)
 

@@ -7,39 +7,29 @@ from typing import Any
 
 import grpc
 
-from recall_service.core import FilteredQuery, ItemWrite
-from recall_service.filters import MetadataFilter
+from recall_service.core import ItemWrite
 from recall_service.replica import Replica
 from recstack.domain import RecallQuery, RecallResult
 from recstack.errors import InvalidArgument
+from recstack.pbconv import filters_from_pb
 from recstack.server import deadline_of
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack, unpack_vector
 
 
-def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> FilteredQuery:
-    return FilteredQuery(
-        RecallQuery(
-            k=request.k,
-            query_text=request.query_text,
-            history_item_ids=tuple(request.history_item_ids),
-            query_vector=(
-                unpack_vector(request.query_vector, dim, prefix + "query_vector")
-                if request.query_vector
-                else None
-            ),
-            exclude_ids=tuple(request.exclude_ids),
-            omit_vectors=request.omit_vectors,
+def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> RecallQuery:
+    return RecallQuery(
+        k=request.k,
+        query_text=request.query_text,
+        history_item_ids=tuple(request.history_item_ids),
+        query_vector=(
+            unpack_vector(request.query_vector, dim, prefix + "query_vector")
+            if request.query_vector
+            else None
         ),
-        filters=tuple(
-            MetadataFilter(
-                f.field,
-                tuple(f.any_of),
-                f.min if f.HasField("min") else None,
-                f.max if f.HasField("max") else None,
-            )
-            for f in request.filters
-        ),
+        exclude_ids=tuple(request.exclude_ids),
+        omit_vectors=request.omit_vectors,
+        filters=filters_from_pb(request.filters),
         min_sequence=request.min_sequence,
         exact=request.exact,
     )

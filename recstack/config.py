@@ -192,7 +192,18 @@ class GatewayOptions:
         "recall host:port; comma-separated shard addresses in shard order when sharded",
     )
     rank_address: str = _opt(f"127.0.0.1:{RANK_PORT}", "rank service host:port")
-    bundle: str = _opt("", "bundle whose users/history.jsonl seeds user profiles (optional)")
+    bundle: str = _opt("", "bundle seeding user profiles, popularity and titles (optional)")
+    state_dir: str = _opt("state/gateway", "writable directory for the SQLite event store")
+    events_dsn: str = _opt(
+        "", "user-event store: sqlite:///path or postgresql://... (default: SQLite in --state-dir)"
+    )
+    shard_failure_policy: str = _opt(
+        "fail",
+        "when a recall shard fails: fail the call, or "
+        "answer from the others and list it in missing_shards",
+        choices=["fail", "partial"],
+    )
+    max_events: int = _opt(1000, "most events in one RecordEvents")
     default_k: int = _opt(10, "k when a request leaves it 0")
     max_k: int = _opt(100, "largest k a Recommend may ask for")
     default_candidates: int = _opt(100, "recall candidates ranked when a request leaves it 0")

@@ -12,8 +12,22 @@ from recstack.vectors import F32Array
 
 
 @dataclass(frozen=True)
+class MetadataFilter:
+    """Keep items whose metadata ``field`` matches (semantics in recall.proto)."""
+
+    field: str
+    any_of: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
 class RecallQuery:
-    """One recall: by text and/or history item ids, or by an explicit vector."""
+    """One recall: by text and/or history item ids, or by an explicit vector.
+
+    ``min_sequence`` asks the replica to have applied the catalog log that far first
+    (read-your-writes); ``exact`` asks for brute-force instead of HNSW search.
+    """
 
     k: int
     query_text: str = ""
@@ -21,6 +35,9 @@ class RecallQuery:
     query_vector: F32Array | None = None
     exclude_ids: tuple[str, ...] = ()
     omit_vectors: bool = False
+    filters: tuple[MetadataFilter, ...] = ()
+    min_sequence: int = 0
+    exact: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,7 @@ class RecallResult:
     candidates: list[RecallCandidate]
     query_vector: F32Array
     bundle_version: str
+    missing_shards: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,8 @@ class RecommendQuery:
     k: int = 0
     include_seen: bool = False
     candidate_count: int = 0
+    filters: tuple[MetadataFilter, ...] = ()
+    diversity_lambda: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,3 +157,5 @@ class RecommendResult:
     bundle_version: str
     history_length: int
     timings: dict[str, float] = field(default_factory=dict)
+    fallback: str = ""
+    missing_shards: tuple[int, ...] = ()

@@ -74,7 +74,10 @@ def rank_server(bundle_dir: Path) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="session")
 def gateway_server(
-    bundle_dir: Path, recall_server: RunningServer, rank_server: RunningServer
+    bundle_dir: Path,
+    recall_server: RunningServer,
+    rank_server: RunningServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningServer]:
     from gateway.server import serve
 
@@ -82,6 +85,7 @@ def gateway_server(
         recall_address=f"127.0.0.1:{recall_server.port}",
         rank_address=f"127.0.0.1:{rank_server.port}",
         bundle=str(bundle_dir),
+        state_dir=str(tmp_path_factory.mktemp("gateway-state")),
         max_k=20,
         default_candidates=30,
         max_candidates=40,

@@ -3,7 +3,7 @@
 import grpc
 import pytest
 
-from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc, recall_pb2
 from tests.conftest import channel_to
 
 
@@ -28,7 +28,8 @@ def test_recommend_by_user_returns_k_distinct_unseen(stub, bundle, user):
     scores = [i.score for i in resp.items]
     assert scores == sorted(scores, reverse=True)
     assert all(i.title or i.text for i in resp.items)
-    assert {t.stage for t in resp.timings} == {"recall", "rank", "total"}
+    assert {t.stage for t in resp.timings} == {"profile", "recall", "rank", "total"}
+    assert resp.fallback == ""
 
 
 def test_include_seen_may_return_history(stub, user):
@@ -55,7 +56,7 @@ def test_cold_start_by_query_and_by_history(stub, bundle):
         (dict(query_text="x", k=500), "RESOURCE_EXHAUSTED", "k"),
         (dict(query_text="x", k=10, candidate_count=5), "INVALID_ARGUMENT", "candidate_count"),
         (dict(history_item_ids=["no-such-item"]), "INVALID_ARGUMENT", "history_item_ids"),
-        (dict(user_id="no-such-user"), "NOT_FOUND", "user_id"),
+        (dict(query_text="x", diversity_lambda=2.0), "INVALID_ARGUMENT", "diversity_lambda"),
     ],
 )
 def test_bad_input_names_the_field(stub, fields, code, field):
@@ -70,3 +71,63 @@ def test_expired_deadline_is_deadline_exceeded(stub):
     with pytest.raises(grpc.RpcError) as err:
         stub.Recommend(gateway_pb2.RecommendRequest(query_text="x", k=3), timeout=0.0001)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_recorded_events_change_the_next_recommendation(stub, bundle):
+    user = "fresh-user"
+    items = [it.id for it in bundle.iter_catalog()]
+    cold = stub.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=5))
+    assert cold.fallback == "popularity" and len(cold.items) == 5
+    seq = stub.RecordEvents(
+        gateway_pb2.RecordEventsRequest(
+            events=[
+                gateway_pb2.Event(user_id=user, item_id=items[0], type="click"),
+                gateway_pb2.Event(user_id=user, item_id=items[1], type="like"),
+            ]
+        )
+    ).sequence
+    assert seq > 0
+    warm = stub.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=5))
+    assert warm.fallback == "" and warm.history_length == 2
+    assert not {i.id for i in warm.items} & {items[0], items[1]}
+    assert stub.DeleteUser(gateway_pb2.DeleteUserRequest(user_id=user)).events_deleted == 2
+    again = stub.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=5))
+    assert again.fallback == "popularity"
+
+
+def test_filters_and_diversity_pass_through(stub, bundle):
+    catalog = list(bundle.iter_catalog())
+    field = next(k for it in catalog for k in it.metadata)
+    values = catalog[0].metadata[field]
+    value = str(values[0] if isinstance(values, list) else values)
+    resp = stub.Recommend(
+        gateway_pb2.RecommendRequest(
+            query_text="something good",
+            k=3,
+            diversity_lambda=0.5,
+            filters=[recall_pb2.MetadataFilter(field=field, any_of=[value])],
+        )
+    )
+    by_id = {it.id: it for it in catalog}
+    for item in resp.items:
+        meta = by_id[item.id].metadata[field]
+        assert value in ([str(m) for m in meta] if isinstance(meta, list) else [str(meta)])
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(
+            gateway_pb2.RecommendRequest(
+                query_text="x", filters=[recall_pb2.MetadataFilter(field="nope", any_of=["1"])]
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "filters[0].field" in err.value.details()
+
+
+def test_bad_events_are_invalid_argument(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RecordEvents(
+            gateway_pb2.RecordEventsRequest(
+                events=[gateway_pb2.Event(user_id="u", item_id="", type="click")]
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[0].item_id" in err.value.details()

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from gateway.core import GatewayCore, ProfileStore
+from gateway.core import GatewayCore
+from gateway.events import Event, EventStore
 from recstack.config import GatewayOptions
 from recstack.deadline import Deadline
 from recstack.domain import (
@@ -15,7 +16,7 @@ from recstack.domain import (
     RecommendQuery,
     ScoredItem,
 )
-from recstack.errors import InvalidArgument, NotFound, ResourceExhausted
+from recstack.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 DIM = 4
 VECTORS = {f"i{n}": np.eye(DIM, dtype=np.float32)[n % DIM] * (1 + n) for n in range(12)}
@@ -47,10 +48,16 @@ class Catalog:
 
 
 @pytest.fixture
-def setup():
+def setup(tmp_path):
     backend = Catalog()
-    profiles = ProfileStore([("u1", ["i11", "i10"])])
-    core = GatewayCore(backend, backend, profiles, GatewayOptions(default_k=3, max_k=5))
+    events = EventStore(
+        f"sqlite:///{tmp_path}/events.db",
+        [("u1", ["i11", "i10"]), ("u2", ["i11", "i5"]), ("u3", ["i11"])],
+    )
+    catalog = {"i11": ("Eleven", "text 11"), "i5": ("Five", "text 5")}
+    core = GatewayCore(
+        backend, backend, events, GatewayOptions(default_k=3, max_k=5), catalog, "v1"
+    )
     return core, backend
 
 
@@ -63,7 +70,7 @@ def test_recommend_excludes_seen_and_ranks(setup):
     assert ids == ["i9", "i8", "i7"]  # highest dot product among the unseen
     assert result.items[0].title == "Ti9"
     assert result.history_length == 2
-    assert set(result.timings) == {"recall", "rank", "total"}
+    assert set(result.timings) == {"profile", "recall", "rank", "total"}
     query, timeout = backend.recalls[0]
     assert query.exclude_ids == ("i11", "i10") and query.history_item_ids == ("i11", "i10")
     assert timeout is not None and timeout <= 5 * 0.6 + 1e-6
@@ -93,7 +100,7 @@ def test_explicit_history_comes_first_and_include_seen(setup):
             InvalidArgument,
             "candidate_count",
         ),
-        (RecommendQuery(user_id="nobody"), NotFound, "user_id"),
+        (RecommendQuery(query_text="x", diversity_lambda=1.5), InvalidArgument, "diversity_lambda"),
     ],
 )
 def test_bad_requests_name_the_field(setup, query, error, field):
@@ -110,3 +117,47 @@ def test_unknown_user_with_query_is_cold_start(setup):
         RecommendQuery(user_id="new", query_text="jazz", k=2), Deadline.after(5)
     )
     assert len(result.items) == 2 and result.history_length == 0
+
+
+def test_recorded_events_come_first_and_exclude(setup):
+    core, backend = setup
+    core.record_events([Event("u1", "i2", "click", 2000), Event("u1", "i4", "like", 1000)])
+    core.recommend(RecommendQuery(user_id="u1"), Deadline.after(5))
+    query, _ = backend.recalls[-1]
+    assert query.history_item_ids == ("i2", "i4", "i11", "i10")
+    assert set(query.exclude_ids) == {"i2", "i4", "i11", "i10"}
+
+
+def test_unknown_user_without_query_gets_popularity_fallback(setup):
+    core, backend = setup
+    result = core.recommend(RecommendQuery(user_id="nobody", k=2), Deadline.after(5))
+    assert result.fallback == "popularity"
+    assert [i.id for i in result.items] == ["i11", "i10"]  # 3 users, then first of the ties
+    assert result.items[0].title == "Eleven" and result.items[0].score == 1.0
+    assert not backend.recalls
+
+
+def test_deleted_user_is_forgotten(setup):
+    core, _ = setup
+    core.record_events([Event("u1", "i2")])
+    assert core.delete_user("u1") == 1
+    assert core.events.history("u1", 10) == ()
+    result = core.recommend(RecommendQuery(user_id="u1", k=1), Deadline.after(5))
+    assert result.fallback == "popularity"
+
+
+def test_bad_events_name_the_field(setup):
+    core, _ = setup
+    with pytest.raises(InvalidArgument) as err:
+        core.record_events([Event("u1", "i2"), Event("u1", "i3", "teleport")])
+    assert err.value.field == "events[1].type"
+    with pytest.raises(InvalidArgument) as err:
+        core.record_events([])
+    assert err.value.field == "events"
+
+
+def test_popularity_needs_data(tmp_path):
+    backend = Catalog()
+    core = GatewayCore(backend, backend, EventStore(f"sqlite:///{tmp_path}/e.db"), GatewayOptions())
+    with pytest.raises(FailedPrecondition, match="--bundle"):
+        core.recommend(RecommendQuery(user_id="nobody"), Deadline.after(5))

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from recall_service.catalog_log import DELETE, UPSERT, LogWrite, open_log
-from recall_service.filters import MetadataFilter, compile_filters
+from recall_service.filters import compile_filters
 from recall_service.index import IndexParams, ItemIndex, SearchSpec
 from recstack.bundle import CatalogItem
+from recstack.domain import MetadataFilter
 from recstack.errors import InvalidArgument
 from recstack.rwlock import RWLock
 from recstack.sharding import shard_of

@@ -27,9 +27,11 @@ ITEMS = 'item_id,title,text,metadata\na,Alpha,Alpha text,"{""k"": 1}"\nb,,Beta t
 
 
 def test_load_generic_orders_by_time_then_line(tmp_path: Path) -> None:
-    d = _write(tmp_path, ITEMS,
-               "user_id,item_id,timestamp,rating\n"
-               "u1,b,20,4\nu1,a,10,\nu1,c,20,5\nu2,a,5,1\n")
+    d = _write(
+        tmp_path,
+        ITEMS,
+        "user_id,item_id,timestamp,rating\nu1,b,20,4\nu1,a,10,\nu1,c,20,5\nu2,a,5,1\n",
+    )
     ds = load_dataset(d)
     assert [it.id for it in ds.items] == ["a", "b", "c"]
     assert ds.items[0].metadata == {"k": 1}
@@ -47,30 +49,54 @@ def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     assert a.fingerprint != b.fingerprint
 
 
-@pytest.mark.parametrize(("items", "inters", "needle"), [
-    ("item_id,title\na,A\n", "user_id,item_id,timestamp\nu,a,1\n",
-     "items.csv:1: missing column(s) text"),
-    (ITEMS, "user_id,item_id\nu,a\n", "interactions.csv:1: missing column(s) timestamp"),
-    (ITEMS, "user_id,item_id,timestamp\nu,a,1\nu,zz,2\n",
-     "interactions.csv:3: column item_id: unknown item 'zz'"),
-    (ITEMS, "user_id,item_id,timestamp\nu,a,1\nu,b,yesterday\n",
-     "interactions.csv:3: column timestamp: 'yesterday' is not an integer"),
-    (ITEMS, "user_id,item_id,timestamp\nu,a,1.5\n",
-     "interactions.csv:2: column timestamp"),
-    (ITEMS, "user_id,item_id,timestamp,rating\nu,a,1,good\n", "column rating"),
-    ("item_id,text\na,x\na,y\n", "user_id,item_id,timestamp\nu,a,1\n",
-     "items.csv:3: column item_id: duplicate id 'a' (first on line 2)"),
-    ("item_id,text,metadata\na,x,{bad\n", "user_id,item_id,timestamp\nu,a,1\n",
-     "items.csv:2: column metadata: invalid JSON"),
-    ("item_id,text,metadata\na,x,[1]\n", "user_id,item_id,timestamp\nu,a,1\n",
-     "items.csv:2: column metadata: not a JSON object"),
-    ("item_id,text\na,\n", "user_id,item_id,timestamp\nu,a,1\n", "items.csv:2: column text"),
-    ("item_id,text\na,x,extra\n", "user_id,item_id,timestamp\nu,a,1\n",
-     "items.csv:2: expected 2 columns"),
-    ("item_id,text\n", "user_id,item_id,timestamp\n", "items.csv: no items"),
-])
-def test_validation_errors_name_file_line_column(tmp_path: Path, items: str, inters: str,
-                                                 needle: str) -> None:
+@pytest.mark.parametrize(
+    ("items", "inters", "needle"),
+    [
+        (
+            "item_id,title\na,A\n",
+            "user_id,item_id,timestamp\nu,a,1\n",
+            "items.csv:1: missing column(s) text",
+        ),
+        (ITEMS, "user_id,item_id\nu,a\n", "interactions.csv:1: missing column(s) timestamp"),
+        (
+            ITEMS,
+            "user_id,item_id,timestamp\nu,a,1\nu,zz,2\n",
+            "interactions.csv:3: column item_id: unknown item 'zz'",
+        ),
+        (
+            ITEMS,
+            "user_id,item_id,timestamp\nu,a,1\nu,b,yesterday\n",
+            "interactions.csv:3: column timestamp: 'yesterday' is not an integer",
+        ),
+        (ITEMS, "user_id,item_id,timestamp\nu,a,1.5\n", "interactions.csv:2: column timestamp"),
+        (ITEMS, "user_id,item_id,timestamp,rating\nu,a,1,good\n", "column rating"),
+        (
+            "item_id,text\na,x\na,y\n",
+            "user_id,item_id,timestamp\nu,a,1\n",
+            "items.csv:3: column item_id: duplicate id 'a' (first on line 2)",
+        ),
+        (
+            "item_id,text,metadata\na,x,{bad\n",
+            "user_id,item_id,timestamp\nu,a,1\n",
+            "items.csv:2: column metadata: invalid JSON",
+        ),
+        (
+            "item_id,text,metadata\na,x,[1]\n",
+            "user_id,item_id,timestamp\nu,a,1\n",
+            "items.csv:2: column metadata: not a JSON object",
+        ),
+        ("item_id,text\na,\n", "user_id,item_id,timestamp\nu,a,1\n", "items.csv:2: column text"),
+        (
+            "item_id,text\na,x,extra\n",
+            "user_id,item_id,timestamp\nu,a,1\n",
+            "items.csv:2: expected 2 columns",
+        ),
+        ("item_id,text\n", "user_id,item_id,timestamp\n", "items.csv: no items"),
+    ],
+)
+def test_validation_errors_name_file_line_column(
+    tmp_path: Path, items: str, inters: str, needle: str
+) -> None:
     with pytest.raises(DataError) as err:
         load_dataset(_write(tmp_path, items, inters))
     assert needle in str(err.value)
@@ -129,11 +155,14 @@ def test_fetch_ml100k_uses_cached_raw_files_without_network(tmp_path: Path) -> N
 
 
 def test_leave_last_out(tmp_path: Path) -> None:
-    d = _write(tmp_path, "item_id,text\n" + "".join(f"i{k},t{k}\n" for k in range(6)),
-               "user_id,item_id,timestamp\n"
-               "u1,i3,30\nu1,i1,10\nu1,i2,20\nu1,i4,40\n"
-               "u2,i0,1\nu2,i1,2\n"
-               "u3,i5,3\nu3,i4,2\nu3,i3,1\n")
+    d = _write(
+        tmp_path,
+        "item_id,text\n" + "".join(f"i{k},t{k}\n" for k in range(6)),
+        "user_id,item_id,timestamp\n"
+        "u1,i3,30\nu1,i1,10\nu1,i2,20\nu1,i4,40\n"
+        "u2,i0,1\nu2,i1,2\n"
+        "u3,i5,3\nu3,i4,2\nu3,i3,1\n",
+    )
     split = leave_last_out(load_dataset(d))
     assert split.train == {"u1": ["i1", "i2"], "u2": ["i0", "i1"], "u3": ["i3"]}
     assert split.valid == {"u1": "i3", "u3": "i4"}
@@ -149,9 +178,11 @@ def test_synthetic_dataset_shape(tmp_path: Path) -> None:
     assert all(it.metadata["topic"] for it in ds.items)
     # Users are mostly loyal to one topic: that is the learnable signal.
     topic = {it.id: it.metadata["topic"] for it in ds.items}
-    loyal = [max(map([topic[i] for i in ds.sequence(u)].count, set(topic.values())))
-             / len(ds.sequence(u)) for u in ds.user_interactions]
+    loyal = [
+        max(map([topic[i] for i in ds.sequence(u)].count, set(topic.values())))
+        / len(ds.sequence(u))
+        for u in ds.user_interactions
+    ]
     assert sum(loyal) / len(loyal) > 0.6
-    again = load_dataset(write_synthetic_dataset(tmp_path / "b", n_items=30, n_users=12,
-                                                 seed=3))
+    again = load_dataset(write_synthetic_dataset(tmp_path / "b", n_items=30, n_users=12, seed=3))
     assert again.fingerprint == ds.fingerprint  # deterministic per seed

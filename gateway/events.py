@@ -1,0 +1,149 @@
+"""User profiles: the bundle's seed histories plus durably recorded interaction events.
+
+Events go to one table (SQLite by default, PostgreSQL when gateways share it; see
+recstack.storage) and are acknowledged only after commit. A user's history is their
+recorded events, newest first, followed by their seed history from the bundle; a deleted
+user's events are removed and a tombstone hides their seed history from then on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from recstack.bundle import Bundle
+from recstack.errors import InvalidArgument, ResourceExhausted
+from recstack.storage import POSTGRES, Database
+
+EVENT_TYPES = ("view", "click", "like", "purchase")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction; ``timestamp_ms`` 0 means "now" (set when recorded)."""
+
+    user_id: str
+    item_id: str
+    type: str = "view"
+    timestamp_ms: int = 0
+
+
+class EventStore:
+    """Durable events + seed histories + popularity, behind one lock per connection."""
+
+    def __init__(
+        self, dsn: str, seed: Iterable[tuple[str, list[str]]] = (), max_batch: int = 1000
+    ) -> None:
+        self.db = Database(dsn)
+        self.max_batch = max_batch
+        self._seed = {user: tuple(dict.fromkeys(items)) for user, items in seed}
+        # Popularity from the bundle's interaction histories: how many users had each item.
+        self.popularity = Counter(i for items in self._seed.values() for i in items)
+        key = (
+            "BIGSERIAL PRIMARY KEY"
+            if self.db.backend == POSTGRES
+            else ("INTEGER PRIMARY KEY AUTOINCREMENT")
+        )
+        with self.db.lock, self.db.begin():
+            self.db.conn.execute(
+                f"CREATE TABLE IF NOT EXISTS user_events (sequence {key}, user_id TEXT NOT NULL,"
+                " item_id TEXT NOT NULL, type TEXT NOT NULL, timestamp_ms BIGINT NOT NULL)"
+            )
+            self.db.conn.execute(
+                "CREATE INDEX IF NOT EXISTS user_events_by_user ON "
+                "user_events (user_id, timestamp_ms)"
+            )
+            self.db.conn.execute(
+                "CREATE TABLE IF NOT EXISTS deleted_users (user_id TEXT PRIMARY KEY)"
+            )
+
+    @classmethod
+    def open(cls, dsn: str, bundle_path: str = "") -> EventStore:
+        seed = Bundle.open(bundle_path).iter_user_histories() if bundle_path else ()
+        return cls(dsn, seed)
+
+    def validate(self, events: Sequence[Event]) -> None:
+        if not events:
+            raise InvalidArgument("at least one event is required", field="events")
+        if len(events) > self.max_batch:
+            raise ResourceExhausted(
+                f"{len(events)} events exceeds the limit of {self.max_batch}", field="events"
+            )
+        for i, e in enumerate(events):
+            if not e.user_id:
+                raise InvalidArgument("must not be empty", field=f"events[{i}].user_id")
+            if not e.item_id:
+                raise InvalidArgument("must not be empty", field=f"events[{i}].item_id")
+            if e.type not in EVENT_TYPES:
+                raise InvalidArgument(
+                    f"must be one of {EVENT_TYPES}, got {e.type!r}", field=f"events[{i}].type"
+                )
+            if e.timestamp_ms < 0:
+                raise InvalidArgument("must be >= 0", field=f"events[{i}].timestamp_ms")
+
+    def record(self, events: Sequence[Event]) -> int:
+        """Commit the events; returns the sequence of the last one."""
+        self.validate(events)
+        now = int(time.time() * 1000)
+        rows = [(e.user_id, e.item_id, e.type, e.timestamp_ms or now) for e in events]
+        db = self.db
+        with db.lock, db.begin():
+            cur = db.conn.cursor()
+            cur.executemany(
+                db.sql(
+                    "INSERT INTO user_events (user_id, item_id, type, "
+                    "timestamp_ms) VALUES (?, ?, ?, ?)"
+                ),
+                rows,
+            )
+            cur.execute(
+                db.sql(
+                    "DELETE FROM deleted_users WHERE user_id IN ("
+                    + ", ".join("?" for _ in rows)
+                    + ")"
+                ),
+                [r[0] for r in rows],
+            )
+            cur.execute("SELECT max(sequence) FROM user_events")
+            row = cur.fetchone()
+        return int(row[0])
+
+    def history(self, user_id: str, limit: int) -> tuple[str, ...] | None:
+        """Distinct item ids, most recent first; None if the user is entirely unknown."""
+        db = self.db
+        with db.lock:
+            rows = db.conn.execute(
+                db.sql(
+                    "SELECT item_id FROM user_events WHERE user_id = ? ORDER BY timestamp_ms DESC,"
+                    " sequence DESC LIMIT ?"
+                ),
+                (user_id, limit),
+            ).fetchall()
+            deleted = db.conn.execute(
+                db.sql("SELECT 1 FROM deleted_users WHERE user_id = ?"), (user_id,)
+            ).fetchone()
+        seed = () if deleted else self._seed.get(user_id, ())
+        if not rows and not seed:
+            return None if not deleted and user_id not in self._seed else ()
+        return tuple(dict.fromkeys([r[0] for r in rows] + list(seed)))[:limit]
+
+    def delete_user(self, user_id: str) -> int:
+        """Remove the user's events and hide their seed history; returns events removed."""
+        if not user_id:
+            raise InvalidArgument("must not be empty", field="user_id")
+        db = self.db
+        with db.lock, db.begin():
+            cur = db.conn.execute(db.sql("DELETE FROM user_events WHERE user_id = ?"), (user_id,))
+            removed = cur.rowcount
+            db.conn.execute(db.sql("DELETE FROM deleted_users WHERE user_id = ?"), (user_id,))
+            db.conn.execute(db.sql("INSERT INTO deleted_users (user_id) VALUES (?)"), (user_id,))
+        return int(removed)
+
+    def most_popular(self, k: int, exclude: Iterable[str] = ()) -> list[tuple[str, int]]:
+        skip = set(exclude)
+        return [(i, n) for i, n in self.popularity.most_common(k + len(skip)) if i not in skip][:k]
+
+    def close(self) -> None:
+        self.db.close()
