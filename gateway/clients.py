@@ -7,14 +7,12 @@ sees e.g. INVALID_ARGUMENT naming ``history_item_ids`` rather than a generic fai
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
 
-from recstack.config import ServerOptions
 from recstack.domain import (
     RankQuery,
     RankResult,
@@ -30,17 +28,6 @@ from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack, unpack_vector
 
 R = TypeVar("R")
-
-
-# Balance per call across every address a target resolves to (e.g. ``dns:///recall-0``,
-# a headless Service listing each replica), instead of pinning one connection.
-_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-
-
-def open_channel(address: str, options: ServerOptions | None = None) -> grpc.Channel:
-    """A channel with our servers' message-size and keepalive settings, round-robin."""
-    settings = [*(options or ServerOptions()).grpc_options(), ("grpc.service_config", _ROUND_ROBIN)]
-    return grpc.insecure_channel(address, options=settings)
 
 
 def relay_errors(service: str, call: Callable[[], R]) -> R:

@@ -13,12 +13,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall, open_channel
+from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall
 from gateway.core import GatewayCore, catalog_from_bundle
 from gateway.events import EventStore
 from gateway.servicer import RecommendServicer
 from rank_service.server import SERVICE_NAME as RANK_SERVICE
 from recall_service.server import SERVICE_NAME as RECALL_SERVICE
+from recstack.client import open_channel
 from recstack.config import GatewayOptions, ServerOptions
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
@@ -50,8 +51,8 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
     ref: CoreRef[GatewayCore] = CoreRef("gateway")
     servicer = RecommendServicer(ref)
     addresses = [a.strip() for a in options.recall_address.split(",") if a.strip()]
-    recall_channels = [open_channel(a, server) for a in addresses]
-    rank_channel = open_channel(options.rank_address, server)
+    recall_channels = [open_channel(a) for a in addresses]
+    rank_channel = open_channel(options.rank_address)
 
     state: dict[str, EventStore] = {}
 

@@ -1,8 +1,8 @@
 """PNG plots of a report (matplotlib, Agg backend: no display needed).
 
 - ``percentiles``: latency p50/p90/p99/p99.9/max per phase against the offered rate (open
-  loop, find-max probes) or against achieved throughput (closed loop, points labelled with
-  their concurrency). The latency objective is drawn when there is one.
+  loop, find-max probes), or against concurrency with the achieved throughput on a second
+  axis (closed loop). The latency objective is drawn when there is one.
 - ``timeline``: per-window latency (p50/p99/max, by intended send time) over the run, and
   below it completed requests/s against the offered rate; dotted lines mark phases.
 """
@@ -15,9 +15,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from loadtest.stats import PERCENTILES, percentile_key  # noqa: E402
+from loadtest.stats import PERCENTILES, percentile_key
 
 SERIES = [percentile_key(p) for p in PERCENTILES] + ["max"]
 
@@ -27,7 +27,7 @@ def percentiles(
 ) -> None:
     measured = [p for p in phases if p["latency_ms"].get("count")]
     open_loop = any(p["offered_rps"] for p in measured)
-    key = "offered_rps" if open_loop else "achieved_rps"
+    key = "offered_rps" if open_loop else "concurrency"
     measured.sort(key=lambda p: p[key] or 0.0)
     xs = [p[key] or 0.0 for p in measured]
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -39,23 +39,41 @@ def percentiles(
             linestyle=":" if name == "max" else "-",
             label=name,
         )
-    if not open_loop:
-        for x, p in zip(xs, measured, strict=True):
-            ax.annotate(
-                f"c={p['concurrency']}",
-                (x, p["latency_ms"]["p50"]),
-                textcoords="offset points",
-                xytext=(4, -12),
-                fontsize=8,
-            )
+    failing = [
+        (x, p["latency_ms"]["p99"])
+        for x, p in zip(xs, measured, strict=True)
+        if p.get("sustainable") is False
+    ]
+    if failing:
+        ax.scatter(
+            [x for x, _ in failing],
+            [y for _, y in failing],
+            marker="x",
+            s=90,
+            color="red",
+            zorder=5,
+            label="probe not sustainable",
+        )
     if slo_ms is not None:
         ax.axhline(slo_ms, color="red", linestyle="--", label=f"p99 objective {slo_ms:g} ms")
     ax.set_yscale("log")
-    ax.set_xlabel("offered rate (requests/s)" if open_loop else "achieved throughput (requests/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if open_loop:
+        ax.set_xlabel("offered rate (requests/s)")
+        ax.legend()
+    else:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(int(x)) for x in xs])
+        ax.set_xlabel("concurrency (closed loop)")
+        tput = ax.twinx()
+        tput.plot(xs, [p["achieved_rps"] for p in measured], "k--s", label="throughput")
+        tput.set_ylabel("achieved throughput (requests/s)")
+        tput.set_ylim(bottom=0)
+        lines, labels = ax.get_legend_handles_labels()
+        more, more_labels = tput.get_legend_handles_labels()
+        ax.legend(lines + more, labels + more_labels, loc="lower right", framealpha=0.8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -81,8 +99,8 @@ def timeline(phases: list[dict[str, Any]], path: Path, title: str) -> None:
             done_t.append(mid)
             done_rps.append(w["completed_rps"])
         if ph["offered_rps"]:
-            offered_t += [ph["start_s"], ph["start_s"] + ph["duration_s"]]
-            offered += [ph["offered_rps"], ph["offered_rps"]]
+            offered_t += [ph["start_s"], ph["start_s"] + ph["duration_s"], float("nan")]
+            offered += [ph["offered_rps"], ph["offered_rps"], float("nan")]
         for ax in (lat_ax, rate_ax):
             ax.axvline(ph["start_s"], color="grey", linestyle=":", linewidth=0.8)
     for k, (ts, vs) in series.items():

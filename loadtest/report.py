@@ -62,9 +62,8 @@ def _ms(value: Any) -> str:
 def table(phases: list[dict[str, Any]]) -> str:
     """One line per phase: load, counts, throughput and latency percentiles (ms)."""
     cols = [percentile_key(p) for p in PERCENTILES] + ["max"]
-    head = (
-        f"{'phase':24} {'sent':>7} {'ok':>7} {'errors':>6} {'achieved/s':>10} "
-        + " ".join(f"{c:>9}" for c in cols)
+    head = f"{'phase':24} {'sent':>7} {'ok':>7} {'errors':>6} {'achieved/s':>10} " + " ".join(
+        f"{c:>9}" for c in cols
     )
     lines = [head, "-" * len(head)]
     for ph in phases:

@@ -129,13 +129,18 @@ class Run:
     # -- warm-up -------------------------------------------------------------------------
 
     def warmup(self, requests: int) -> dict[str, int]:
-        """Send ``requests`` sequential requests, unrecorded; outcome counts."""
+        """Send ``requests`` sequential requests, unrecorded; outcome counts.
+
+        Run before any phase: report times then count from the end of the warm-up.
+        """
         outcomes: dict[str, int] = {}
         for _ in range(requests):
             if self.budget.time_left() <= 0:
                 break
             outcome = self._call(self._draw().message)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if not len(self.recorder):
+            self.origin = self.clock.now()
         return outcomes
 
     # -- closed loop ---------------------------------------------------------------------
@@ -153,9 +158,7 @@ class Run:
                 sent = self.clock.now()
                 outcome = self._call(item.message)
                 done = self.clock.now()
-                self.recorder.add(
-                    sent - self.origin, done - self.origin, item.kind, outcome, 0.0
-                )
+                self.recorder.add(sent - self.origin, done - self.origin, item.kind, outcome, 0.0)
 
         threads = [
             threading.Thread(target=worker, name=f"closed-{i}", daemon=True)
@@ -226,6 +229,7 @@ class Run:
         rows = self._rows_between(t0, t0 + schedule.duration)
         last = float(rows.done_at.max()) + self.origin if len(rows.done_at) else t0
         specs = []
+        planned = schedule.planned_per_segment()
         prefix = f"{label} " if label else ""
         for n, seg in enumerate(schedule.segments):
             is_last = n == len(schedule.segments) - 1
@@ -237,7 +241,7 @@ class Run:
                     start=t0 + seg.start - self.origin,
                     end=seg_end - self.origin,
                     offered_rps=seg.offered_rps,
-                    planned=seg.planned(),
+                    planned=planned[n],
                     throughput_end=(max(last, seg_end) if is_last else seg_end) - self.origin,
                     abandoned=abandoned if is_last else 0,
                 )
@@ -267,7 +271,8 @@ class Run:
         out = []
         for spec in self.phases if phases is None else phases:
             mine = rows.select((rows.sent_at >= spec.start) & (rows.sent_at < spec.end))
-            out.append(summarize(mine, spec, window=timeline_window(spec.end - spec.start)))
+            window = timeline_window(spec.end - spec.start)
+            out.append(summarize(mine, spec, window=window, everything=rows))
         return out
 
 

@@ -1,8 +1,9 @@
 """Open-loop send plans: when each request is *intended* to be sent.
 
 A schedule is a list of contiguous segments, each with a rate that is constant or changes
-linearly (``rate_from`` to ``rate_to``). The k-th send of a segment (k = 0, 1, ...) is
-intended at the time its cumulative count reaches k:
+linearly (``rate_from`` to ``rate_to``). Send number g (g = 0, 1, ...) is intended at the
+time the cumulative expected count reaches g. Inside a segment that already carries C
+expected requests from earlier segments, with k = g - C:
 
     N(t) = a*t + s*t**2/2 = k,  a = rate_from, s = (rate_to - rate_from) / duration
     t_k  = 2k / (a + sqrt(a**2 + 2*s*k))        (k/a when the rate is constant)
@@ -50,26 +51,24 @@ class Segment:
             return f"{self.rate_from:g} rps"
         return f"{self.rate_from:g}-{self.rate_to:g} rps"
 
-    def offset(self, k: int) -> float:
-        """Seconds into the segment at which its k-th request is intended (inf: never)."""
-        if k == 0:
-            return 0.0 if max(self.rate_from, self.rate_to) > 0 else math.inf
+    @property
+    def expected(self) -> float:
+        """Requests the rate integrates to over the segment (not rounded)."""
+        return self.offered_rps * self.duration
+
+    def offset(self, k: float) -> float:
+        """Seconds into the segment at which the cumulative count reaches ``k`` (>= 0)."""
         a = self.rate_from
         s = (self.rate_to - self.rate_from) / self.duration
-        disc = a * a + 2.0 * s * k
-        if disc < 0:
-            return math.inf
+        disc = max(0.0, a * a + 2.0 * s * k)
         denom = a + math.sqrt(disc)
-        return 2.0 * k / denom if denom > 0 else math.inf
+        if denom <= 0:
+            return 0.0 if k <= 0 else math.inf
+        return min(2.0 * k / denom, math.nextafter(self.duration, 0.0))
 
-    def planned(self) -> int:
-        """Number of sends intended in the segment (times in [0, duration))."""
-        k = max(0, math.ceil(self.offered_rps * self.duration) - 1)
-        while k > 0 and self.offset(k) >= self.duration:
-            k -= 1
-        while self.offset(k) < self.duration:
-            k += 1
-        return k
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - 1e-9)
 
 
 @dataclass(frozen=True)
@@ -91,20 +90,28 @@ class Schedule:
     def duration(self) -> float:
         return self.segments[-1].end if self.segments else 0.0
 
+    def planned_per_segment(self) -> list[int]:
+        """Sends intended in each segment.
+
+        Counts carry across segments: send number g (from 0) is intended when the
+        cumulative expected count reaches g, so rounding never adds a send per segment.
+        """
+        out = []
+        carried = 0.0
+        for seg in self.segments:
+            out.append(_ceil(carried + seg.expected) - _ceil(carried))
+            carried += seg.expected
+        return out
+
     def planned(self) -> int:
-        return sum(s.planned() for s in self.segments)
+        return sum(self.planned_per_segment())
 
     def sends(self) -> Iterator[Send]:
-        index = 0
+        carried = 0.0
         for n, seg in enumerate(self.segments):
-            k = 0
-            while True:
-                off = seg.offset(k)
-                if off >= seg.duration:
-                    break
-                yield Send(index, seg.start + off, n)
-                index += 1
-                k += 1
+            for g in range(_ceil(carried), _ceil(carried + seg.expected)):
+                yield Send(g, seg.start + seg.offset(g - carried), n)
+            carried += seg.expected
 
     def segment_at(self, t: float) -> int:
         """Index of the segment holding time ``t`` (clamped to the first/last)."""

@@ -171,8 +171,13 @@ def _ms_percentiles(values: np.ndarray) -> dict[str, float]:
     return {"p50": float(qs[0]), "p99": float(qs[1]), "max": float(qs[2])}
 
 
-def timeline(rows: Rows, start: float, end: float, window: float) -> list[dict[str, Any]]:
-    """Per-window counts and latency (by send time) and completions (by done time)."""
+def timeline(
+    rows: Rows, start: float, end: float, window: float, everything: Rows | None = None
+) -> list[dict[str, Any]]:
+    """Per-window counts and latency of ``rows`` (by send time), and the rate of successful
+    completions (by done time) of ``everything`` (default ``rows``): a window's
+    throughput includes answers to requests sent in an earlier phase."""
+    done_rows = rows if everything is None else everything
     out: list[dict[str, Any]] = []
     n = max(1, math.ceil((end - start) / window - 1e-9))
     for i in range(n):
@@ -180,7 +185,7 @@ def timeline(rows: Rows, start: float, end: float, window: float) -> list[dict[s
         if i == n - 1:
             hi = max(hi, end)
         sent = (rows.sent_at >= lo) & (rows.sent_at < hi)
-        done_ok = rows.ok & (rows.done_at >= lo) & (rows.done_at < hi)
+        done_ok = done_rows.ok & (done_rows.done_at >= lo) & (done_rows.done_at < hi)
         ok_sent = sent & rows.ok
         entry: dict[str, Any] = {
             "t": lo,
@@ -195,8 +200,11 @@ def timeline(rows: Rows, start: float, end: float, window: float) -> list[dict[s
     return out
 
 
-def summarize(rows: Rows, spec: PhaseSpec, *, window: float) -> dict[str, Any]:
-    """The report entry of one phase; ``rows`` are the requests sent in it.
+def summarize(
+    rows: Rows, spec: PhaseSpec, *, window: float, everything: Rows | None = None
+) -> dict[str, Any]:
+    """The report entry of one phase; ``rows`` are the requests sent in it, ``everything``
+    all of the run's (for the timeline's completion rate).
 
     Throughput counts successful completions of these requests until ``throughput_end``:
     the phase end or, for the last phase of a run, the last completion (the drain).
@@ -207,7 +215,7 @@ def summarize(rows: Rows, spec: PhaseSpec, *, window: float) -> dict[str, Any]:
         hist.record(float(v))
     errors = Counter(rows.outcomes[int(c)] for c in rows.outcome[~ok])
     span = max(spec.end, spec.throughput_end or spec.end) - spec.start
-    in_span = rows.done_at[ok] < spec.start + span
+    in_span = rows.done_at[ok] <= spec.start + span + 1e-9
     by_kind: dict[str, Any] = {}
     for i, kind in enumerate(rows.kinds):
         mine = rows.kind == i
@@ -236,7 +244,7 @@ def summarize(rows: Rows, spec: PhaseSpec, *, window: float) -> dict[str, Any]:
         "latency_ms": hist.summary(),
         "hdr": hist.encode() if hist.count else "",
         "by_kind": by_kind,
-        "timeline": timeline(rows, spec.start, spec.end, window),
+        "timeline": timeline(rows, spec.start, spec.end, window, everything),
     }
     if spec.mode == "open" and sent:
         lag = np.percentile(rows.lag * 1e3, [99, 100])

@@ -7,7 +7,8 @@ denial of service and must not reach a shared system by a typo.
 A sender wraps one unary method. ``call`` blocks; ``submit`` uses the stub's ``future``
 so the open-loop dispatcher never waits for an answer. Every answer is also checked: an OK
 status whose response is empty or carries another bundle version than the workload's is
-counted as ``BAD_RESPONSE(...)``, not as a success.
+counted as ``BAD_RESPONSE(...)``, not as a success; so is a Recommend answered without
+some recall shards (``missing_shards``, the gateway's "partial" policy).
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class GrpcSender:
             return "BAD_RESPONSE(version_mismatch)"
         if _empty(self.service, response):
             return "BAD_RESPONSE(empty)"
+        if getattr(response, "missing_shards", None):
+            return "BAD_RESPONSE(missing_shards)"
         return "OK"
 
     def call(self, message: Any, timeout: float) -> str:

@@ -13,7 +13,8 @@ Kinds per service (``--mix kind=weight,...``):
   diversity); candidates are distinct random catalog items with their real vectors and the
   bundle's version.
 - recommend: ``user`` (a known user id), ``text`` (a title as query text, a new user),
-  ``history`` (explicit history item ids, no user id).
+  ``history`` (explicit history item ids, no user id), ``cold`` (an unknown user id with
+  no history or query: the gateway's popularity fallback).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SERVICES = ("recall", "rank", "recommend")
 DEFAULT_MIX: dict[str, dict[str, float]] = {
     "recall": {"history": 0.5, "text": 0.3, "vector": 0.2},
     "rank": {"history": 0.6, "item": 0.3, "diverse": 0.1},
-    "recommend": {"user": 0.6, "text": 0.2, "history": 0.2},
+    "recommend": {"user": 0.55, "text": 0.2, "history": 0.2, "cold": 0.05},
 }
 NEEDS_HISTORY = {("recall", "history"), ("rank", "history"), ("rank", "diverse")} | {
     ("recommend", "user"),
@@ -215,14 +216,15 @@ class Generator:
         o = self.options
         if kind == "user":
             user, _ = self._user()
-            return gateway_pb2.RecommendRequest(
-                user_id=user, k=o.k, candidate_count=o.candidates
-            )
+            return gateway_pb2.RecommendRequest(user_id=user, k=o.k, candidate_count=o.candidates)
         if kind == "history":
             _, history = self._user()
             return gateway_pb2.RecommendRequest(
                 history_item_ids=history, k=o.k, candidate_count=o.candidates
             )
+        if kind == "cold":
+            user = f"loadtest-new-user-{int(self.rng.integers(1 << 30))}"
+            return gateway_pb2.RecommendRequest(user_id=user, k=o.k, candidate_count=o.candidates)
         return gateway_pb2.RecommendRequest(
             query_text=self.data.titles[self._item()], k=o.k, candidate_count=o.candidates
         )

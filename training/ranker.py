@@ -37,12 +37,14 @@ class RankerParityError(RuntimeError):
 
 
 class FusionRanker(nn.Module):
-    """score = MLP(concat(user, item, user*item, |user-item|)), one logit per row."""
+    """score = MLP(LayerNorm(concat(user, item, user*item, |user-item|))), one logit per row."""
 
     def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 64),
                  dropout: float = 0.1) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        # Unit vectors have entries near 1/sqrt(dim) and products near 1/dim: the LayerNorm
+        # puts the fused features on a common scale so the MLP trains in a few epochs.
+        layers: list[nn.Module] = [nn.LayerNorm(4 * dim)]
         width = 4 * dim
         for h in hidden:
             layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]

@@ -2,9 +2,10 @@
 
 import pytest
 
-from gateway.clients import GrpcRecall, ShardedRecall, open_channel
+from gateway.clients import GrpcRecall, ShardedRecall
 from rank_service.server import serve as serve_rank
 from recall_service.server import serve
+from recstack.client import open_channel
 from recstack.config import RankOptions, ServerOptions
 from recstack.domain import RecallQuery
 from recstack.sharding import shard_of

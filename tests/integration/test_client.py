@@ -1,0 +1,115 @@
+"""The typed Python clients against real servers, and retries of UNAVAILABLE."""
+
+import asyncio
+import threading
+import time
+
+import grpc
+import numpy as np
+
+from recall_service.server import serve as serve_recall
+from recstack import metrics
+from recstack.client import (
+    AsyncRecstackClient,
+    RecstackClient,
+    candidate_vectors,
+    item_write,
+    open_channel,
+    query_vector,
+)
+from recstack.config import ServerOptions
+from recstack.domain import MetadataFilter
+from recstack.server import CoreRef
+from recstack.v1 import recall_pb2, recall_pb2_grpc
+from tests.conftest import recall_options
+
+
+def addresses(gateway_server, recall_server):
+    return f"127.0.0.1:{gateway_server.port}", f"127.0.0.1:{recall_server.port}"
+
+
+def test_sync_client_round_trip(gateway_server, recall_server, bundle):
+    gateway, recall = addresses(gateway_server, recall_server)
+    user, history = next(iter(bundle.iter_user_histories()))
+    with RecstackClient(gateway, recall, timeout=10) as client:
+        resp = client.recommend(user_id=user, k=4)
+        assert len(resp.items) == 4 and not {i.id for i in resp.items} & set(history)
+        seq = client.upsert(
+            [
+                item_write(
+                    "client-item",
+                    title="Client item",
+                    text="an item written by the client",
+                    metadata={"genre": "test"},
+                )
+            ]
+        )
+        got = client.recall(
+            recall_pb2.RecallRequest(
+                query_text="an item written by the client", k=3, min_sequence=seq
+            )
+        )
+        assert got.candidates[0].id == "client-item"
+        assert candidate_vectors(got).shape == (3, bundle.dim)
+        assert np.linalg.norm(query_vector(got)) > 0.99
+        filtered = client.recommend(
+            query="anything", k=1, filters=[MetadataFilter("genre", ("test",))]
+        )
+        assert [i.id for i in filtered.items] == ["client-item"]
+        assert client.delete(["client-item"]) > seq
+        assert client.record_events([("client-user", history[0], "click")]) > 0
+
+
+def test_async_client(gateway_server, bundle):
+    user, _ = next(iter(bundle.iter_user_histories()))
+
+    async def run():
+        async with AsyncRecstackClient(f"127.0.0.1:{gateway_server.port}", timeout=10) as c:
+            results = await asyncio.gather(*(c.recommend(user_id=user, k=3) for _ in range(4)))
+            await c.record_events([("async-user", "x", "view")])
+            return results
+
+    results = asyncio.run(run())
+    assert len({tuple(i.id for i in r.items) for r in results}) == 1
+
+
+def unavailable_count(method):
+    return metrics.RPC_REQUESTS.labels(method, "UNAVAILABLE")._value.get()
+
+
+def test_unavailable_is_retried_until_the_server_is_ready(bundle_dir, tmp_path, monkeypatch):
+    gate = threading.Event()
+    real_set = CoreRef.set
+
+    def gated_set(self, core):
+        gate.wait(60)  # the core is built; publish it only when the test says so
+        real_set(self, core)
+
+    monkeypatch.setattr(CoreRef, "set", gated_set)
+    method = "/recstack.v1.RecallService/Recall"
+    before = unavailable_count(method)
+    running = serve_recall(ServerOptions(port=0), recall_options(bundle_dir, tmp_path))
+    result: dict[str, object] = {}
+    # Long backoffs: the retries must outlast the moment the test takes to open the gate.
+    channel = open_channel(f"127.0.0.1:{running.port}", max_attempts=5, initial_backoff_s=1.0)
+    stub = recall_pb2_grpc.RecallServiceStub(channel)
+
+    def call():
+        try:
+            result["resp"] = stub.Recall(recall_pb2.RecallRequest(query_text="x", k=1), timeout=30)
+        except grpc.RpcError as exc:
+            result["error"] = exc
+
+    try:
+        caller = threading.Thread(target=call)
+        caller.start()
+        while unavailable_count(method) == before:  # the first attempt was refused...
+            time.sleep(0.005)
+        gate.set()  # ...and the service becomes ready: a retry must now succeed
+        caller.join(30)
+        assert "error" not in result, result.get("error")
+        assert len(result["resp"].candidates) == 1
+    finally:
+        gate.set()
+        channel.close()
+        running.stop(0)
