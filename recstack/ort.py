@@ -15,6 +15,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from recstack.errors import BundleError
+from recstack.onnx_guard import check_model
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,12 @@ def choose_providers(device: str, available: Sequence[str], allow_cpu_fallback: 
 
 
 def create_session(model: Path, options: SessionOptions) -> tuple[ort.InferenceSession, str]:
-    """Build a session; returns it and the provider actually used for its nodes."""
+    """Build a session; returns it and the provider actually used for its nodes.
+
+    The model is first checked by recstack.onnx_guard (no external data outside its
+    directory, no custom operator domains).
+    """
+    check_model(model)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = options.intra_op_threads
