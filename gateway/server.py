@@ -19,6 +19,7 @@ from gateway.events import EventStore
 from gateway.servicer import RecommendServicer
 from rank_service.server import SERVICE_NAME as RANK_SERVICE
 from recall_service.server import SERVICE_NAME as RECALL_SERVICE
+from recstack.auth import channel_credentials
 from recstack.client import open_channel
 from recstack.config import GatewayOptions, ServerOptions
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
@@ -51,8 +52,16 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
     ref: CoreRef[GatewayCore] = CoreRef("gateway")
     servicer = RecommendServicer(ref)
     addresses = [a.strip() for a in options.recall_address.split(",") if a.strip()]
-    recall_channels = [open_channel(a) for a in addresses]
-    rank_channel = open_channel(options.rank_address)
+    token = (
+        Path(options.downstream_token_file).read_text().strip()
+        if options.downstream_token_file
+        else ""
+    )
+    credentials = channel_credentials(
+        options.downstream_tls_ca, options.downstream_tls_cert, options.downstream_tls_key, token
+    )
+    recall_channels = [open_channel(a, credentials=credentials) for a in addresses]
+    rank_channel = open_channel(options.rank_address, credentials=credentials)
 
     state: dict[str, EventStore] = {}
 

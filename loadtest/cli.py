@@ -170,7 +170,7 @@ class _Bar:
             total=round(total, 1) if total else None,
             unit="s",
             disable=disable,
-            bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt}s {postfix}" if total else None,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt}s{postfix}" if total else None,
             leave=False,
         )
         self.run: Run | None = None

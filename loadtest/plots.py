@@ -99,8 +99,9 @@ def timeline(phases: list[dict[str, Any]], path: Path, title: str) -> None:
             done_t.append(mid)
             done_rps.append(w["completed_rps"])
         if ph["offered_rps"]:
+            first, last = ph.get("offered_range_rps") or (ph["offered_rps"], ph["offered_rps"])
             offered_t += [ph["start_s"], ph["start_s"] + ph["duration_s"], float("nan")]
-            offered += [ph["offered_rps"], ph["offered_rps"], float("nan")]
+            offered += [first, last, float("nan")]
         for ax in (lat_ax, rate_ax):
             ax.axvline(ph["start_s"], color="grey", linestyle=":", linewidth=0.8)
     for k, (ts, vs) in series.items():

@@ -5,11 +5,12 @@ Report layout (``"format": 1``)::
     meta      tool, time, machine, command line, service, target, bundle, mix, options,
               warm-up outcomes, why the run stopped early (``stopped_by``, null if it did not)
     phases    one entry per concurrency level (closed) or schedule segment / probe (open):
-              label, mode, offered_rps | concurrency, start_s, duration_s, planned, sent, ok,
-              errors {status: count}, error_count, error_rate, achieved_rps, abandoned,
-              latency_ms {count, min, mean, p50, p90, p99, p99.9, max}, hdr (base64 HDR
-              histogram of successful latencies, microseconds), by_kind, timeline,
-              send_lag_ms (open loop: how late requests left vs their intended time)
+              label, mode, offered_rps and offered_range_rps | concurrency, start_s,
+              duration_s, planned, sent, ok, errors {status: count}, error_count,
+              error_rate, achieved_rps, abandoned, latency_ms {count, min, mean, p50, p90,
+              p99, p99.9, max}, hdr (base64 HDR histogram of successful latencies, in
+              microseconds), by_kind, timeline, send_lag_ms (open loop: how late requests
+              left vs their intended time), sustainable (find-max probes)
     find_max  (find-max only) objective, search parameters, max_sustainable_rps, probes
 """
 

@@ -241,6 +241,7 @@ class Run:
                     start=t0 + seg.start - self.origin,
                     end=seg_end - self.origin,
                     offered_rps=seg.offered_rps,
+                    offered_range=(seg.rate_from, seg.rate_to),
                     planned=planned[n],
                     throughput_end=(max(last, seg_end) if is_last else seg_end) - self.origin,
                     abandoned=abandoned if is_last else 0,

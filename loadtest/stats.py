@@ -158,6 +158,7 @@ class PhaseSpec:
     start: float
     end: float
     offered_rps: float | None = None
+    offered_range: tuple[float, float] | None = None  # rate at start and end (ramps)
     concurrency: int | None = None
     planned: int | None = None
     throughput_end: float | None = None  # completions counted until here (default: end)
@@ -230,6 +231,7 @@ def summarize(
         "label": spec.label,
         "mode": spec.mode,
         "offered_rps": spec.offered_rps,
+        "offered_range_rps": list(spec.offered_range) if spec.offered_range else None,
         "concurrency": spec.concurrency,
         "start_s": spec.start,
         "duration_s": spec.end - spec.start,

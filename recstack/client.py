@@ -5,6 +5,8 @@ default 1 s); idempotent reads (Recommend, Recall, RecallBatch, Rank, GetInfo) a
 with exponential backoff on UNAVAILABLE only, by gRPC itself via the channel's service
 config; writes (Upsert, Delete, RecordEvents) are never retried automatically. Errors
 arrive as ``grpc.RpcError`` with the status code and a message naming the bad field.
+For TLS, mutual TLS and bearer tokens pass ``credentials=recstack.auth.channel_credentials(
+ca=..., cert=..., key=..., token=...)``.
 
     from recstack.client import RecstackClient
 
@@ -37,25 +39,26 @@ IDEMPOTENT = {
 
 
 def service_config(max_attempts: int = 4, initial_backoff_s: float = 0.05) -> str:
-    """Retry UNAVAILABLE with backoff on idempotent methods; round-robin over addresses."""
-    names = [{"service": s, "method": m} for s, methods in IDEMPOTENT.items() for m in methods]
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [
-                {
-                    "name": names,
-                    "retryPolicy": {
-                        "maxAttempts": max_attempts,
-                        "initialBackoff": f"{initial_backoff_s}s",
-                        "maxBackoff": "1s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ],
-        }
-    )
+    """Retry UNAVAILABLE with backoff on idempotent methods; round-robin over addresses.
+
+    ``max_attempts`` counts the first try; 1 disables retries.
+    """
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if max_attempts >= 2:
+        names = [{"service": s, "method": m} for s, methods in IDEMPOTENT.items() for m in methods]
+        config["methodConfig"] = [
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": f"{initial_backoff_s}s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
 
 
 def channel_options(
@@ -71,16 +74,28 @@ def channel_options(
 
 
 def open_channel(
-    address: str, max_attempts: int = 4, initial_backoff_s: float = 0.05
+    address: str,
+    max_attempts: int = 4,
+    initial_backoff_s: float = 0.05,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.Channel:
+    """A retrying channel; TLS (and a bearer token) when ``credentials`` are given
+    (see recstack.auth.channel_credentials)."""
     options = channel_options(max_attempts, initial_backoff_s)
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=options)
     return grpc.insecure_channel(address, options=options)
 
 
 def open_aio_channel(
-    address: str, max_attempts: int = 4, initial_backoff_s: float = 0.05
+    address: str,
+    max_attempts: int = 4,
+    initial_backoff_s: float = 0.05,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
     options = channel_options(max_attempts, initial_backoff_s)
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options)
     return grpc.aio.insecure_channel(address, options=options)
 
 
@@ -149,9 +164,13 @@ class RecstackClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_attempts: int = 4,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.timeout = timeout
-        self._channels = [open_channel(gateway, max_attempts), open_channel(recall, max_attempts)]
+        self._channels = [
+            open_channel(gateway, max_attempts, credentials=credentials),
+            open_channel(recall, max_attempts, credentials=credentials),
+        ]
         self.gateway = gateway_pb2_grpc.RecommendServiceStub(self._channels[0])
         self.recall_stub = recall_pb2_grpc.RecallServiceStub(self._channels[1])
 
@@ -210,9 +229,10 @@ class AsyncRecstackClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_attempts: int = 4,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.timeout = timeout
-        self._channel = open_aio_channel(gateway, max_attempts)
+        self._channel = open_aio_channel(gateway, max_attempts, credentials=credentials)
         self.gateway = gateway_pb2_grpc.RecommendServiceStub(self._channel)
 
     async def recommend(

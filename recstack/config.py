@@ -98,6 +98,19 @@ class ServerOptions:
     port_file: str = _opt("", "write the bound port to this file once listening")
     metrics_port: int = _opt(0, "HTTP port serving Prometheus /metrics (0 = off)")
     log_level: str = _opt("INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    tls_cert: str = _opt("", "PEM certificate (chain) of this server; enables TLS")
+    tls_key: str = _opt("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _opt("", "PEM CA that client certificates must chain to (mutual TLS)")
+    auth_tokens_file: str = _opt(
+        "",
+        "bearer tokens and their read/write permissions "
+        "(see recstack/auth.py); empty = no authentication",
+    )
+    health_port: int = _opt(
+        -1,
+        "extra plaintext port serving only grpc.health.v1, for probes "
+        "when TLS is on (-1 = off, 0 = any free port)",
+    )
 
     def grpc_options(self) -> list[tuple[str, Any]]:
         return [
@@ -204,6 +217,10 @@ class GatewayOptions:
         choices=["fail", "partial"],
     )
     max_events: int = _opt(1000, "most events in one RecordEvents")
+    downstream_tls_ca: str = _opt("", "PEM CA verifying recall/rank servers (enables TLS to them)")
+    downstream_tls_cert: str = _opt("", "PEM client certificate for mutual TLS to recall/rank")
+    downstream_tls_key: str = _opt("", "PEM key of --downstream-tls-cert")
+    downstream_token_file: str = _opt("", "file holding the bearer token sent to recall/rank")
     default_k: int = _opt(10, "k when a request leaves it 0")
     max_k: int = _opt(100, "largest k a Recommend may ask for")
     default_candidates: int = _opt(100, "recall candidates ranked when a request leaves it 0")

@@ -18,6 +18,8 @@ class ErrorKind(Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 class RecstackError(Exception):
@@ -55,6 +57,14 @@ class DeadlineExceeded(RecstackError):
     kind = ErrorKind.DEADLINE_EXCEEDED
 
 
+class Unauthenticated(RecstackError):
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class PermissionDenied(RecstackError):
+    kind = ErrorKind.PERMISSION_DENIED
+
+
 class BundleError(Exception):
     """A bundle is missing, malformed, or fails its checksums or self-check (startup error)."""
 
@@ -68,6 +78,8 @@ def error_for_kind(kind: ErrorKind, message: str) -> RecstackError:
         ResourceExhausted,
         Unavailable,
         DeadlineExceeded,
+        Unauthenticated,
+        PermissionDenied,
     ):
         if cls.kind is kind:
             return cls(message)

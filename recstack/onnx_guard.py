@@ -139,14 +139,14 @@ def check_model(path: Path) -> None:
         elif number == MODEL_FUNCTIONS:
             for node in _sub(value, FUNCTION_NODE):
                 findings.extend(_node(node))
-    for kind, value in findings:
-        if kind == "domain" and value not in BUILTIN_DOMAINS:
+    for kind, found in findings:
+        if kind == "domain" and found not in BUILTIN_DOMAINS:
             raise BundleError(
-                f"{path.name}: operator domain {value!r} is not built into "
+                f"{path.name}: operator domain {found!r} is not built into "
                 "ONNX Runtime (custom op libraries are not allowed)"
             )
         if kind == "location":
-            _check_location(path, base, value)
+            _check_location(path, base, found)
 
 
 def _check_location(path: Path, base: Path, location: str) -> None:

@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recstack import logs, metrics
+from recstack.auth import TokenTable, authorize, server_credentials
 from recstack.config import ServerOptions, add_arguments, from_args
 from recstack.deadline import Deadline
 from recstack.errors import BundleError, ErrorKind, RecstackError, Unavailable
@@ -81,6 +82,47 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Reject RPCs whose bearer token lacks the method's permission (see recstack.auth).
+
+    Runs before any servicer code; the refusal is an UNAUTHENTICATED or PERMISSION_DENIED
+    status on a handler of the same streaming kind as the real one.
+    """
+
+    def __init__(self, table: TokenTable) -> None:
+        self.table = table
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        metadata = {k: v for k, v in details.invocation_metadata or ()}
+        try:
+            authorize(self.table, details.method, metadata.get("authorization"))
+        except RecstackError as exc:
+            code = STATUS_FOR_KIND[exc.kind]
+            metrics.RPC_REQUESTS.labels(details.method, code.name).inc()
+            return _refusal(continuation(details), code, str(exc))
+        return continuation(details)
+
+
+def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    if handler is None:
+        return None
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, **serializers)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, **serializers)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **serializers)
+    return grpc.stream_stream_rpc_method_handler(refuse, **serializers)
 
 
 def deadline_of(context: grpc.ServicerContext) -> Deadline:
@@ -140,6 +182,8 @@ class RunningServer:
         self.health = health_servicer
         self.names = list(names)
         self.metrics_port = 0
+        self.health_server: grpc.Server | None = None
+        self.health_port = 0
         self._on_stop = on_stop
         self._loaded = threading.Event()
         self.load_error: BaseException | None = None
@@ -175,6 +219,8 @@ class RunningServer:
         """Drain, refuse new RPCs, give in-flight ones ``grace`` seconds, then close."""
         self.drain()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         if self._on_stop is not None:
             self._on_stop()
 
@@ -187,9 +233,13 @@ def start_server(
 ) -> RunningServer:
     """Bind, register and start; ``load`` runs in the background and gates health;
     ``on_stop`` runs once the server has stopped (release files and threads)."""
+    interceptors: list[grpc.ServerInterceptor] = []
+    if options.auth_tokens_file:
+        interceptors.append(AuthInterceptor(TokenTable.load(options.auth_tokens_file)))
+    interceptors.append(ErrorMappingInterceptor())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=interceptors,
         options=options.grpc_options(),
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
     )
@@ -202,10 +252,16 @@ def start_server(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     address = f"{options.host}:{options.port}"
-    port = server.add_insecure_port(address)
+    if options.tls_cert:
+        credentials = server_credentials(options.tls_cert, options.tls_key, options.tls_client_ca)
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     running = RunningServer(server, port, health_servicer, names, on_stop)
+    if options.health_port >= 0:
+        running.health_server, running.health_port = _health_only_server(options, health_servicer)
     running.metrics_port = metrics.start_metrics_server(options.metrics_port, options.host)
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
@@ -214,6 +270,22 @@ def start_server(
         _write_atomic(Path(options.port_file), f"{port}\n")
     threading.Thread(target=running._load, args=(load,), name="bundle-load", daemon=True).start()
     return running
+
+
+def _health_only_server(
+    options: ServerOptions, health_servicer: health.HealthServicer
+) -> tuple[grpc.Server, int]:
+    """A plaintext server exposing only the (shared) health servicer, for probes that
+    cannot speak TLS or send tokens. It reports exactly what the main port reports."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{options.host}:{options.health_port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    server.start()
+    log.info("health-only port listening", extra={"address": f"{options.host}:{port}"})
+    return server, port
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -131,3 +131,20 @@ def test_bad_events_are_invalid_argument(stub):
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "events[0].item_id" in err.value.details()
+
+
+def test_user_ids_and_texts_are_not_logged_at_info(stub, caplog):
+    secret_user, secret_text = "user-7f3a9c-private", "my private query 51d2e"
+    with caplog.at_level("INFO"):
+        stub.Recommend(
+            gateway_pb2.RecommendRequest(user_id=secret_user, query_text=secret_text, k=2)
+        )
+        stub.RecordEvents(
+            gateway_pb2.RecordEventsRequest(
+                events=[gateway_pb2.Event(user_id=secret_user, item_id="whatever", type="view")]
+            )
+        )
+        with pytest.raises(grpc.RpcError):
+            stub.Recommend(gateway_pb2.RecommendRequest(user_id=secret_user, k=10_000))
+    logged = "\n".join(r.getMessage() + str(vars(r)) for r in caplog.records)
+    assert secret_user not in logged and secret_text not in logged

@@ -1,0 +1,576 @@
+"""Property-based fuzzing of every request message against the real session servers.
+
+Hypothesis generates RecallRequest, RecallBatchRequest, UpsertRequest, DeleteRequest,
+GetInfo (recall.proto), RankRequest, GetInfo (rank.proto) and RecommendRequest,
+RecordEventsRequest, DeleteUserRequest (gateway.proto), including NaN/inf, empty, huge,
+truncated and odd-length packed vectors, random and real ids, negative/huge k, random
+filters, hostile metadata_json and arbitrary unicode text. The property (invariant 5):
+the answer is OK or one of INVALID_ARGUMENT, RESOURCE_EXHAUSTED, FAILED_PRECONDITION,
+NOT_FOUND (DEADLINE_EXCEEDED only where the test itself set a short deadline), never
+INTERNAL/UNKNOWN, and afterwards every server is SERVING and answers a normal request.
+An acknowledged Upsert must also have stored a finite unit vector for each written id.
+
+Runs are reproducible (``derandomize=True``). CI runs ``FUZZ_EXAMPLES`` (default 150)
+examples per RPC; ``pytest -m slow tests/integration/test_fuzz.py`` runs 2000 per RPC.
+Writes use a private id pool and ``fz``-prefixed ids/users, and are deleted at the end,
+so the shared servers look the same to later tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recstack.v1 import (
+    gateway_pb2,
+    gateway_pb2_grpc,
+    rank_pb2,
+    rank_pb2_grpc,
+    recall_pb2,
+    recall_pb2_grpc,
+)
+from recstack.vectors import pack, unpack_rows
+from tests.conftest import channel_to
+
+ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+}
+CI_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+SLOW_EXAMPLES = 2000
+TIMEOUT_S = 60.0  # generous: a DEADLINE_EXCEEDED under it is a server bug, not the test's
+SHORT_TIMEOUT_S = 1.0  # the test's own short deadline (min_sequence waits)
+POOL = [f"fz-pool-{n}" for n in range(40)]
+EVENT_TYPES = ["view", "click", "like", "purchase"]
+
+# Cases run per RPC, printed at the end of the module (the issue's "fuzz cases run").
+CASES: Counter[str] = Counter()
+CODES: Counter[tuple[str, str]] = Counter()
+
+
+# ---- strategies ----------------------------------------------------------------------------
+
+UNICODE = st.text(st.characters(blacklist_categories=("Cs",)), max_size=120)
+
+
+def texts(real: list[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        UNICODE,
+        st.sampled_from(real),
+        st.integers(1990, 30_000).map(lambda n: "long text " * (n // 10)),
+        st.just(""),
+        st.just("   \n\t "),
+        st.just("\x00\x01\ufffd\U0001f600 \u202e rtl \u0301"),
+    )
+
+
+def ids(real: list[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.sampled_from(real),
+        st.just(""),
+        UNICODE.map(lambda s: "fz" + s),
+        st.integers(1, 5000).map(lambda n: "fz" + "x" * n),
+    )
+
+
+def pool_ids() -> st.SearchStrategy[str]:
+    """Ids a write may touch: a private pool, fz-prefixed junk, or empty (never real ids)."""
+    return st.one_of(
+        st.sampled_from(POOL),
+        st.sampled_from(POOL),
+        st.just(""),
+        UNICODE.map(lambda s: "fz" + s),
+    )
+
+
+SCALES = [1.0, 1.0, 1e-3, 1e-20, 1e-39, 1e-45, 1e19, 1e30, 3e38]
+
+
+def _vectors(rows: int, dim: int, seed: int, scale: float) -> bytes:
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((rows, dim)) * scale
+    return pack(np.clip(data, -3.4e38, 3.4e38))
+
+
+def packed(dim: int, real_vectors: np.ndarray, rows: int = 1) -> st.SearchStrategy[bytes]:
+    """Packed float32 vectors, well-formed and not: NaN/inf, empty, huge, truncated, odd."""
+    n = rows * dim
+    seeds = st.integers(0, 2**32 - 1)
+    good = st.builds(lambda s, c: _vectors(rows, dim, s, c), seeds, st.sampled_from(SCALES))
+    real = st.integers(0, len(real_vectors) - 1).map(
+        lambda i: pack(np.tile(real_vectors[i], (rows, 1)))
+    )
+
+    def poison(data: bytes, where: int, value: float) -> bytes:
+        arr = np.frombuffer(data, dtype="<f4").copy()
+        if arr.size:
+            arr[where % arr.size] = value
+        return pack(arr)
+
+    poisoned = st.builds(
+        poison, good, st.integers(0, 10**6), st.sampled_from([np.nan, np.inf, -np.inf])
+    )
+    return st.one_of(
+        good,
+        good,
+        real,
+        poisoned,
+        st.just(b""),
+        st.just(b"\x00" * (4 * n)),  # the zero vector
+        st.builds(lambda d, cut: d[: cut % max(len(d), 1)], good, st.integers(0, 10**6)),
+        st.builds(lambda d, extra: d + extra, good, st.binary(min_size=1, max_size=7)),
+        st.binary(max_size=64),
+        st.integers(2, 50).map(lambda m: b"\x00\x00\x80\x3f" * (n * m)),  # too many rows
+        st.just(b"\xff" * (4 * n)),  # all NaN bit patterns
+    )
+
+
+def json_values() -> st.SearchStrategy[Any]:
+    leaves = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        UNICODE,
+        st.sampled_from(["space", "cooking", "football", "gardening"]),
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(UNICODE, inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+
+def metadata_json(fields: list[str]) -> st.SearchStrategy[str]:
+    keys = st.one_of(st.sampled_from(fields), UNICODE)
+    return st.one_of(
+        st.just(""),
+        st.dictionaries(keys, json_values(), max_size=5).map(json.dumps),
+        UNICODE,  # mostly not JSON
+        st.sampled_from(
+            [
+                "{",
+                "[]",
+                '"a string"',
+                "null",
+                "1",
+                '{"topic": NaN, "year": Infinity}',
+                '{"year": -Infinity}',
+                '{"topic": 1e999}',
+                '{"year": ' + "9" * 400 + "}",  # an int beyond float range
+                '{"year": ' + "9" * 5000 + "}",  # beyond Python's int-parsing digit limit
+            ]
+        ),
+        st.integers(500, 200_000).map(lambda d: '{"a": ' + "[" * d + "]" * d + "}"),
+    )
+
+
+def filters(fields: list[str], values: list[str]) -> st.SearchStrategy[list[Any]]:
+    bound = st.one_of(
+        st.none(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0.0, 1990.0, 2030.0, -1e308]),
+    )
+
+    def make(field: str, any_of: list[str], lo: float | None, hi: float | None) -> Any:
+        f = recall_pb2.MetadataFilter(field=field, any_of=any_of)
+        if lo is not None:
+            f.min = lo
+        if hi is not None:
+            f.max = hi
+        return f
+
+    one = st.builds(
+        make,
+        st.one_of(st.sampled_from(fields), UNICODE, st.just("")),
+        st.lists(st.one_of(st.sampled_from(values), UNICODE), max_size=4),
+        bound,
+        bound,
+    )
+    return st.lists(one, max_size=3)
+
+
+KS = st.one_of(
+    st.integers(-3, 40),
+    st.sampled_from([0, -(2**31), 2**31 - 1, 999, 1000, 1001, 100, 101]),
+)
+MIN_SEQUENCES = st.sampled_from([0, 0, 0, 0, 1, 2**40, 2**64 - 1])
+
+
+# ---- fixtures and helpers ------------------------------------------------------------------
+
+
+class Env:
+    """Stubs, the bundle's real ids/values, and the bookkeeping for cleanup."""
+
+    def __init__(self, recall_server: Any, rank_server: Any, gateway_server: Any, bundle: Any):
+        self.servers = {"recall": recall_server, "rank": rank_server, "gateway": gateway_server}
+        self.channels = {name: channel_to(s) for name, s in self.servers.items()}
+        self.recall = recall_pb2_grpc.RecallServiceStub(self.channels["recall"])
+        self.rank = rank_pb2_grpc.RankServiceStub(self.channels["rank"])
+        self.gateway = gateway_pb2_grpc.RecommendServiceStub(self.channels["gateway"])
+        self.bundle = bundle
+        self.dim = bundle.dim
+        self.version = bundle.version
+        catalog = list(bundle.iter_catalog())
+        self.item_ids = [it.id for it in catalog]
+        self.texts = [it.text for it in catalog]
+        self.users = [u for u, _ in bundle.iter_user_histories()]
+        self.fields = sorted({k for it in catalog for k in it.metadata}) or ["topic"]
+        self.values = sorted(
+            {
+                str(v)
+                for it in catalog
+                for val in it.metadata.values()
+                for v in (val if isinstance(val, list) else [val])
+            }
+        ) or ["x"]
+        self.vectors = bundle.load_vectors().astype(np.float32)
+        self.fuzz_users: set[str] = set()
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+
+
+@pytest.fixture(scope="module")
+def env(recall_server, rank_server, gateway_server, bundle):
+    e = Env(recall_server, rank_server, gateway_server, bundle)
+    yield e
+    # Leave the shared servers as the other tests expect them: no fuzz items, no fuzz users.
+    for start in range(0, len(POOL), 200):
+        e.recall.Delete(recall_pb2.DeleteRequest(ids=POOL[start : start + 200]), timeout=30)
+    for user in e.fuzz_users:
+        if user:
+            e.gateway.DeleteUser(gateway_pb2.DeleteUserRequest(user_id=user), timeout=30)
+    e.close()
+    print(f"\nfuzz cases run: {sum(CASES.values())} total, per RPC {dict(sorted(CASES.items()))}")
+    print(f"fuzz status codes: {dict(sorted(CODES.items()))}")
+
+
+def call(name: str, fn: Callable[..., Any], request: Any, timeout: float = TIMEOUT_S) -> Any:
+    """Invoke ``fn``; assert the status is allowed; return the response or None on error."""
+    CASES[name] += 1
+    allowed = set(ALLOWED)
+    if timeout < TIMEOUT_S:
+        allowed.add(grpc.StatusCode.DEADLINE_EXCEEDED)
+    try:
+        response = fn(request, timeout=timeout)
+    except grpc.RpcError as err:
+        code = err.code()
+        CODES[(name, code.name)] += 1
+        shown = str(request)[:1500]
+        assert code in allowed, f"{name} answered {code.name}: {err.details()}\nrequest: {shown}"
+        assert err.details(), f"{name} answered {code.name} with no message"
+        return None
+    CODES[(name, "OK")] += 1
+    return response
+
+
+def run_property(strategy: st.SearchStrategy[Any], check: Callable[[Any], None], n: int) -> None:
+    @settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @given(strategy)
+    def prop(value: Any) -> None:
+        check(value)
+
+    prop()
+
+
+# ---- per-RPC properties --------------------------------------------------------------------
+
+
+def recall_requests(e: Env) -> st.SearchStrategy[Any]:
+    return st.builds(
+        recall_pb2.RecallRequest,
+        query_text=st.one_of(st.just(""), texts(e.texts)),
+        history_item_ids=st.one_of(
+            st.lists(ids(e.item_ids), max_size=5),
+            st.lists(st.sampled_from(e.item_ids), min_size=190, max_size=210),
+        ),
+        query_vector=st.one_of(st.just(b""), packed(e.dim, e.vectors)),
+        k=KS,
+        exclude_ids=st.lists(ids(e.item_ids), max_size=6),
+        omit_vectors=st.booleans(),
+        filters=filters(e.fields, e.values),
+        min_sequence=MIN_SEQUENCES,
+        exact=st.booleans(),
+    )
+
+
+def timeout_for(*requests: Any) -> float:
+    """The test's short deadline for a read that may wait for a future sequence."""
+    waits = any(getattr(r, "min_sequence", 0) for r in requests)
+    return SHORT_TIMEOUT_S if waits else TIMEOUT_S
+
+
+def check_recall(e: Env, n: int) -> None:
+    def one(request: Any) -> None:
+        resp = call("Recall", e.recall.Recall, request, timeout_for(request))
+        if resp is not None:
+            assert resp.bundle_version == e.version and resp.dim == e.dim
+            assert len(resp.candidates) <= request.k
+            assert not {c.id for c in resp.candidates} & set(request.exclude_ids)
+            qv = unpack_rows(resp.query_vector, 1, e.dim, "query_vector")
+            assert abs(float(np.linalg.norm(qv)) - 1.0) < 1e-3, "query vector not unit"
+
+    run_property(recall_requests(e), one, n)
+
+
+def check_recall_batch(e: Env, n: int) -> None:
+    batches = st.one_of(
+        st.lists(recall_requests(e), max_size=4),
+        st.integers(257, 300).map(lambda m: [recall_pb2.RecallRequest(query_text="x", k=1)] * m),
+    )
+
+    def one(requests: list[Any]) -> None:
+        request = recall_pb2.RecallBatchRequest(requests=requests)
+        resp = call("RecallBatch", e.recall.RecallBatch, request, timeout_for(*requests))
+        if resp is not None:
+            assert len(resp.responses) == len(requests)
+
+    run_property(batches, one, n)
+
+
+def item_writes(e: Env) -> st.SearchStrategy[Any]:
+    return st.builds(
+        recall_pb2.ItemWrite,
+        id=pool_ids(),
+        title=st.one_of(st.just(""), UNICODE),
+        text=st.one_of(st.just(""), texts(e.texts)),
+        vector=st.one_of(st.just(b""), packed(e.dim, e.vectors)),
+        metadata_json=metadata_json(e.fields),
+        embedding_version=st.sampled_from([e.version, e.version, "", "other-version"]),
+    )
+
+
+def check_upsert(e: Env, n: int) -> None:
+    requests = st.one_of(
+        st.lists(item_writes(e), max_size=4),
+        st.integers(257, 270).map(lambda m: [recall_pb2.ItemWrite(id=POOL[0], text="x")] * m),
+    )
+
+    def one(items: list[Any]) -> None:
+        resp = call("Upsert", e.recall.Upsert, recall_pb2.UpsertRequest(items=items))
+        if resp is None:
+            return
+        # Acknowledged: every written id is live with a finite, unit-length stored vector.
+        probe = np.zeros(e.dim, dtype=np.float32)
+        probe[0] = 1.0
+        got = e.recall.Recall(
+            recall_pb2.RecallRequest(
+                query_vector=pack(probe), k=1000, exact=True, min_sequence=resp.sequence
+            ),
+            timeout=TIMEOUT_S,
+        )
+        stored = {c.id: c.vector for c in got.candidates}
+        for it in items:
+            assert it.id in stored, f"acknowledged upsert of {it.id!r} is not served"
+            vec = unpack_rows(stored[it.id], 1, e.dim, "vector")[0]
+            norm = float(np.linalg.norm(vec.astype(np.float64)))
+            assert np.isfinite(vec).all() and abs(norm - 1.0) < 1e-3, (
+                f"{it.id!r} stored with norm {norm}"
+            )
+
+    run_property(requests, one, n)
+
+
+def check_delete(e: Env, n: int) -> None:
+    requests = st.one_of(
+        st.lists(pool_ids(), max_size=6),
+        st.integers(257, 300).map(lambda m: ["fz-none"] * m),
+    )
+
+    def one(id_list: list[str]) -> None:
+        resp = call("Delete", e.recall.Delete, recall_pb2.DeleteRequest(ids=id_list))
+        if resp is not None:
+            got = e.recall.Recall(
+                recall_pb2.RecallRequest(
+                    query_text="anything", k=1000, exact=True, min_sequence=resp.sequence
+                ),
+                timeout=TIMEOUT_S,
+            )
+            assert not {c.id for c in got.candidates} & set(id_list)
+
+    run_property(requests, one, n)
+
+
+def rank_requests(e: Env) -> st.SearchStrategy[Any]:
+    @st.composite
+    def build(draw: st.DrawFn) -> Any:
+        n = draw(st.one_of(st.integers(0, 8), st.sampled_from([49, 50, 51])))
+        cand_ids = draw(
+            st.one_of(
+                st.lists(ids(e.item_ids), min_size=n, max_size=n, unique=True),
+                st.lists(ids(e.item_ids), min_size=n, max_size=n),
+            )
+        )
+        rows = max(len(cand_ids), 1)
+        vectors = draw(
+            st.one_of(packed(e.dim, e.vectors, rows), packed(e.dim, e.vectors, rows + 1))
+        )
+        return rank_pb2.RankRequest(
+            user_vector=draw(packed(e.dim, e.vectors)),
+            candidate_ids=cand_ids,
+            candidate_vectors=vectors,
+            embedding_version=draw(
+                st.sampled_from([e.version, e.version, e.version, "", "v-other", "\u00e9"])
+            ),
+            top_k=draw(KS),
+            diversity_lambda=draw(
+                st.one_of(
+                    st.just(0.0),
+                    st.floats(0, 1, width=32),
+                    st.floats(width=32, allow_nan=True, allow_infinity=True),
+                )
+            ),
+            candidate_features=draw(st.one_of(st.just(b""), st.just(b""), st.binary(max_size=9))),
+        )
+
+    return build()
+
+
+def check_rank(e: Env, n: int) -> None:
+    def one(request: Any) -> None:
+        resp = call("Rank", e.rank.Rank, request)
+        if resp is not None:
+            assert resp.bundle_version == e.version
+            got = [i.id for i in resp.items]
+            assert len(got) == len(set(got)) and set(got) <= set(request.candidate_ids)
+
+    run_property(rank_requests(e), one, n)
+
+
+def recommend_requests(e: Env) -> st.SearchStrategy[Any]:
+    return st.builds(
+        gateway_pb2.RecommendRequest,
+        user_id=st.one_of(st.just(""), st.sampled_from(e.users), UNICODE.map(lambda s: "fz" + s)),
+        history_item_ids=st.one_of(
+            st.lists(ids(e.item_ids), max_size=5),
+            st.lists(st.sampled_from(e.item_ids), min_size=195, max_size=205),
+        ),
+        query_text=st.one_of(st.just(""), texts(e.texts)),
+        k=KS,
+        include_seen=st.booleans(),
+        candidate_count=st.one_of(st.just(0), KS),
+        filters=filters(e.fields, e.values),
+        diversity_lambda=st.one_of(
+            st.just(0.0), st.floats(width=32, allow_nan=True, allow_infinity=True)
+        ),
+    )
+
+
+def check_recommend(e: Env, n: int) -> None:
+    def one(request: Any) -> None:
+        resp = call("Recommend", e.gateway.Recommend, request)
+        if resp is not None:
+            assert len(resp.items) <= (request.k or 10)
+            assert not resp.missing_shards
+
+    run_property(recommend_requests(e), one, n)
+
+
+def check_record_events(e: Env, n: int) -> None:
+    users = st.one_of(st.just(""), UNICODE.map(lambda s: "fz" + s))
+    events = st.builds(
+        gateway_pb2.Event,
+        user_id=users,
+        item_id=ids(e.item_ids),
+        type=st.one_of(st.sampled_from(EVENT_TYPES), UNICODE),
+        timestamp_ms=st.one_of(st.just(0), st.integers(-(2**63), 2**63 - 1)),
+    )
+    batches = st.one_of(
+        st.lists(events, max_size=5),
+        st.integers(1001, 1010).map(
+            lambda m: [gateway_pb2.Event(user_id="fz-u", item_id=e.item_ids[0], type="view")] * m
+        ),
+    )
+
+    def one(evs: list[Any]) -> None:
+        e.fuzz_users.update(ev.user_id for ev in evs)
+        call("RecordEvents", e.gateway.RecordEvents, gateway_pb2.RecordEventsRequest(events=evs))
+
+    run_property(batches, one, n)
+
+
+def check_delete_user(e: Env, n: int) -> None:
+    def one(user: str) -> None:
+        resp = call("DeleteUser", e.gateway.DeleteUser, gateway_pb2.DeleteUserRequest(user_id=user))
+        if resp is not None:
+            e.fuzz_users.add(user)
+
+    run_property(st.one_of(st.just(""), UNICODE.map(lambda s: "fz" + s)), one, n)
+
+
+def check_get_info(e: Env, n: int) -> None:
+    def one(_: int) -> None:
+        info = call("Recall.GetInfo", e.recall.GetInfo, recall_pb2.RecallServiceGetInfoRequest())
+        assert info is not None and info.dim == e.dim
+        rinfo = call("Rank.GetInfo", e.rank.GetInfo, rank_pb2.RankServiceGetInfoRequest())
+        assert rinfo is not None and rinfo.bundle_version == e.version
+
+    run_property(st.integers(0, 3), one, max(n // 20, 3))
+
+
+CHECKS = {
+    "Recall": check_recall,
+    "RecallBatch": check_recall_batch,
+    "Upsert": check_upsert,
+    "Delete": check_delete,
+    "GetInfo": check_get_info,
+    "Rank": check_rank,
+    "Recommend": check_recommend,
+    "RecordEvents": check_record_events,
+    "DeleteUser": check_delete_user,
+}
+
+
+def assert_still_healthy(e: Env) -> None:
+    for name, channel in e.channels.items():
+        status = (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            .status
+        )
+        assert status == health_pb2.HealthCheckResponse.SERVING, name
+    got = e.recall.Recall(recall_pb2.RecallRequest(query_text=e.texts[0], k=3), timeout=30)
+    assert len(got.candidates) == 3
+    user = e.users[0]
+    rec = e.gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=3), timeout=30)
+    assert len(rec.items) == 3 and rec.bundle_version == e.version
+
+
+@pytest.mark.parametrize("rpc", list(CHECKS))
+def test_fuzz_rpc(env, rpc):
+    CHECKS[rpc](env, CI_EXAMPLES)
+    assert_still_healthy(env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rpc", list(CHECKS))
+def test_fuzz_rpc_long(env, rpc, request):
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("slow: run with pytest -m slow")
+    CHECKS[rpc](env, SLOW_EXAMPLES)
+    assert_still_healthy(env)
