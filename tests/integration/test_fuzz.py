@@ -301,22 +301,56 @@ def run_property(strategy: st.SearchStrategy[Any], check: Callable[[Any], None],
 # ---- per-RPC properties --------------------------------------------------------------------
 
 
-def recall_requests(e: Env) -> st.SearchStrategy[Any]:
-    return st.builds(
-        recall_pb2.RecallRequest,
-        query_text=st.one_of(st.just(""), texts(e.texts)),
-        history_item_ids=st.one_of(
-            st.lists(ids(e.item_ids), max_size=5),
-            st.lists(st.sampled_from(e.item_ids), min_size=190, max_size=210),
-        ),
-        query_vector=st.one_of(st.just(b""), packed(e.dim, e.vectors)),
-        k=KS,
-        exclude_ids=st.lists(ids(e.item_ids), max_size=6),
-        omit_vectors=st.booleans(),
-        filters=filters(e.fields, e.values),
-        min_sequence=MIN_SEQUENCES,
-        exact=st.booleans(),
+def mostly(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> Any:
+    """Usually a well-formed value (so requests get past validation), sometimes hostile."""
+    return st.one_of(valid, valid, valid, hostile)
+
+
+def valid_filters(e: Env) -> st.SearchStrategy[list[Any]]:
+    one = st.builds(
+        lambda f, v: recall_pb2.MetadataFilter(field=f, any_of=v),
+        st.sampled_from(e.fields),
+        st.lists(st.sampled_from(e.values), min_size=1, max_size=3),
     )
+    return st.one_of(st.just([]), st.lists(one, max_size=2))
+
+
+def recall_requests(e: Env) -> st.SearchStrategy[Any]:
+    @st.composite
+    def build(draw: st.DrawFn) -> Any:
+        mode = draw(st.sampled_from(["text", "history", "both", "vector", "any"]))
+        request = recall_pb2.RecallRequest(
+            k=draw(mostly(st.integers(1, 40), KS)),
+            exclude_ids=draw(
+                mostly(
+                    st.lists(st.sampled_from(e.item_ids), max_size=4),
+                    st.lists(ids(e.item_ids), max_size=6),
+                )
+            ),
+            omit_vectors=draw(st.booleans()),
+            filters=draw(mostly(valid_filters(e), filters(e.fields, e.values))),
+            min_sequence=draw(MIN_SEQUENCES),
+            exact=draw(st.booleans()),
+        )
+        if mode in ("text", "both", "any"):
+            request.query_text = draw(mostly(st.sampled_from(e.texts), texts(e.texts)))
+        if mode in ("history", "both", "any"):
+            request.history_item_ids.extend(
+                draw(
+                    mostly(
+                        st.lists(st.sampled_from(e.item_ids), min_size=1, max_size=8),
+                        st.one_of(
+                            st.lists(ids(e.item_ids), max_size=5),
+                            st.lists(st.sampled_from(e.item_ids), min_size=190, max_size=210),
+                        ),
+                    )
+                )
+            )
+        if mode in ("vector", "any"):
+            request.query_vector = draw(packed(e.dim, e.vectors))
+        return request
+
+    return build()
 
 
 def timeout_for(*requests: Any) -> float:
@@ -356,17 +390,25 @@ def check_recall_batch(e: Env, n: int) -> None:
 def item_writes(e: Env) -> st.SearchStrategy[Any]:
     return st.builds(
         recall_pb2.ItemWrite,
-        id=pool_ids(),
+        id=mostly(st.sampled_from(POOL), pool_ids()),
         title=st.one_of(st.just(""), UNICODE),
-        text=st.one_of(st.just(""), texts(e.texts)),
+        text=mostly(st.sampled_from(e.texts), texts(e.texts)),
         vector=st.one_of(st.just(b""), packed(e.dim, e.vectors)),
-        metadata_json=metadata_json(e.fields),
-        embedding_version=st.sampled_from([e.version, e.version, "", "other-version"]),
+        metadata_json=mostly(
+            st.builds(
+                lambda f, v: json.dumps({f: v}),
+                st.sampled_from(e.fields),
+                st.sampled_from(e.values),
+            ),
+            metadata_json(e.fields),
+        ),
+        embedding_version=st.sampled_from([e.version, e.version, e.version, "", "other-version"]),
     )
 
 
 def check_upsert(e: Env, n: int) -> None:
     requests = st.one_of(
+        st.lists(item_writes(e), min_size=1, max_size=4),
         st.lists(item_writes(e), max_size=4),
         st.integers(257, 270).map(lambda m: [recall_pb2.ItemWrite(id=POOL[0], text="x")] * m),
     )
@@ -419,25 +461,32 @@ def check_delete(e: Env, n: int) -> None:
 def rank_requests(e: Env) -> st.SearchStrategy[Any]:
     @st.composite
     def build(draw: st.DrawFn) -> Any:
-        n = draw(st.one_of(st.integers(0, 8), st.sampled_from([49, 50, 51])))
+        n = draw(mostly(st.integers(1, 8), st.sampled_from([0, 49, 50, 51])))
         cand_ids = draw(
-            st.one_of(
+            mostly(
                 st.lists(ids(e.item_ids), min_size=n, max_size=n, unique=True),
                 st.lists(ids(e.item_ids), min_size=n, max_size=n),
             )
         )
         rows = max(len(cand_ids), 1)
-        vectors = draw(
-            st.one_of(packed(e.dim, e.vectors, rows), packed(e.dim, e.vectors, rows + 1))
+        good_rows = st.builds(
+            lambda seed: _vectors(rows, e.dim, seed, 1.0), st.integers(0, 2**32 - 1)
         )
+        vectors = draw(
+            mostly(
+                good_rows,
+                st.one_of(packed(e.dim, e.vectors, rows), packed(e.dim, e.vectors, rows + 1)),
+            )
+        )
+        good_user = st.builds(lambda seed: _vectors(1, e.dim, seed, 1.0), st.integers(0, 2**32))
         return rank_pb2.RankRequest(
-            user_vector=draw(packed(e.dim, e.vectors)),
+            user_vector=draw(st.one_of(good_user, packed(e.dim, e.vectors))),
             candidate_ids=cand_ids,
             candidate_vectors=vectors,
             embedding_version=draw(
                 st.sampled_from([e.version, e.version, e.version, "", "v-other", "\u00e9"])
             ),
-            top_k=draw(KS),
+            top_k=draw(mostly(st.integers(0, 10), KS)),
             diversity_lambda=draw(
                 st.one_of(
                     st.just(0.0),
@@ -445,7 +494,7 @@ def rank_requests(e: Env) -> st.SearchStrategy[Any]:
                     st.floats(width=32, allow_nan=True, allow_infinity=True),
                 )
             ),
-            candidate_features=draw(st.one_of(st.just(b""), st.just(b""), st.binary(max_size=9))),
+            candidate_features=draw(mostly(st.just(b""), st.binary(max_size=9))),
         )
 
     return build()
@@ -465,16 +514,21 @@ def check_rank(e: Env, n: int) -> None:
 def recommend_requests(e: Env) -> st.SearchStrategy[Any]:
     return st.builds(
         gateway_pb2.RecommendRequest,
-        user_id=st.one_of(st.just(""), st.sampled_from(e.users), UNICODE.map(lambda s: "fz" + s)),
-        history_item_ids=st.one_of(
-            st.lists(ids(e.item_ids), max_size=5),
-            st.lists(st.sampled_from(e.item_ids), min_size=195, max_size=205),
+        user_id=st.one_of(
+            st.just(""), st.sampled_from(e.users), st.sampled_from(e.users), fuzz_users()
         ),
-        query_text=st.one_of(st.just(""), texts(e.texts)),
-        k=KS,
+        history_item_ids=mostly(
+            st.lists(st.sampled_from(e.item_ids), max_size=5),
+            st.one_of(
+                st.lists(ids(e.item_ids), max_size=5),
+                st.lists(st.sampled_from(e.item_ids), min_size=195, max_size=205),
+            ),
+        ),
+        query_text=st.one_of(st.just(""), st.sampled_from(e.texts), texts(e.texts)),
+        k=mostly(st.integers(0, 20), KS),
         include_seen=st.booleans(),
-        candidate_count=st.one_of(st.just(0), KS),
-        filters=filters(e.fields, e.values),
+        candidate_count=mostly(st.sampled_from([0, 20, 30, 40]), KS),
+        filters=mostly(valid_filters(e), filters(e.fields, e.values)),
         diversity_lambda=st.one_of(
             st.just(0.0), st.floats(width=32, allow_nan=True, allow_infinity=True)
         ),
@@ -491,16 +545,23 @@ def check_recommend(e: Env, n: int) -> None:
     run_property(recommend_requests(e), one, n)
 
 
+def fuzz_users() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.sampled_from([f"fz-user-{n}" for n in range(8)]), UNICODE.map(lambda s: "fz" + s)
+    )
+
+
 def check_record_events(e: Env, n: int) -> None:
-    users = st.one_of(st.just(""), UNICODE.map(lambda s: "fz" + s))
+    users = mostly(fuzz_users(), st.just(""))
     events = st.builds(
         gateway_pb2.Event,
         user_id=users,
-        item_id=ids(e.item_ids),
-        type=st.one_of(st.sampled_from(EVENT_TYPES), UNICODE),
-        timestamp_ms=st.one_of(st.just(0), st.integers(-(2**63), 2**63 - 1)),
+        item_id=mostly(st.sampled_from(e.item_ids), ids(e.item_ids)),
+        type=mostly(st.sampled_from(EVENT_TYPES), UNICODE),
+        timestamp_ms=mostly(st.just(0), st.integers(-(2**63), 2**63 - 1)),
     )
     batches = st.one_of(
+        st.lists(events, min_size=1, max_size=5),
         st.lists(events, max_size=5),
         st.integers(1001, 1010).map(
             lambda m: [gateway_pb2.Event(user_id="fz-u", item_id=e.item_ids[0], type="view")] * m
@@ -520,7 +581,7 @@ def check_delete_user(e: Env, n: int) -> None:
         if resp is not None:
             e.fuzz_users.add(user)
 
-    run_property(st.one_of(st.just(""), UNICODE.map(lambda s: "fz" + s)), one, n)
+    run_property(mostly(fuzz_users(), st.just("")), one, n)
 
 
 def check_get_info(e: Env, n: int) -> None:
