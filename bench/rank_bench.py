@@ -40,8 +40,8 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import numpy_helper
 
+from bench.common import ensure_bundle, median_ms
 from recstack.bundle import Bundle
-from recstack.errors import BundleError
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from recstack.vectors import pack
 from training.ranker import FusionRanker
@@ -51,20 +51,6 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "rank.json"
 
 
 # ---------------------------------------------------------------- bundle
-
-
-def ensure_bundle(path: str) -> Bundle:
-    try:
-        return Bundle.open(path)
-    except BundleError:
-        pass
-    from training.data import write_synthetic_dataset
-    from training.pipeline import build_bundle
-
-    tmp = Path(tempfile.mkdtemp(prefix="rank-bench-"))
-    print(f"no bundle at {path!r}: training the tiny one into {tmp}", flush=True)
-    data = write_synthetic_dataset(tmp / "data")
-    return Bundle.open(build_bundle(data, tmp / "bundles", profile="tiny", progress=False))
 
 
 # ---------------------------------------------------------------- ORT vs torch
@@ -84,16 +70,6 @@ def torch_ranker_from_onnx(model_path: Path, dim: int) -> FusionRanker:
     model.load_state_dict(weights, strict=True)
     model.eval()
     return model
-
-
-def _median_ms(fn: Any, min_calls: int, budget_s: float) -> float:
-    times: list[float] = []
-    end = time.perf_counter() + budget_s
-    while len(times) < min_calls or time.perf_counter() < end:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
 
 
 def ort_vs_torch(bundle: Bundle, threads: int, budget_s: float) -> list[dict[str, Any]]:
@@ -130,8 +106,8 @@ def ort_vs_torch(bundle: Bundle, threads: int, budget_s: float) -> list[dict[str
             run_torch()
         ort_ms, torch_ms = [], []
         for _ in range(5):  # alternate rounds: both see the same background load
-            ort_ms.append(_median_ms(run_ort, 20, budget_s / 10))
-            torch_ms.append(_median_ms(run_torch, 20, budget_s / 10))
+            ort_ms.append(median_ms(run_ort, 20, budget_s / 10))
+            torch_ms.append(median_ms(run_torch, 20, budget_s / 10))
         o, t = statistics.median(ort_ms), statistics.median(torch_ms)
         rows.append(
             {

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bench.rank_bench import ensure_bundle
+from bench.common import ensure_bundle
 from recall_service.catalog_log import UPSERT, LogWrite, open_log
 from recall_service.index import SearchSpec
 from recall_service.replica import Replica

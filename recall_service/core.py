@@ -121,7 +121,7 @@ class RecallCore:
             raise InvalidArgument(
                 "give either a vector or text/history, not both", field="query_vector"
             )
-        if q.query_vector is not None and float(np.linalg.norm(q.query_vector)) == 0.0:
+        if q.query_vector is not None and not np.any(q.query_vector):
             raise InvalidArgument("must not be the zero vector", field="query_vector")
         if len(q.query_text) > o.max_text_chars:
             raise InvalidArgument(
@@ -240,7 +240,7 @@ class RecallCore:
                     f"{self.version!r}",
                     field=f"{where}.embedding_version",
                 )
-            if it.vector.shape != (self.dim,) or float(np.linalg.norm(it.vector)) == 0.0:
+            if it.vector.shape != (self.dim,) or not np.any(it.vector):
                 raise InvalidArgument(
                     f"must be {self.dim} finite values, not all zero", field=f"{where}.vector"
                 )

@@ -39,7 +39,8 @@ def _one(f: MetadataFilter) -> Predicate:
         if f.min is not None or f.max is not None:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return False
-            return lo <= float(value) <= hi
+            # Compared as is: float() of a huge JSON int would raise OverflowError.
+            return bool(lo <= value <= hi)
         return True
 
     return test

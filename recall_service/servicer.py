@@ -58,8 +58,10 @@ def _metadata(raw: str, field: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"invalid JSON: {exc}", field=field) from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and ints past Python's digit limit;
+        # RecursionError is deeply nested arrays/objects.
+        raise InvalidArgument(f"invalid JSON: {str(exc)[:200]}", field=field) from exc
     if not isinstance(value, dict):
         raise InvalidArgument("must be a JSON object", field=field)
     return value

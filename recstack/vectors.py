@@ -40,7 +40,23 @@ def unpack_rows(data: bytes, rows: int, dim: int, field: str) -> F32Array:
 
 
 def l2_normalize(x: npt.NDArray[np.floating], eps: float = 1e-12) -> F32Array:
-    """Row-wise L2 normalisation (the embedding space is the unit sphere)."""
+    """Row-wise L2 normalisation (the embedding space is the unit sphere).
+
+    Every finite non-zero row becomes unit length: rows whose float32 norm overflows (large
+    finite values) or underflows (tiny ones) are rescaled by their largest magnitude first;
+    all-zero rows stay zero.
+    """
     x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, eps)).astype(np.float32)
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    out = (x / np.maximum(norms, eps)).astype(np.float32)
+    bad = (~np.isfinite(norms) | (norms < _NORM_SAFE))[..., 0] & np.any(x != 0, axis=-1)
+    if np.any(bad):
+        y = x[bad].astype(np.float64)
+        y /= np.max(np.abs(y), axis=-1, keepdims=True)
+        out[bad] = (y / np.linalg.norm(y, axis=-1, keepdims=True)).astype(np.float32)
+    return out
+
+
+# Below this float32 norm a row is renormalised in float64 (precision, underflow).
+_NORM_SAFE = 1e-6

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.data import DataError, fingerprint_files, fetch_ml100k
-from training.data import INTERACTIONS_CSV, ITEMS_CSV
+from training.data import INTERACTIONS_CSV, ITEMS_CSV, DataError, fetch_ml100k, fingerprint_files
 
 ML100K = "ml100k"
 
@@ -27,22 +26,34 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     from training.pipeline import PROFILES
 
-    p = argparse.ArgumentParser(prog="python -m training",
-                                description="Train and publish recstack bundles.")
+    p = argparse.ArgumentParser(
+        prog="python -m training", description="Train and publish recstack bundles."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fetch-data", help="download MovieLens-100K and convert it")
-    f.add_argument("--cache", type=Path, default=Path("data"),
-                   help="data cache directory (default: data)")
+    f.add_argument(
+        "--cache", type=Path, default=Path("data"), help="data cache directory (default: data)"
+    )
     b = sub.add_parser("build", help="train, export, index, evaluate and publish a bundle")
-    b.add_argument("--data", required=True,
-                   help=f"'{ML100K}' (fetched into --cache) or a generic-format directory")
+    b.add_argument(
+        "--data",
+        required=True,
+        help=f"'{ML100K}' (fetched into --cache) or a generic-format directory",
+    )
     b.add_argument("--profile", default="quick", choices=sorted(PROFILES))
-    b.add_argument("--out", type=Path, default=Path("bundles"),
-                   help="bundle root; CURRENT there names the newest (default: bundles)")
+    b.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bundles"),
+        help="bundle root; CURRENT there names the newest (default: bundles)",
+    )
     b.add_argument("--version", default=None, help="bundle version (default: UTC time-profile)")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--reuse", action="store_true",
-                   help="skip training if CURRENT already has this profile, seed and data")
+    b.add_argument(
+        "--reuse",
+        action="store_true",
+        help="skip training if CURRENT already has this profile, seed and data",
+    )
     b.add_argument("--cache", type=Path, default=Path("data"))
     b.add_argument("--quiet", action="store_true", help="no progress output")
     return p
@@ -73,8 +84,11 @@ def _reusable(out: Path, profile: str, seed: int, data_dir: Path) -> Path | None
         return None
     training = bundle.manifest.get("training", {})
     fingerprint = fingerprint_files([data_dir / ITEMS_CSV, data_dir / INTERACTIONS_CSV])
-    same = (training.get("profile") == profile and training.get("seed") == seed
-            and bundle.manifest.get("dataset", {}).get("fingerprint") == fingerprint)
+    same = (
+        training.get("profile") == profile
+        and training.get("seed") == seed
+        and bundle.manifest.get("dataset", {}).get("fingerprint") == fingerprint
+    )
     return bundle.root if same else None
 
 
@@ -90,18 +104,20 @@ def _summary(bundle_dir: Path, seconds: float) -> str:
     def f(x: Any) -> str:
         return f"{x:.4f}" if isinstance(x, int | float) else "n/a"
 
-    return "\n".join([
-        f"bundle:    {bundle_dir}",
-        f"version:   {manifest['version']}",
-        f"size:      {_dir_mb(bundle_dir):.1f} MB",
-        f"wall time: {seconds:.1f} s",
-        f"eval users {m.get('eval_users', 0)}:  Recall@10 {f(m.get('recall@10'))}  "
-        f"NDCG@10 {f(m.get('ndcg@10'))}  (HNSW recall)",
-        f"{'':16}Recall@10 {f(m.get('ranked_recall@10'))}  "
-        f"NDCG@10 {f(m.get('ranked_ndcg@10'))}  (recall + ranker)",
-        f"{'':16}Recall@10 {f(pop.get('recall@10'))}  "
-        f"NDCG@10 {f(pop.get('ndcg@10'))}  (most-popular baseline)",
-    ])
+    return "\n".join(
+        [
+            f"bundle:    {bundle_dir}",
+            f"version:   {manifest['version']}",
+            f"size:      {_dir_mb(bundle_dir):.1f} MB",
+            f"wall time: {seconds:.1f} s",
+            f"eval users {m.get('eval_users', 0)}:  Recall@10 {f(m.get('recall@10'))}  "
+            f"NDCG@10 {f(m.get('ndcg@10'))}  (HNSW recall)",
+            f"{'':16}Recall@10 {f(m.get('ranked_recall@10'))}  "
+            f"NDCG@10 {f(m.get('ranked_ndcg@10'))}  (recall + ranker)",
+            f"{'':16}Recall@10 {f(pop.get('recall@10'))}  "
+            f"NDCG@10 {f(pop.get('ndcg@10'))}  (most-popular baseline)",
+        ]
+    )
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -117,8 +133,15 @@ def _build(args: argparse.Namespace) -> int:
             return 0
     if args.version and (args.out / args.version).exists():
         raise UsageError(f"--version {args.version}: {args.out / args.version} already exists")
-    bundle = build_bundle(data_dir, args.out, args.profile, version=args.version,
-                          seed=args.seed, progress=not args.quiet, dataset_name=name)
+    bundle = build_bundle(
+        data_dir,
+        args.out,
+        args.profile,
+        version=args.version,
+        seed=args.seed,
+        progress=not args.quiet,
+        dataset_name=name,
+    )
     print(_summary(bundle, time.perf_counter() - start))
     return 0
 

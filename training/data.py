@@ -110,12 +110,12 @@ def _read_csv(path: Path, required: Sequence[str]) -> Iterable[tuple[int, dict[s
         missing = [c for c in required if c not in header]
         if missing:
             raise DataError(
-                f"{path}:1: missing column(s) {', '.join(missing)} (header has {header})")
+                f"{path}:1: missing column(s) {', '.join(missing)} (header has {header})"
+            )
         try:
             for row in reader:
                 if None in row or any(v is None for v in row.values()):
-                    raise DataError(
-                        f"{path}:{reader.line_num}: expected {len(header)} columns")
+                    raise DataError(f"{path}:{reader.line_num}: expected {len(header)} columns")
                 yield reader.line_num, row
         except csv.Error as exc:
             raise DataError(f"{path}:{reader.line_num}: {exc}") from exc
@@ -148,7 +148,8 @@ def load_dataset(directory: Path, name: str | None = None) -> Dataset:
         if item_id in seen:
             raise DataError(
                 f"{items_path}:{line}: column item_id: duplicate id {item_id!r} "
-                f"(first on line {seen[item_id]})")
+                f"(first on line {seen[item_id]})"
+            )
         text = row["text"].strip()
         if not text:
             raise DataError(f"{items_path}:{line}: column text: empty")
@@ -158,7 +159,9 @@ def load_dataset(directory: Path, name: str | None = None) -> Dataset:
             try:
                 parsed = json.loads(raw_meta)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{items_path}:{line}: column metadata: invalid JSON: {exc}")
+                raise DataError(
+                    f"{items_path}:{line}: column metadata: invalid JSON: {exc}"
+                ) from None
             if not isinstance(parsed, dict):
                 raise DataError(f"{items_path}:{line}: column metadata: not a JSON object")
             meta = parsed
@@ -176,13 +179,14 @@ def load_dataset(directory: Path, name: str | None = None) -> Dataset:
         if item_id not in seen:
             raise DataError(
                 f"{inter_path}:{line}: column item_id: unknown item {item_id!r} "
-                f"(not in {ITEMS_CSV})")
+                f"(not in {ITEMS_CSV})"
+            )
         try:
             ts = int(row["timestamp"].strip())
         except ValueError:
             raise DataError(
-                f"{inter_path}:{line}: column timestamp: {row['timestamp']!r} is not an "
-                "integer") from None
+                f"{inter_path}:{line}: column timestamp: {row['timestamp']!r} is not an integer"
+            ) from None
         rating: float | None = None
         raw_rating = (row.get("rating") or "").strip()
         if raw_rating:
@@ -193,12 +197,14 @@ def load_dataset(directory: Path, name: str | None = None) -> Dataset:
                     f"{inter_path}:{line}: column rating: {raw_rating!r} is not a number"
                 ) from None
         per_user.setdefault(user_id, []).append(
-            (ts, line, Interaction(user_id, item_id, ts, rating)))
+            (ts, line, Interaction(user_id, item_id, ts, rating))
+        )
     if not per_user:
         raise DataError(f"{inter_path}: no interactions")
     # Sorting on (timestamp, line) makes equal timestamps keep file order.
-    users = {u: [x[2] for x in sorted(rows, key=lambda r: (r[0], r[1]))]
-             for u, rows in per_user.items()}
+    users = {
+        u: [x[2] for x in sorted(rows, key=lambda r: (r[0], r[1]))] for u, rows in per_user.items()
+    }
     return Dataset(
         name=name or directory.name,
         items=items,
@@ -207,16 +213,23 @@ def load_dataset(directory: Path, name: str | None = None) -> Dataset:
     )
 
 
-def write_dataset(directory: Path, items: Sequence[Item],
-                  interactions: Sequence[Interaction]) -> Path:
+def write_dataset(
+    directory: Path, items: Sequence[Item], interactions: Sequence[Interaction]
+) -> Path:
     """Write items and interactions in the generic format (overwrites both files)."""
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / ITEMS_CSV).open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["item_id", "title", "text", "metadata"])
         for it in items:
-            w.writerow([it.id, it.title, it.text,
-                        json.dumps(it.metadata, sort_keys=True, ensure_ascii=False)])
+            w.writerow(
+                [
+                    it.id,
+                    it.title,
+                    it.text,
+                    json.dumps(it.metadata, sort_keys=True, ensure_ascii=False),
+                ]
+            )
     with (directory / INTERACTIONS_CSV).open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         has_rating = any(x.rating is not None for x in interactions)
@@ -277,8 +290,9 @@ def convert_ml100k(raw_dir: Path, out_dir: Path) -> Path:
             raise DataError(f"{p}: file not found")
     items: list[Item] = []
     with item_path.open(encoding="utf-8") as f:
-        cols = _typed_header(item_path, f.readline(),
-                             ("item_id", "movie_title", "release_year", "class"))
+        cols = _typed_header(
+            item_path, f.readline(), ("item_id", "movie_title", "release_year", "class")
+        )
         for n, line in enumerate(f, start=2):
             if not line.strip():
                 continue
@@ -297,8 +311,9 @@ def convert_ml100k(raw_dir: Path, out_dir: Path) -> Path:
             items.append(Item(parts[cols["item_id"]].strip(), title, text, meta))
     inters: list[Interaction] = []
     with inter_path.open(encoding="utf-8") as f:
-        cols = _typed_header(inter_path, f.readline(),
-                             ("user_id", "item_id", "rating", "timestamp"))
+        cols = _typed_header(
+            inter_path, f.readline(), ("user_id", "item_id", "rating", "timestamp")
+        )
         for n, line in enumerate(f, start=2):
             if not line.strip():
                 continue
@@ -308,14 +323,27 @@ def convert_ml100k(raw_dir: Path, out_dir: Path) -> Path:
                 rating = float(parts[cols["rating"]])
             except (ValueError, IndexError) as exc:
                 raise DataError(f"{inter_path}:{n}: {exc}") from None
-            inters.append(Interaction(parts[cols["user_id"]].strip(),
-                                      parts[cols["item_id"]].strip(), ts, rating))
+            inters.append(
+                Interaction(
+                    parts[cols["user_id"]].strip(), parts[cols["item_id"]].strip(), ts, rating
+                )
+            )
     return write_dataset(out_dir, items, inters)
 
 
 def _download_recbole_wheel(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", RECBOLE_SPEC, "--no-deps",
-           "--only-binary=:all:", "--quiet", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        RECBOLE_SPEC,
+        "--no-deps",
+        "--only-binary=:all:",
+        "--quiet",
+        "-d",
+        str(dest),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -324,8 +352,8 @@ def _download_recbole_wheel(dest: Path) -> Path:
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise DataError(
-            f"pip download {RECBOLE_SPEC} failed (exit {proc.returncode}): "
-            + " | ".join(tail))
+            f"pip download {RECBOLE_SPEC} failed (exit {proc.returncode}): " + " | ".join(tail)
+        )
     return wheels[0]
 
 
@@ -370,8 +398,9 @@ _TOPICS: dict[str, list[str]] = {
 }
 
 
-def write_synthetic_dataset(directory: Path, n_items: int = 60, n_users: int = 40,
-                            seed: int = 0) -> Path:
+def write_synthetic_dataset(
+    directory: Path, n_items: int = 60, n_users: int = 40, seed: int = 0
+) -> Path:
     """A small learnable dataset: topical item clusters, users loyal to one topic.
 
     Items are spread round-robin over six topics and their texts use that topic's words;
@@ -397,6 +426,12 @@ def write_synthetic_dataset(directory: Path, n_items: int = 60, n_users: int = 4
         n = rng.randint(6, 12)
         for k in range(n):
             topic = home if rng.random() < 0.85 else rng.choice(topics)
-            inters.append(Interaction(f"u{u:03d}", rng.choice(by_topic[topic]),
-                                      t0 + u * 10_000 + k * 60, float(rng.randint(3, 5))))
+            inters.append(
+                Interaction(
+                    f"u{u:03d}",
+                    rng.choice(by_topic[topic]),
+                    t0 + u * 10_000 + k * 60,
+                    float(rng.randint(3, 5)),
+                )
+            )
     return write_dataset(Path(directory), items, inters)

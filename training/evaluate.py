@@ -92,10 +92,11 @@ def most_popular_lists(split: Split, cases: Sequence[EvalCase], k: int) -> list[
     return out
 
 
-def recall_lists(index: Any, user_vecs: np.ndarray, cases: Sequence[EvalCase],
-                 item_ids: Sequence[str], n: int) -> list[list[str]]:
+def recall_lists(
+    index: Any, user_vecs: np.ndarray, cases: Sequence[EvalCase], item_ids: Sequence[str], n: int
+) -> list[list[str]]:
     """Top-``n`` unseen item ids per user from the HNSW index."""
-    out = []
+    out: list[list[str]] = []
     total = len(item_ids)
     for vec, case in zip(user_vecs, cases, strict=True):
         # Ask for enough neighbours that n survive the removal of seen items.
@@ -106,8 +107,13 @@ def recall_lists(index: Any, user_vecs: np.ndarray, cases: Sequence[EvalCase],
     return out
 
 
-def rerank_lists(ranker: Any, user_vecs: np.ndarray, candidates: Sequence[Sequence[str]],
-                 item_vecs: np.ndarray, item_pos: dict[str, int]) -> list[list[str]]:
+def rerank_lists(
+    ranker: Any,
+    user_vecs: np.ndarray,
+    candidates: Sequence[Sequence[str]],
+    item_vecs: np.ndarray,
+    item_pos: dict[str, int],
+) -> list[list[str]]:
     """Candidates reordered by the ONNX ranker's score (stable for equal scores)."""
     out = []
     for vec, cands in zip(user_vecs, candidates, strict=True):
@@ -122,20 +128,32 @@ def rerank_lists(ranker: Any, user_vecs: np.ndarray, candidates: Sequence[Sequen
     return out
 
 
-def evaluate(dataset: Dataset, split: Split, spec: UserTextSpec, encoder: TextEncoder,
-             index: Any, item_vecs: np.ndarray, ranker: Any, k: int = 10,
-             rerank_n: int = 100, progress: bool = True) -> dict[str, Any]:
+def evaluate(
+    dataset: Dataset,
+    split: Split,
+    spec: UserTextSpec,
+    encoder: TextEncoder,
+    index: Any,
+    item_vecs: np.ndarray,
+    ranker: Any,
+    k: int = 10,
+    rerank_n: int = 100,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Metrics dict for the manifest (keys ``recall@k``, ``ndcg@k``, ranked, most_popular)."""
     cases = eval_cases(dataset, split, spec)
     item_ids = [it.id for it in dataset.items]
     item_pos = {i: n for n, i in enumerate(item_ids)}
     targets = [c.target for c in cases]
     texts = [c.text for c in cases]
-    chunks = [texts[i:i + 256] for i in range(0, len(texts), 256)]
-    vec_parts = [encoder.encode(c) for c in tqdm(chunks, desc="eval users",
-                                                   disable=not progress, unit="chunk")]
-    user_vecs = (np.concatenate(vec_parts) if vec_parts
-                 else np.zeros((0, item_vecs.shape[1]), np.float32))
+    chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
+    vec_parts = [
+        encoder.encode(c)
+        for c in tqdm(chunks, desc="eval users", disable=not progress, unit="chunk")
+    ]
+    user_vecs = (
+        np.concatenate(vec_parts) if vec_parts else np.zeros((0, item_vecs.shape[1]), np.float32)
+    )
     recalled = recall_lists(index, user_vecs, cases, item_ids, max(k, rerank_n))
     reranked = rerank_lists(ranker, user_vecs, recalled, item_vecs, item_pos)
     popular = most_popular_lists(split, cases, k)

@@ -41,7 +41,8 @@ def _check_single_file(path: Path) -> None:
     if inputs != sorted(ENCODER_INPUTS) or ENCODER_OUTPUT not in outputs:
         raise RuntimeError(
             f"{path.name}: inputs {inputs}, outputs {outputs}; expected {list(ENCODER_INPUTS)}"
-            f" -> {ENCODER_OUTPUT}")
+            f" -> {ENCODER_OUTPUT}"
+        )
 
 
 def export_encoder(model: Any, tokenizer: Any, out_dir: Path) -> Path:
@@ -57,11 +58,11 @@ def export_encoder(model: Any, tokenizer: Any, out_dir: Path) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ort_model = ORTModelForFeatureExtraction.from_pretrained(
-                saved, export=True, local_files_only=True, provider="CPUExecutionProvider")
+                saved, export=True, local_files_only=True, provider="CPUExecutionProvider"
+            )
             ort_model.save_pretrained(onnx_dir)
         src = onnx_dir / "model.onnx"
-        extra = [p.name for p in onnx_dir.iterdir() if p.name.startswith("model.onnx")
-                 and p != src]
+        extra = [p.name for p in onnx_dir.iterdir() if p.name.startswith("model.onnx") and p != src]
         if extra:
             raise RuntimeError(f"encoder export produced external data files {extra}")
         _check_single_file(src)
@@ -70,8 +71,14 @@ def export_encoder(model: Any, tokenizer: Any, out_dir: Path) -> Path:
     return out_dir
 
 
-def check_encoder_parity(model: Any, tokenizer: Any, encoder: TextEncoder,
-                         texts: Sequence[str], max_length: int, atol: float = 1e-4) -> float:
+def check_encoder_parity(
+    model: Any,
+    tokenizer: Any,
+    encoder: TextEncoder,
+    texts: Sequence[str],
+    max_length: int,
+    atol: float = 1e-4,
+) -> float:
     """Max |served - torch| over ``texts``; raises EncoderParityError above ``atol``."""
     want = embed_eval(model, tokenizer, list(texts), max_length).numpy()
     got = encoder.encode(list(texts))
@@ -80,5 +87,6 @@ def check_encoder_parity(model: Any, tokenizer: Any, encoder: TextEncoder,
     diff = float(np.max(np.abs(got - want)))
     if not diff <= atol:
         raise EncoderParityError(
-            f"served encoder vs torch max abs diff {diff:.3g} exceeds {atol:g}")
+            f"served encoder vs torch max abs diff {diff:.3g} exceeds {atol:g}"
+        )
     return diff

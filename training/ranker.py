@@ -39,8 +39,7 @@ class RankerParityError(RuntimeError):
 class FusionRanker(nn.Module):
     """score = MLP(LayerNorm(concat(user, item, user*item, |user-item|))), one logit per row."""
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 64),
-                 dropout: float = 0.1) -> None:
+    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 64), dropout: float = 0.1) -> None:
         super().__init__()
         # Unit vectors have entries near 1/sqrt(dim) and products near 1/dim: the LayerNorm
         # puts the fused features on a common scale so the MLP trains in a few epochs.
@@ -76,9 +75,14 @@ class RankerResult:
     seconds: float = 0.0
 
 
-def _negatives(rng: np.random.Generator, users: npt.NDArray[np.int64],
-               positives: npt.NDArray[np.int64], n_items: int,
-               hard: npt.NDArray[np.int64] | None, config: RankerConfig) -> np.ndarray:
+def _negatives(
+    rng: np.random.Generator,
+    users: npt.NDArray[np.int64],
+    positives: npt.NDArray[np.int64],
+    n_items: int,
+    hard: npt.NDArray[np.int64] | None,
+    config: RankerConfig,
+) -> np.ndarray:
     """[E, k] negative item indices: uniform draws plus draws from the user's hard list.
 
     A uniform draw equal to the positive is shifted by one (mod n_items), so it is never the
@@ -95,10 +99,16 @@ def _negatives(rng: np.random.Generator, users: npt.NDArray[np.int64],
     return np.concatenate(cols, axis=1)
 
 
-def train_ranker(user_vecs: np.ndarray, users: npt.NDArray[np.int64],
-                 positives: npt.NDArray[np.int64], item_vecs: np.ndarray,
-                 config: RankerConfig, seed: int, hard: npt.NDArray[np.int64] | None = None,
-                 progress: bool = True) -> RankerResult:
+def train_ranker(
+    user_vecs: np.ndarray,
+    users: npt.NDArray[np.int64],
+    positives: npt.NDArray[np.int64],
+    item_vecs: np.ndarray,
+    config: RankerConfig,
+    seed: int,
+    hard: npt.NDArray[np.int64] | None = None,
+    progress: bool = True,
+) -> RankerResult:
     """Train on examples (user_vecs[users[e]], item_vecs[positives[e]]) vs sampled negatives.
 
     Several examples may share one user vector (a history followed by several items).
@@ -111,8 +121,7 @@ def train_ranker(user_vecs: np.ndarray, users: npt.NDArray[np.int64],
     user_t = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
     item_t = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32))
     model = FusionRanker(dim, config.hidden)
-    optim = torch.optim.AdamW(model.parameters(), lr=config.lr,
-                              weight_decay=config.weight_decay)
+    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     result = RankerResult(model, examples=len(positives))
     start = time.perf_counter()
     model.train()
@@ -126,7 +135,7 @@ def train_ranker(user_vecs: np.ndarray, users: npt.NDArray[np.int64],
         perm = rng.permutation(len(u_idx))
         epoch_loss, batches = 0.0, 0
         for s in range(0, len(perm), config.batch_size):
-            b = perm[s:s + config.batch_size]
+            b = perm[s : s + config.batch_size]
             logits = model(user_t[u_idx[b]], item_t[i_idx[b]])
             loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels[b]))
             optim.zero_grad(set_to_none=True)
@@ -150,10 +159,14 @@ def export_ranker(model: FusionRanker, path: Path, dim: int) -> Path:
         # The TorchScript exporter writes one self-contained file with the requested names
         # and dynamic batch axis; the graph is small, so no external data is ever produced.
         torch.onnx.export(
-            model, example, str(path),
-            input_names=list(INPUTS), output_names=[OUTPUT],
+            model,
+            example,
+            str(path),
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
             dynamic_axes={"user": {0: "n"}, "item": {0: "n"}, "score": {0: "n"}},
-            opset_version=OPSET, dynamo=False,
+            opset_version=OPSET,
+            dynamo=False,
         )
     leftovers = [p.name for p in path.parent.iterdir() if p != path]
     if leftovers:
@@ -161,8 +174,9 @@ def export_ranker(model: FusionRanker, path: Path, dim: int) -> Path:
     return path
 
 
-def check_ranker_parity(model: FusionRanker, path: Path, dim: int, n: int = 64,
-                        atol: float = 1e-5, seed: int = 0) -> float:
+def check_ranker_parity(
+    model: FusionRanker, path: Path, dim: int, n: int = 64, atol: float = 1e-5, seed: int = 0
+) -> float:
     """Max |ORT - torch| on random unit vectors; raises RankerParityError above ``atol``."""
     rng = np.random.default_rng(seed)
     user = rng.standard_normal((n, dim)).astype(np.float32)
@@ -181,6 +195,5 @@ def check_ranker_parity(model: FusionRanker, path: Path, dim: int, n: int = 64,
         raise RankerParityError(f"ranker ONNX output shape {got.shape}, torch {want.shape}")
     diff = float(np.max(np.abs(got - want)))
     if not diff <= atol:
-        raise RankerParityError(
-            f"ranker ONNX vs torch max abs diff {diff:.3g} exceeds {atol:g}")
+        raise RankerParityError(f"ranker ONNX vs torch max abs diff {diff:.3g} exceeds {atol:g}")
     return diff

@@ -72,8 +72,9 @@ def load_base(model_dir: Path | None = None) -> tuple[Any, Any]:
 
 def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> torch.Tensor:
     """Mean-pooled, L2-normalised sentence vectors (keeps the graph when grads are on)."""
-    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
+    batch = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     hidden = model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
@@ -81,11 +82,14 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int) -> 
 
 
 @torch.no_grad()
-def embed_eval(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int,
-               batch_size: int = 64) -> torch.Tensor:
+def embed_eval(
+    model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 64
+) -> torch.Tensor:
     model.eval()
-    parts = [embed(model, tokenizer, texts[i:i + batch_size], max_length)
-             for i in range(0, len(texts), batch_size)]
+    parts = [
+        embed(model, tokenizer, texts[i : i + batch_size], max_length)
+        for i in range(0, len(texts), batch_size)
+    ]
     return torch.cat(parts) if parts else torch.empty(0)
 
 
@@ -96,8 +100,9 @@ class Pair:
     item_id: str
 
 
-def build_pairs(dataset: Dataset, split: Split, spec: UserTextSpec,
-                max_per_user: int | None = None) -> list[Pair]:
+def build_pairs(
+    dataset: Dataset, split: Split, spec: UserTextSpec, max_per_user: int | None = None
+) -> list[Pair]:
     """(user text of the preceding history, next item) for every train position t >= 1.
 
     ``max_per_user`` keeps only each user's most recent positions (None: all).
@@ -110,7 +115,7 @@ def build_pairs(dataset: Dataset, split: Split, spec: UserTextSpec,
         if max_per_user is not None:
             positions = positions[-max_per_user:]
         for t in positions:
-            history = seq[max(0, t - spec.max_history):t][::-1]
+            history = seq[max(0, t - spec.max_history) : t][::-1]
             text = spec.build([items[i].title for i in history])
             target = items[seq[t]]
             pairs.append(Pair(text, target.text, target.id))
@@ -152,8 +157,13 @@ def freeze(model: Any, layers: int) -> None:
             p.requires_grad_(False)
 
 
-def info_nce(user: torch.Tensor, item: torch.Tensor, item_ids: Sequence[str],
-             temperature: float, log_q: torch.Tensor | None = None) -> torch.Tensor:
+def info_nce(
+    user: torch.Tensor,
+    item: torch.Tensor,
+    item_ids: Sequence[str],
+    temperature: float,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Cross-entropy of each user against all batch items; duplicate targets are masked.
 
     ``log_q`` (log sampling probability of each batch item) applies the logQ correction:
@@ -172,9 +182,13 @@ def info_nce(user: torch.Tensor, item: torch.Tensor, item_ids: Sequence[str],
     return F.cross_entropy(logits, labels)
 
 
-def train_two_tower(pairs: Sequence[Pair], config: TwoTowerConfig, seed: int,
-                    progress: bool = True,
-                    on_step: Callable[[int, float], None] | None = None) -> TwoTowerResult:
+def train_two_tower(
+    pairs: Sequence[Pair],
+    config: TwoTowerConfig,
+    seed: int,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TwoTowerResult:
     """Fine-tune the base encoder on ``pairs``; returns the model (eval mode) and losses."""
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 training pairs, got {len(pairs)}")
@@ -183,8 +197,7 @@ def train_two_tower(pairs: Sequence[Pair], config: TwoTowerConfig, seed: int,
     freeze(model, config.freeze_layers)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(trainable, lr=config.lr,
-                              weight_decay=config.weight_decay)
+    optim = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
 
     def lr_factor(step: int) -> float:
         # Linear warm-up then linear decay to 10% of the peak.
@@ -212,8 +225,7 @@ def train_two_tower(pairs: Sequence[Pair], config: TwoTowerConfig, seed: int,
         batch = [pairs[i] for i in idx]
         user = embed(model, tokenizer, [p.user_text for p in batch], config.max_length)
         item = embed(model, tokenizer, [p.item_text for p in batch], config.max_length)
-        lq = (torch.tensor([log_q[p.item_id] for p in batch])
-              if config.logq_correction else None)
+        lq = torch.tensor([log_q[p.item_id] for p in batch]) if config.logq_correction else None
         loss = info_nce(user, item, [p.item_id for p in batch], config.temperature, lq)
         optim.zero_grad(set_to_none=True)
         loss.backward()

@@ -209,7 +209,6 @@ KS = st.one_of(
     st.integers(-3, 40),
     st.sampled_from([0, -(2**31), 2**31 - 1, 999, 1000, 1001, 100, 101]),
 )
-MIN_SEQUENCES = st.sampled_from([0, 0, 0, 0, 1, 2**40, 2**64 - 1])
 
 
 # ---- fixtures and helpers ------------------------------------------------------------------
@@ -302,8 +301,15 @@ def run_property(strategy: st.SearchStrategy[Any], check: Callable[[Any], None],
 
 
 def mostly(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> Any:
-    """Usually a well-formed value (so requests get past validation), sometimes hostile."""
-    return st.one_of(valid, valid, valid, hostile)
+    """Usually (7 in 8) a well-formed value, so requests get past validation; else hostile."""
+    return st.integers(0, 15).flatmap(lambda r: hostile if r < 2 else valid)
+
+
+MIN_SEQUENCES = mostly(st.just(0), st.sampled_from([1, 2**40, 2**64 - 1]))
+
+
+def good_vectors(e: Env, rows: int = 1) -> st.SearchStrategy[bytes]:
+    return st.builds(lambda seed: _vectors(rows, e.dim, seed, 1.0), st.integers(0, 2**32 - 1))
 
 
 def valid_filters(e: Env) -> st.SearchStrategy[list[Any]]:
@@ -347,7 +353,7 @@ def recall_requests(e: Env) -> st.SearchStrategy[Any]:
                 )
             )
         if mode in ("vector", "any"):
-            request.query_vector = draw(packed(e.dim, e.vectors))
+            request.query_vector = draw(mostly(good_vectors(e), packed(e.dim, e.vectors)))
         return request
 
     return build()
@@ -393,7 +399,7 @@ def item_writes(e: Env) -> st.SearchStrategy[Any]:
         id=mostly(st.sampled_from(POOL), pool_ids()),
         title=st.one_of(st.just(""), UNICODE),
         text=mostly(st.sampled_from(e.texts), texts(e.texts)),
-        vector=st.one_of(st.just(b""), packed(e.dim, e.vectors)),
+        vector=mostly(st.one_of(st.just(b""), good_vectors(e)), packed(e.dim, e.vectors)),
         metadata_json=mostly(
             st.builds(
                 lambda f, v: json.dumps({f: v}),
@@ -402,7 +408,7 @@ def item_writes(e: Env) -> st.SearchStrategy[Any]:
             ),
             metadata_json(e.fields),
         ),
-        embedding_version=st.sampled_from([e.version, e.version, e.version, "", "other-version"]),
+        embedding_version=mostly(st.just(e.version), st.sampled_from(["", "other-version"])),
     )
 
 
@@ -469,28 +475,24 @@ def rank_requests(e: Env) -> st.SearchStrategy[Any]:
             )
         )
         rows = max(len(cand_ids), 1)
-        good_rows = st.builds(
-            lambda seed: _vectors(rows, e.dim, seed, 1.0), st.integers(0, 2**32 - 1)
-        )
+        good_rows = good_vectors(e, rows)
         vectors = draw(
             mostly(
                 good_rows,
                 st.one_of(packed(e.dim, e.vectors, rows), packed(e.dim, e.vectors, rows + 1)),
             )
         )
-        good_user = st.builds(lambda seed: _vectors(1, e.dim, seed, 1.0), st.integers(0, 2**32))
         return rank_pb2.RankRequest(
-            user_vector=draw(st.one_of(good_user, packed(e.dim, e.vectors))),
+            user_vector=draw(mostly(good_vectors(e), packed(e.dim, e.vectors))),
             candidate_ids=cand_ids,
             candidate_vectors=vectors,
             embedding_version=draw(
-                st.sampled_from([e.version, e.version, e.version, "", "v-other", "\u00e9"])
+                mostly(st.just(e.version), st.sampled_from(["", "v-other", "\u00e9"]))
             ),
             top_k=draw(mostly(st.integers(0, 10), KS)),
             diversity_lambda=draw(
-                st.one_of(
-                    st.just(0.0),
-                    st.floats(0, 1, width=32),
+                mostly(
+                    st.one_of(st.just(0.0), st.floats(0, 1, width=32)),
                     st.floats(width=32, allow_nan=True, allow_infinity=True),
                 )
             ),
@@ -529,8 +531,9 @@ def recommend_requests(e: Env) -> st.SearchStrategy[Any]:
         include_seen=st.booleans(),
         candidate_count=mostly(st.sampled_from([0, 20, 30, 40]), KS),
         filters=mostly(valid_filters(e), filters(e.fields, e.values)),
-        diversity_lambda=st.one_of(
-            st.just(0.0), st.floats(width=32, allow_nan=True, allow_infinity=True)
+        diversity_lambda=mostly(
+            st.one_of(st.just(0.0), st.floats(0, 1, width=32)),
+            st.floats(width=32, allow_nan=True, allow_infinity=True),
         ),
     )
 

@@ -1,0 +1,87 @@
+"""Ranker: fusion shape, training on a toy signal, ONNX export and the parity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from training.ranker import (
+    FusionRanker,
+    RankerConfig,
+    RankerParityError,
+    check_ranker_parity,
+    export_ranker,
+    train_ranker,
+)
+from training.two_tower import info_nce
+
+DIM = 16
+
+
+def test_fusion_output_shape() -> None:
+    model = FusionRanker(DIM, (8,))
+    out = model(torch.randn(5, DIM), torch.randn(5, DIM))
+    assert out.shape == (5,)
+
+
+def test_export_single_file_names_dynamic_batch_and_parity(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FusionRanker(DIM, (8,))
+    path = export_ranker(model, tmp_path / "ranker" / "model.onnx", DIM)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["user", "item"]
+    assert [o.name for o in graph.output] == ["score"]
+    for value in [*graph.input, *graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param  # symbolic batch axis
+    assert check_ranker_parity(model, path, DIM, n=7) <= 1e-5
+
+
+def test_parity_check_raises_on_perturbed_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = FusionRanker(DIM, (8,))
+    path = export_ranker(model, tmp_path / "model.onnx", DIM)
+    with torch.no_grad():
+        model.mlp[-1].bias.add_(0.01)
+    with pytest.raises(RankerParityError, match="max abs diff"):
+        check_ranker_parity(model, path, DIM)
+
+
+def test_train_ranker_learns_a_toy_signal() -> None:
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((40, DIM)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    # Users sit next to their positive item: the ranker should score positives higher.
+    positives = rng.integers(0, 40, size=200)
+    users_vec = items[positives] + 0.1 * rng.standard_normal((200, DIM)).astype(np.float32)
+    idx = np.arange(200)
+    res = train_ranker(
+        users_vec,
+        idx,
+        positives,
+        items,
+        RankerConfig(epochs=8, hidden=(32,), lr=3e-3),
+        seed=0,
+        progress=False,
+    )
+    assert res.losses[-1] < res.losses[0]
+    with torch.no_grad():
+        pos = res.model(torch.from_numpy(users_vec), torch.from_numpy(items[positives]))
+        neg = res.model(torch.from_numpy(users_vec), torch.from_numpy(items[(positives + 7) % 40]))
+    assert float((pos > neg).float().mean()) > 0.8
+
+
+def test_info_nce_masks_duplicate_targets() -> None:
+    u = torch.eye(3)
+    i = torch.eye(3)
+    # Rows 0 and 1 share a target id: each must not count the other as a negative.
+    masked = info_nce(u, i, ["a", "a", "b"], temperature=1.0)
+    plain = info_nce(u, i, ["a", "c", "b"], temperature=1.0)
+    assert float(masked) < float(plain)
+    log_q = torch.log(torch.tensor([0.5, 0.25, 0.25]))
+    corrected = info_nce(u, i, ["a", "c", "b"], temperature=1.0, log_q=log_q)
+    assert torch.isfinite(corrected)
