@@ -15,11 +15,13 @@ data, so a snapshot is always consistent.
 
 Snapshot format (directory): ``index.bin`` (hnswlib), ``items.jsonl`` (line i = label i,
 ``null`` when the label is free or deleted), ``vectors.npy``, ``meta.json`` (sequence,
-bundle version, shard, and the sha256 of each file, checked on load).
+bundle version, shard, the sha256 of each file and of meta.json's own content, all checked
+on load).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -163,6 +165,10 @@ class ItemIndex:
     ) -> tuple[ItemIndex, dict[str, Any]]:
         """Load a snapshot written by :meth:`save`; BundleError if anything is off."""
         meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("meta_sha256") != _meta_digest(meta):
+            # meta.json is not covered by the file checksums it holds; a changed
+            # applied_sequence would silently skip (or repeat) log entries on replay.
+            raise BundleError(f"snapshot {directory}: meta.json checksum mismatch")
         for name in SNAPSHOT_FILES:
             if sha256_file(directory / name) != meta["sha256"][name]:
                 raise BundleError(f"snapshot {directory}: checksum mismatch for {name}")
@@ -223,6 +229,7 @@ class ItemIndex:
                 "items": n,
             }
         meta["sha256"] = {name: sha256_file(directory / name) for name in SNAPSHOT_FILES}
+        meta["meta_sha256"] = _meta_digest(meta)
         for name in SNAPSHOT_FILES:
             _fsync(directory / name)
         (directory / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -387,6 +394,12 @@ class ItemIndex:
         log.info("growing index", extra={"from": capacity, "to": new_capacity})
         self._hnsw.resize_index(new_capacity)
         self._vectors = _grow(self._vectors, new_capacity)
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of the snapshot metadata itself (every key but this digest, canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _grow(vectors: F32Array, capacity: int) -> F32Array:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -67,10 +68,15 @@ class Replica:
         if not 0 <= o.shard_index < o.shard_count:
             raise BundleError(f"--shard-index {o.shard_index} is not in [0, {o.shard_count})")
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._catalog = open_log(
-            o.catalog_dsn or f"sqlite:///{self.state_dir.resolve()}/catalog.db"
-        )
-        core = self._build(Bundle.open(o.bundle))
+        dsn = o.catalog_dsn or f"sqlite:///{self.state_dir.resolve()}/catalog.db"
+        bundle = Bundle.open(o.bundle)
+        try:
+            self._catalog = open_log(dsn)
+            core = self._build(bundle)
+        except sqlite3.DatabaseError as exc:
+            # A damaged SQLite file: refuse to serve (exit 3) rather than guess at the
+            # system of record; the operator restores it or moves it away.
+            raise BundleError(f"catalog log {dsn} is unreadable: {exc}") from exc
         self.ref.set(core)
         self._start("log-tailer", self._tail, o.log_poll_s)
         if o.bundle_poll_s > 0:

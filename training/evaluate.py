@@ -115,7 +115,7 @@ def rerank_lists(
     item_pos: dict[str, int],
 ) -> list[list[str]]:
     """Candidates reordered by the ONNX ranker's score (stable for equal scores)."""
-    out = []
+    out: list[list[str]] = []
     for vec, cands in zip(user_vecs, candidates, strict=True):
         if not cands:
             out.append([])
