@@ -13,7 +13,9 @@ fi
 STAMP="$ROOT/.venv/.recstack-installed-$EXTRAS-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-12)"
 if [ ! -f "$STAMP" ]; then
   echo "==> installing recstack[$EXTRAS] (first run takes about 2 minutes)"
-  "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q -e "$ROOT[$EXTRAS]"
+  # (this machine's pip config names local mirrors that may be absent: drop those warnings)
+  "$ROOT/.venv/bin/python" -m pip install --disable-pip-version-check -q -e "$ROOT[$EXTRAS]" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   touch "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
