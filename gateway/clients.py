@@ -63,6 +63,7 @@ class GrpcRecall:
             filters=filters_to_pb(query.filters),
             min_sequence=query.min_sequence,
             exact=query.exact,
+            ignore_unknown_history=query.ignore_unknown_history,
         )
         resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
         dim = resp.dim

@@ -78,9 +78,10 @@ class GatewayCore:
         self.catalog = dict(catalog or {})
         self.catalog_version = catalog_version
 
-    def _history(self, q: RecommendQuery) -> tuple[str, ...]:
+    def _history(self, q: RecommendQuery) -> tuple[tuple[str, ...], bool]:
+        """The user's history (explicit first, then stored) and whether any was stored."""
         stored = self.events.history(q.user_id, self.options.max_history) or () if q.user_id else ()
-        return tuple(dict.fromkeys([*q.history_item_ids, *stored]))
+        return tuple(dict.fromkeys([*q.history_item_ids, *stored])), bool(stored)
 
     def validate(self, q: RecommendQuery) -> tuple[int, int]:
         """Effective (k, candidate_count); raise naming the field on bad input."""
@@ -123,12 +124,12 @@ class GatewayCore:
         )
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        history = self._history(q)
+        history, stored = self._history(q)
         timings["profile"] = (time.perf_counter() - t0) * 1000
         if not history and not q.query_text.strip():
             result = self._popular(k, timings)
         else:
-            result = self._personal(q, k, n, history, deadline, timings)
+            result = self._personal(q, k, n, history, stored, deadline, timings)
         result.timings["total"] = (time.perf_counter() - started) * 1000
         for stage, millis in result.timings.items():
             metrics.STAGE_LATENCY.labels(stage).observe(millis / 1000)
@@ -153,6 +154,7 @@ class GatewayCore:
         k: int,
         n: int,
         history: tuple[str, ...],
+        stored: bool,
         deadline: Deadline,
         timings: dict[str, float],
     ) -> RecommendResult:
@@ -165,6 +167,8 @@ class GatewayCore:
                 history_item_ids=history[: self.options.max_history],
                 exclude_ids=() if q.include_seen else history,
                 filters=q.filters,
+                # A stored profile may name items deleted since; explicit ids must exist.
+                ignore_unknown_history=stored,
             ),
             deadline.budget(self.options.recall_share),
         )

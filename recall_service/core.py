@@ -136,13 +136,19 @@ class RecallCore:
                 f"{len(q.exclude_ids)} ids exceeds {o.max_exclude}", field="exclude_ids"
             )
 
-    def user_text(self, history_item_ids: Sequence[str], query_text: str) -> str:
-        """The text the user tower encodes (same template as training)."""
+    def user_text(
+        self, history_item_ids: Sequence[str], query_text: str, ignore_unknown: bool = False
+    ) -> str:
+        """The text the user tower encodes (same template as training).
+
+        Unknown history ids are the caller's error, unless ``ignore_unknown`` (a stored
+        history may name items deleted since): then they are skipped.
+        """
         unknown = [i for i in history_item_ids if i not in self.titles]
-        if unknown:
+        if unknown and not ignore_unknown:
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise InvalidArgument(f"unknown item ids {unknown[:5]}{more}", field="history_item_ids")
-        titles = [self.titles[i] for i in history_item_ids]
+        titles = [self.titles[i] for i in history_item_ids if i in self.titles]
         return self.bundle.user_text.build(titles, query_text)
 
     def encode(self, texts: list[str]) -> F32Array:
@@ -172,7 +178,7 @@ class RecallCore:
             self.wait_applied(wait_for, deadline)
         deadline.check("encoding")
         texts = [
-            (i, self.user_text(q.history_item_ids, q.query_text))
+            (i, self.user_text(q.history_item_ids, q.query_text, q.ignore_unknown_history))
             for i, q in enumerate(queries)
             if q.query_vector is None
         ]

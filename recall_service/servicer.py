@@ -32,6 +32,7 @@ def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> Rec
         filters=filters_from_pb(request.filters),
         min_sequence=request.min_sequence,
         exact=request.exact,
+        ignore_unknown_history=request.ignore_unknown_history,
     )
 
 

@@ -38,6 +38,7 @@ class RecallQuery:
     filters: tuple[MetadataFilter, ...] = ()
     min_sequence: int = 0
     exact: bool = False
+    ignore_unknown_history: bool = False
 
 
 @dataclass(frozen=True)

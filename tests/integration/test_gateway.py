@@ -3,7 +3,7 @@
 import grpc
 import pytest
 
-from recstack.v1 import gateway_pb2, gateway_pb2_grpc, recall_pb2
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc, recall_pb2, recall_pb2_grpc
 from tests.conftest import channel_to
 
 
@@ -148,3 +148,27 @@ def test_user_ids_and_texts_are_not_logged_at_info(stub, caplog):
             stub.Recommend(gateway_pb2.RecommendRequest(user_id=secret_user, k=10_000))
     logged = "\n".join(r.getMessage() + str(vars(r)) for r in caplog.records)
     assert secret_user not in logged and secret_text not in logged
+
+
+def test_stored_history_naming_a_deleted_item_still_recommends(stub, recall_server, bundle):
+    recall = recall_pb2_grpc.RecallServiceStub(channel_to(recall_server))
+    recall.Upsert(
+        recall_pb2.UpsertRequest(
+            items=[
+                recall_pb2.ItemWrite(
+                    id="soon-gone", title="Soon gone", text="an item that will be deleted"
+                )
+            ]
+        )
+    )
+    stub.RecordEvents(
+        gateway_pb2.RecordEventsRequest(
+            events=[gateway_pb2.Event(user_id="stale-user", item_id="soon-gone", type="like")]
+        )
+    )
+    recall.Delete(recall_pb2.DeleteRequest(ids=["soon-gone"]))
+    resp = stub.Recommend(gateway_pb2.RecommendRequest(user_id="stale-user", k=3))
+    assert len(resp.items) == 3 and "soon-gone" not in {i.id for i in resp.items}
+    with pytest.raises(grpc.RpcError) as err:  # an explicit unknown id is still an error
+        stub.Recommend(gateway_pb2.RecommendRequest(history_item_ids=["soon-gone"], k=3))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
