@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recstack.bundle import Bundle
 from recstack.errors import BundleError
+from recstack.vectors import F32Array, l2_normalize
 
 
 def ensure_bundle(path: str) -> Bundle:
@@ -42,3 +45,13 @@ def median_ms(fn: Callable[[], Any], min_calls: int, budget_s: float) -> float:
 def percentile_ms(samples_s: list[float], q: float) -> float:
     ordered = sorted(samples_s)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] * 1000
+
+
+def clustered(n: int, rng: np.random.Generator, centers: F32Array) -> F32Array:
+    """Unit vectors around random centres (top-1 cosine about 0.4, like text embeddings).
+
+    Isotropic random vectors in 384 dims are nearly equidistant from each other, which no
+    real embedding is, and make every ANN index look broken; clusters are the honest test.
+    """
+    picks = centers[rng.integers(0, len(centers), n)]
+    return l2_normalize(picks + 0.08 * rng.standard_normal((n, centers.shape[1])))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import ensure_bundle
+from bench.common import clustered, ensure_bundle
 from recall_service.catalog_log import UPSERT, LogWrite, open_log
 from recall_service.index import SearchSpec
 from recall_service.replica import Replica
@@ -38,12 +38,6 @@ from recstack.vectors import F32Array, l2_normalize, pack
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "recall.json"
 DIM = 384
-
-
-def clustered(n: int, rng: np.random.Generator, centers: F32Array) -> F32Array:
-    """Unit vectors around random centres (top-1 cosine about 0.4, like text embeddings)."""
-    picks = centers[rng.integers(0, len(centers), n)]
-    return l2_normalize(picks + 0.08 * rng.standard_normal((n, centers.shape[1])))
 
 
 def fill_log(path: Path, vectors: F32Array, version: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import ensure_bundle, median_ms, percentile_ms
+from bench.common import clustered, ensure_bundle, median_ms, percentile_ms
 from recstack.bundle import Bundle
 from recstack.encoder import TextEncoder
 from recstack.ort import SessionOptions
@@ -98,11 +98,6 @@ def encoder_bench(bundle: Bundle, budget_s: float) -> list[dict[str, Any]]:
             )
         rows.append({k: (min(v) if isinstance(v, list) else v) for k, v in row.items()})
     return rows
-
-
-def clustered(n: int, rng: np.random.Generator, centers: np.ndarray) -> np.ndarray:
-    picks = centers[rng.integers(0, len(centers), n)]
-    return l2_normalize(picks + 0.08 * rng.standard_normal((n, centers.shape[1])))
 
 
 def ann_peers(n: int, queries: int, m: int = 16, ef_c: int = 200, ef: int = 64) -> dict[str, Any]:

@@ -57,6 +57,17 @@ class IndexParams:
     ef_construction: int
     ef_search: int
 
+    @classmethod
+    def of(cls, bundle: Bundle) -> IndexParams:
+        spec = bundle.section("index")
+        return cls(
+            bundle.dim,
+            spec["space"],
+            int(spec["M"]),
+            int(spec["ef_construction"]),
+            int(spec["ef_search"]),
+        )
+
 
 @dataclass(frozen=True)
 class SearchSpec:
@@ -114,13 +125,7 @@ class ItemIndex:
     ) -> ItemIndex:
         """The bundle's items (only this shard's when sharded) and index."""
         spec = bundle.section("index")
-        params = IndexParams(
-            bundle.dim,
-            spec["space"],
-            int(spec["M"]),
-            int(spec["ef_construction"]),
-            int(spec["ef_search"]),
-        )
+        params = IndexParams.of(bundle)
         items = list(bundle.iter_catalog())
         vectors = bundle.load_vectors()
         if len(vectors) != len(items):

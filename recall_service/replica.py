@@ -122,14 +122,7 @@ class Replica:
         if not pointer.is_file():
             return None
         directory = self.state_dir / pointer.read_text().strip()
-        spec = bundle.section("index")
-        params = IndexParams(
-            bundle.dim,
-            spec["space"],
-            int(spec["M"]),
-            int(spec["ef_construction"]),
-            int(spec["ef_search"]),
-        )
+        params = IndexParams.of(bundle)
         try:
             meta = json.loads((directory / "meta.json").read_text())
             want = self._snapshot_meta(bundle)

@@ -121,6 +121,13 @@ def recommend_request(
     )
 
 
+def events_request(events: Iterable[tuple[str, str, str]]) -> gateway_pb2.RecordEventsRequest:
+    """(user_id, item_id, type) tuples, timestamped by the gateway on arrival."""
+    return gateway_pb2.RecordEventsRequest(
+        events=[gateway_pb2.Event(user_id=u, item_id=i, type=t) for u, i, t in events]
+    )
+
+
 def item_write(
     item_id: str,
     *,
@@ -191,9 +198,7 @@ class RecstackClient:
         self, events: Iterable[tuple[str, str, str]], *, timeout: float | None = None
     ) -> int:
         """Store (user_id, item_id, type) events now; returns the committed sequence."""
-        request = gateway_pb2.RecordEventsRequest(
-            events=[gateway_pb2.Event(user_id=u, item_id=i, type=t) for u, i, t in events]
-        )
+        request = events_request(events)
         return int(self.gateway.RecordEvents(request, timeout=timeout or self.timeout).sequence)
 
     def recall(
@@ -254,9 +259,7 @@ class AsyncRecstackClient:
     async def record_events(
         self, events: Iterable[tuple[str, str, str]], *, timeout: float | None = None
     ) -> int:
-        request = gateway_pb2.RecordEventsRequest(
-            events=[gateway_pb2.Event(user_id=u, item_id=i, type=t) for u, i, t in events]
-        )
+        request = events_request(events)
         response = await self.gateway.RecordEvents(request, timeout=timeout or self.timeout)
         return int(response.sequence)
 

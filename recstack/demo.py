@@ -10,87 +10,18 @@ and every process is stopped with SIGTERM and must exit cleanly.
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack.bundle import Bundle
+from recstack.procs import ServiceProcess
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
 START_TIMEOUT_S = 300.0
-
-
-class Service:
-    """One service process started from its command line on a free loopback port."""
-
-    def __init__(self, name: str, module: str, args: list[str], workdir: Path) -> None:
-        self.name = name
-        self.port_file = workdir / f"{name}.port"
-        self.log_path = workdir / f"{name}.log"
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                module,
-                "--port",
-                "0",
-                "--port-file",
-                str(self.port_file),
-                *args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.port = 0
-
-    def wait_port(self, timeout: float) -> int:
-        end = time.monotonic() + timeout
-        while not self.port_file.exists():
-            self.check_alive()
-            if time.monotonic() > end:
-                raise TimeoutError(f"{self.name} did not bind a port within {timeout:.0f}s")
-            time.sleep(0.1)
-        self.port = int(self.port_file.read_text())
-        return self.port
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(
-                f"{self.name} exited with {self.proc.returncode}; log:\n"
-                + self.log_path.read_text()[-3000:]
-            )
-
-    def wait_serving(self, service: str, timeout: float) -> None:
-        stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            self.check_alive()
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
-                if status.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not SERVING within {timeout:.0f}s")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 def show(title: str, resp: gateway_pb2.RecommendResponse) -> None:
@@ -114,24 +45,22 @@ def run(bundle_path: str, users: list[str], query: str, k: int) -> int:
         work = Path(tmp)
         common = ["--bundle", str(bundle.root)]
         services = [
-            Service("recall", "recall_service", common, work),
-            Service("rank", "rank_service", common, work),
+            ServiceProcess("recall_service", *common, workdir=work, name="recall"),
+            ServiceProcess("rank_service", *common, workdir=work, name="rank"),
         ]
         try:
             recall, rank = services
             recall.wait_port(START_TIMEOUT_S)
             rank.wait_port(START_TIMEOUT_S)
-            gateway = Service(
+            gateway = ServiceProcess(
                 "gateway",
-                "gateway",
-                [
-                    *common,
-                    "--recall-address",
-                    f"127.0.0.1:{recall.port}",
-                    "--rank-address",
-                    f"127.0.0.1:{rank.port}",
-                ],
-                work,
+                *common,
+                "--recall-address",
+                f"127.0.0.1:{recall.port}",
+                "--rank-address",
+                f"127.0.0.1:{rank.port}",
+                workdir=work,
+                name="gateway",
             )
             services.append(gateway)
             gateway.wait_port(START_TIMEOUT_S)

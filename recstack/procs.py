@@ -1,0 +1,100 @@
+"""Run a service's command line as a child process on a free loopback port.
+
+The process is started exactly as an operator would start it, with ``--port 0`` and
+``--port-file``; ``wait_serving`` polls ``grpc.health.v1`` until the service reports
+SERVING (it fails at once, with the log tail, if the process exits). Used by the demo and
+by the process-level tests.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class ServiceProcess:
+    """``python -m <module> --port 0 --port-file F <args>``, logging to ``<name>.log``."""
+
+    def __init__(self, module: str, *args: str, workdir: Path, name: str) -> None:
+        self.name = name
+        self.port_file = workdir / f"{name}.port"
+        self.port_file.unlink(missing_ok=True)
+        self.log_path = workdir / f"{name}.log"
+        self.log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                module,
+                "--port",
+                "0",
+                "--port-file",
+                str(self.port_file),
+                *args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.port = 0
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with {self.proc.returncode}; log tail:\n"
+                + self.log_path.read_text()[-3000:]
+            )
+
+    def wait_port(self, timeout: float = 120) -> int:
+        end = time.monotonic() + timeout
+        while not self.port_file.exists():
+            self.check_alive()
+            if time.monotonic() > end:
+                raise TimeoutError(f"{self.name} did not bind a port within {timeout:.0f}s")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+        return self.port
+
+    def wait_serving(self, service: str, timeout: float = 120) -> ServiceProcess:
+        end = time.monotonic() + timeout
+        self.wait_port(timeout)
+        stub = health_pb2_grpc.HealthStub(self.channel())
+        request = health_pb2.HealthCheckRequest(service=service)
+        while time.monotonic() < end:
+            self.check_alive()
+            try:
+                if stub.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    return self
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name}: {service} not SERVING within {timeout:.0f}s")
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM and wait for the exit status (drain happens in the child)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.log.close()
+        return code
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM; SIGKILL if it has not exited within ``timeout``. Returns the status."""
+        try:
+            return self.terminate(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
