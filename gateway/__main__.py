@@ -18,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Recommend: recall then rank, under the caller's deadline.",
         groups=[(GatewayOptions, "gateway")],
         serve=serve,
+        module="gateway",
     )
 
 

@@ -18,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="ONNX Runtime ranking of fused user-item vectors.",
         groups=[(RankOptions, "rank"), (OrtOptions, "onnx runtime (ranker)")],
         serve=serve,
+        module="rank_service",
     )
 
 

@@ -106,6 +106,10 @@ class ServerOptions:
         "bearer tokens and their read/write permissions "
         "(see recstack/auth.py); empty = no authentication",
     )
+    processes: int = _opt(
+        1, "worker processes sharing --port via SO_REUSEPORT (stateless services only)"
+    )
+    reuse_port: bool = _opt(False, "bind with SO_REUSEPORT (set for workers by --processes)")
     health_port: int = _opt(
         -1,
         "extra plaintext port serving only grpc.health.v1, for probes "
@@ -120,7 +124,7 @@ class ServerOptions:
             ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ]
 
 

@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from recstack.auth import TokenTable, authorize, server_credentials
 from recstack.config import ServerOptions, add_arguments, from_args
 from recstack.deadline import Deadline
 from recstack.errors import BundleError, ErrorKind, RecstackError, Unavailable
+from recstack.workers import supervise
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -330,10 +332,12 @@ def cli_main(
     default_port: int,
     groups: Sequence[tuple[type[Any], str]],
     serve: Callable[..., RunningServer],
+    module: str = "",
 ) -> int:
     """Shared command-line entry: flags from the option dataclasses, JSON logs, lifecycle.
 
     ``serve`` is called as ``serve(server_options, *group_options)`` in ``groups`` order.
+    ``module`` (``python -m`` name) enables ``--processes N`` for stateless services.
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser, ServerOptions, "server", {"port": default_port})
@@ -342,6 +346,11 @@ def cli_main(
     args = parser.parse_args(argv)
     server_options = from_args(ServerOptions, args)
     logs.configure(server_options.log_level, prog)
+    if server_options.processes > 1:
+        if not module:
+            log.error("--processes > 1 is for stateless services; run more replicas instead")
+            return 2
+        return supervise(module, list(argv if argv is not None else sys.argv[1:]), server_options)
     try:
         running = serve(server_options, *(from_args(cls, args) for cls, _ in groups))
     except (OSError, BundleError) as exc:
