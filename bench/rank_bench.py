@@ -264,6 +264,25 @@ def batching_on_off(bundle: Bundle, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def processes_one_vs_two(bundle: Bundle, args: argparse.Namespace) -> dict[str, Any]:
+    """The same load against 1 process and 2 SO_REUSEPORT workers (batching on in both)."""
+    common = ["--max-workers", str(args.clients + 4), "--max-concurrent-rpcs", "512",
+              "--max-candidates", str(max(args.candidates, 2000))]  # fmt: skip
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 2):
+            extra = ["--processes", str(n), "--port", str(_free_port())] if n > 1 else []
+            with RankProcess(bundle.root, common + extra, Path(tmp), f"p{n}") as server:
+                time.sleep(3 if n > 1 else 0)  # let every worker finish loading
+                out[str(n)] = drive(
+                    server.port, bundle, args.clients, args.candidates, args.seconds
+                )
+                print(f"  processes {n}: {out[str(n)]}", flush=True)
+    out["throughput_2_over_1"] = round(out["2"]["rps"] / out["1"]["rps"], 2)
+    out["p95_1_over_2"] = round(out["1"]["p95_ms"] / out["2"]["p95_ms"], 2)
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -286,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     print("ORT vs torch eager (same weights, CPU)...", flush=True)
     kernels = ort_vs_torch(bundle, args.threads, args.budget_s)
     serving = None if args.skip_servers else batching_on_off(bundle, args)
+    workers = None if args.skip_servers else processes_one_vs_two(bundle, args)
 
     print(f"\nRanker, one call (median ms; CPU, {args.threads} threads)")
     print(f"{'candidates':>10} {'ORT ms':>9} {'torch ms':>9} {'torch/ORT':>10}")
@@ -310,6 +330,15 @@ def main(argv: list[str] | None = None) -> int:
             f"throughput on/off: {serving['throughput_on_over_off']:.2f}x, "
             f"p95 off/on: {serving['p95_off_over_on']:.2f}x"
         )
+    if workers:
+        print(f"\nRank server, 1 process vs 2 SO_REUSEPORT workers ({args.clients} clients)")
+        for n in ("1", "2"):
+            w = workers[n]
+            print(f"{n:>8} {w['rps']:>8.1f} {w['p50_ms']:>8.2f} {w['p95_ms']:>8.2f}")
+        print(
+            f"throughput 2/1: {workers['throughput_2_over_1']:.2f}x, "
+            f"p95 1/2: {workers['p95_1_over_2']:.2f}x"
+        )
     result = {
         "bundle_version": bundle.version,
         "machine": {
@@ -323,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
         "ort_vs_torch": kernels,
         "batching": serving,
+        "processes": workers,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
