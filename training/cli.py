@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         help="skip training if CURRENT already has this profile, seed and data",
     )
     b.add_argument("--cache", type=Path, default=Path("data"))
+    b.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write encoder/model.int8.onnx (dynamic quantization) and measure it",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -104,20 +109,26 @@ def _summary(bundle_dir: Path, seconds: float) -> str:
     def f(x: Any) -> str:
         return f"{x:.4f}" if isinstance(x, int | float) else "n/a"
 
-    return "\n".join(
-        [
-            f"bundle:    {bundle_dir}",
-            f"version:   {manifest['version']}",
-            f"size:      {_dir_mb(bundle_dir):.1f} MB",
-            f"wall time: {seconds:.1f} s",
-            f"eval users {m.get('eval_users', 0)}:  Recall@10 {f(m.get('recall@10'))}  "
-            f"NDCG@10 {f(m.get('ndcg@10'))}  (HNSW recall)",
-            f"{'':16}Recall@10 {f(m.get('ranked_recall@10'))}  "
-            f"NDCG@10 {f(m.get('ranked_ndcg@10'))}  (recall + ranker)",
-            f"{'':16}Recall@10 {f(pop.get('recall@10'))}  "
-            f"NDCG@10 {f(pop.get('ndcg@10'))}  (most-popular baseline)",
-        ]
-    )
+    lines = [
+        f"bundle:    {bundle_dir}",
+        f"version:   {manifest['version']}",
+        f"size:      {_dir_mb(bundle_dir):.1f} MB",
+        f"wall time: {seconds:.1f} s",
+        f"test users {m.get('eval_users', 0)}:  Recall@10 {f(m.get('recall@10'))}  "
+        f"NDCG@10 {f(m.get('ndcg@10'))}  (HNSW recall)",
+        f"{'':16}Recall@10 {f(m.get('ranked_recall@10'))}  "
+        f"NDCG@10 {f(m.get('ranked_ndcg@10'))}  (recall + ranker: served path)",
+        f"{'':16}Recall@10 {f(pop.get('recall@10'))}  "
+        f"NDCG@10 {f(pop.get('ndcg@10'))}  (most-popular baseline)",
+    ]
+    zs = m.get("zero_shot")
+    if zs:
+        lines.append(
+            f"{'':16}Recall@10 {f(zs.get('recall@10'))}  "
+            f"NDCG@10 {f(zs.get('ndcg@10'))}  (zero-shot MiniLM)"
+        )
+    lines.append(f"report:    {bundle_dir / 'report' / 'report.json'}")
+    return "\n".join(lines)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -141,6 +152,7 @@ def _build(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         dataset_name=name,
+        int8=args.int8,
     )
     print(_summary(bundle, time.perf_counter() - start))
     return 0

@@ -78,9 +78,10 @@ def check_encoder_parity(
     texts: Sequence[str],
     max_length: int,
     atol: float = 1e-4,
+    head: np.ndarray | None = None,
 ) -> float:
     """Max |served - torch| over ``texts``; raises EncoderParityError above ``atol``."""
-    want = embed_eval(model, tokenizer, list(texts), max_length).numpy()
+    want = embed_with_head(model, tokenizer, texts, max_length, head)
     got = encoder.encode(list(texts))
     if got.shape != want.shape:
         raise EncoderParityError(f"served encoder shape {got.shape}, torch {want.shape}")
@@ -90,3 +91,61 @@ def check_encoder_parity(
             f"served encoder vs torch max abs diff {diff:.3g} exceeds {atol:g}"
         )
     return diff
+
+
+BODY_OUTPUT = "last_hidden_state_body"
+
+
+def append_head(path: Path, weight: np.ndarray) -> Path:
+    """Append ``MatMul(last_hidden_state, weight)`` to the encoder graph, in place.
+
+    The output keeps its name ``last_hidden_state`` (now ``[batch, seq, out_dim]``), so
+    the serving encoder's mean pooling + L2 normalisation give ``normalize(pooled @ W)``.
+    """
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = [BODY_OUTPUT if o == ENCODER_OUTPUT else o for o in node.output]
+    graph.initializer.append(
+        numpy_helper.from_array(np.ascontiguousarray(weight, dtype=np.float32), "head_weight")
+    )
+    graph.node.append(
+        helper.make_node("MatMul", [BODY_OUTPUT, "head_weight"], [ENCODER_OUTPUT], name="head")
+    )
+    for out in graph.output:
+        if out.name == ENCODER_OUTPUT:
+            out.type.tensor_type.shape.dim[2].ClearField("dim_param")
+            out.type.tensor_type.shape.dim[2].dim_value = int(weight.shape[1])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    _check_single_file(path)
+    return path
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """Dynamic int8 quantization (weights int8, activations quantized on the fly).
+
+    Uses ``onnxruntime.quantization.quantize_dynamic`` (QInt8 weights, per-tensor): only
+    standard ONNX operators (MatMulInteger, DynamicQuantizeLinear), one self-contained file.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False)
+    _check_single_file(dst)
+    return dst
+
+
+def embed_with_head(
+    model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, weight: np.ndarray | None
+) -> np.ndarray:
+    """The torch reference of the served vectors: encoder, mean pooling, head, L2 norm."""
+    vecs = embed_eval(model, tokenizer, list(texts), max_length).numpy()
+    if weight is None:
+        return vecs
+    out = vecs @ weight
+    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
@@ -242,3 +243,86 @@ def train_two_tower(
         p.requires_grad_(True)
     result.seconds = time.perf_counter() - start
     return result
+
+
+# ---------------------------------------------------------------- projection head
+
+
+@dataclass
+class HeadConfig:
+    """Shared linear projection on top of the (frozen) encoder, trained on cached vectors.
+
+    Mean pooling commutes with a linear map, so ``normalize(mean_pool(H) @ W)`` equals
+    ``normalize(mean_pool(H @ W))``: the head is appended to the ONNX graph as one MatMul
+    on ``last_hidden_state`` and the serving encoder needs no change. Trained with a
+    softmax over the **whole catalog** (every item is a negative, no sampling, so no logQ
+    correction is needed and popularity stays in the scores).
+    """
+
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 1e-3
+    temperature: float = 0.05
+    out_dim: int = 384
+
+
+@dataclass
+class HeadResult:
+    weight: np.ndarray  # [in_dim, out_dim] float32
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, p=2, dim=-1)
+
+
+def train_head(
+    user_vecs: np.ndarray,
+    users: np.ndarray,
+    positives: np.ndarray,
+    item_vecs: np.ndarray,
+    config: HeadConfig,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> HeadResult:
+    """Train ``W`` so that ``normalize(u W) . normalize(i W) / T`` ranks the next items first.
+
+    ``user_vecs``/``item_vecs`` are the encoder's vectors (any positive scale per row: the
+    head's output is re-normalised). Example ``e`` is (user_vecs[users[e]],
+    item_vecs[positives[e]]). Starts from the identity (the untrained encoder) when the
+    dimension is kept, else from a seeded random projection.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    in_dim = item_vecs.shape[1]
+    if config.out_dim == in_dim:
+        init = torch.eye(in_dim)
+    else:
+        init = torch.randn(in_dim, config.out_dim, generator=gen) / math.sqrt(in_dim)
+    weight = torch.nn.Parameter(init)
+    optim = torch.optim.Adam([weight], lr=config.lr)
+    u_all = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
+    i_all = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32))
+    u_idx = torch.from_numpy(np.asarray(users, dtype=np.int64))
+    p_idx = torch.from_numpy(np.asarray(positives, dtype=np.int64))
+    losses: list[float] = []
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        perm = torch.randperm(len(u_idx), generator=gen)
+        total, batches = 0.0, 0
+        for s in range(0, len(perm), config.batch_size):
+            b = perm[s : s + config.batch_size]
+            users_b = _normalize(u_all[u_idx[b]] @ weight)
+            items = _normalize(i_all @ weight)
+            loss = F.cross_entropy(users_b @ items.T / config.temperature, p_idx[b])
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            total += float(loss.detach())
+            batches += 1
+        losses.append(total / max(1, batches))
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    return HeadResult(
+        weight.detach().numpy().astype(np.float32), losses, time.perf_counter() - start
+    )

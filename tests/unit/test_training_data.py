@@ -186,3 +186,17 @@ def test_synthetic_dataset_shape(tmp_path: Path) -> None:
     assert sum(loyal) / len(loyal) > 0.6
     again = load_dataset(write_synthetic_dataset(tmp_path / "b", n_items=30, n_users=12, seed=3))
     assert again.fingerprint == ds.fingerprint  # deterministic per seed
+
+
+def test_split_never_leaks_held_out_items_into_train(tmp_path: Path) -> None:
+    ds = load_dataset(write_synthetic_dataset(tmp_path, n_items=30, n_users=20, seed=1))
+    split = leave_last_out(ds)
+    for user, seq in ds.user_interactions.items():
+        if user not in split.test:
+            continue
+        order = ds.sequence(user)
+        assert split.train[user] == order[:-2]
+        assert split.valid[user] == order[-2] and split.test[user] == order[-1]
+        # The held-out events are the two latest, and they are not part of train.
+        assert len(split.train[user]) == len(seq) - 2
+        assert max(x.timestamp for x in seq[:-2]) <= seq[-2].timestamp <= seq[-1].timestamp

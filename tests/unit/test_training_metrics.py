@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from recstack.text import UserTextSpec
 from training.data import Dataset, Interaction, Item, Split
-from training.evaluate import eval_cases, hit_rank, most_popular_lists, ndcg_at_k, recall_at_k
+from training.evaluate import (
+    METRIC_NAMES,
+    all_metrics,
+    eval_cases,
+    exact_lists,
+    hit_rank,
+    most_popular_lists,
+    mrr_at_k,
+    ndcg_at_k,
+    recall_at_k,
+    top_k_from_scores,
+)
 
 
 def test_hit_rank() -> None:
@@ -67,3 +79,54 @@ def test_most_popular_excludes_seen_items() -> None:
     # counts over train+valid: a2 b2 c2 f1; ties broken by id
     assert lists[0] == ["f"]
     assert lists[1] == ["f"]
+
+
+def test_mrr_hit_and_all_metrics_hand_computed() -> None:
+    ranked = [["x", "t1", "y"], ["t2", "x"], ["a", "b"]]
+    targets: list[str | None] = ["t1", "t2", "t3"]
+    assert mrr_at_k(ranked, targets, 10) == pytest.approx((1 / 2 + 1) / 3)
+    assert mrr_at_k(ranked, targets, 1) == pytest.approx(1 / 3)
+    m = all_metrics(ranked, targets)
+    assert set(m) == set(METRIC_NAMES)
+    assert m["hit@10"] == m["recall@10"] == pytest.approx(2 / 3)
+    assert m["ndcg@20"] == pytest.approx((1 / math.log2(3) + 1) / 3)
+
+
+def test_users_without_a_test_item_are_not_counted() -> None:
+    ranked = [["t1"], ["a"], ["b"]]
+    targets: list[str | None] = ["t1", None, None]
+    assert recall_at_k(ranked, targets, 10) == 1.0
+    assert ndcg_at_k(ranked, targets, 10) == 1.0
+    assert mrr_at_k(ranked, targets, 10) == 1.0
+    assert recall_at_k([["a"]], [None], 10) == 0.0  # nobody to evaluate
+
+
+def test_ties_are_broken_by_catalog_order() -> None:
+    ids = ["a", "b", "c", "d"]
+    scores = np.array([0.5, 0.9, 0.9, 0.5], dtype=np.float32)
+    assert top_k_from_scores(scores, ids, set(), 4) == ["b", "c", "a", "d"]
+    assert top_k_from_scores(scores, ids, {"b"}, 2) == ["c", "a"]
+    # Target "c" tied with "b" at the top: it is ranked second, NDCG@10 = 1/log2(3).
+    lst = top_k_from_scores(scores, ids, set(), 10)
+    assert ndcg_at_k([lst], ["c"], 10) == pytest.approx(1 / math.log2(3))
+
+
+def test_validation_phase_uses_train_only() -> None:
+    ds, split = _dataset()
+    cases = eval_cases(ds, split, UserTextSpec(), phase="valid")
+    assert [c.user_id for c in cases] == ["u1", "u2"]
+    assert cases[0].text == "recently liked: Tb; Ta"
+    assert cases[0].seen == {"a", "b"}
+    assert cases[0].target == "c"
+    with pytest.raises(ValueError):
+        eval_cases(ds, split, UserTextSpec(), phase="train")
+
+
+def test_exact_lists_exclude_history() -> None:
+    ds, split = _dataset()
+    cases = eval_cases(ds, split, UserTextSpec())
+    items = np.eye(6, dtype=np.float32)
+    users = np.stack([items[0] + 0.5 * items[3], items[4]])  # u1 likes a (seen), then d
+    lists = exact_lists(users, items, cases, [it.id for it in ds.items], 2)
+    assert lists[0][0] == "d" and "a" not in lists[0]
+    assert lists[1][0] == "e"
