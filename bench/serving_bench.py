@@ -58,15 +58,8 @@ def encoder_bench(bundle: Bundle, budget_s: float) -> list[dict[str, Any]]:
     texts = user_texts(bundle, 64)
     fp32 = TextEncoder(bundle, SessionOptions(device="cpu"))
     int8 = None
-    if "encoder/model.int8.onnx" in bundle.manifest["files"]:
-        int8_bundle = Bundle(
-            bundle.root,
-            {
-                **bundle.manifest,
-                "encoder": {**bundle.section("encoder"), "model": "encoder/model.int8.onnx"},
-            },
-        )
-        int8 = TextEncoder(int8_bundle, SessionOptions(device="cpu"))
+    if bundle.section("encoder").get("int8_model"):
+        int8 = TextEncoder(bundle, SessionOptions(device="cpu"), int8=True)
     base = base_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModel.from_pretrained(base).eval()

@@ -91,7 +91,9 @@ class Replica:
             bundle, o.shard_index, o.shard_count, o.exact_threshold
         )
         from_seq = index.applied_sequence
-        core = RecallCore(bundle, index, TextEncoder(bundle, self.ort), self._catalog, o)
+        core = RecallCore(
+            bundle, index, TextEncoder(bundle, self.ort, int8=o.encoder_int8), self._catalog, o
+        )
         replayed = core.catch_up()
         core.self_check()
         metrics.BUNDLE_INFO.labels("recall", core.version, core.encoder.provider).set(1)

@@ -158,6 +158,10 @@ class RecallOptions:
     max_history: int = _opt(200, "most history_item_ids accepted")
     max_exclude: int = _opt(5000, "most exclude_ids accepted")
     max_batch: int = _opt(256, "most requests in a RecallBatch / items in an Upsert or Delete")
+    encoder_int8: bool = _opt(
+        False,
+        "encode with the bundle's int8 encoder (faster, less accurate: see docs/model-quality.md)",
+    )
     search_threads: int = _opt(1, "hnswlib threads per batched search")
     exact_threshold: int = _opt(20000, "filters matching at most this many items search exactly")
     shard_index: int = _opt(0, "shard served by this replica (items with hash(id) mod N == i)")

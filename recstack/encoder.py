@@ -12,6 +12,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from recstack.bundle import Bundle
+from recstack.errors import BundleError
 from recstack.ort import SessionOptions, create_session
 from recstack.vectors import F32Array, l2_normalize
 
@@ -27,15 +28,24 @@ def mean_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> F32Array:
 class TextEncoder:
     """Encode texts to L2-normalised vectors with the bundle's ONNX encoder."""
 
-    def __init__(self, bundle: Bundle, options: SessionOptions, batch_size: int = 32) -> None:
+    def __init__(
+        self, bundle: Bundle, options: SessionOptions, batch_size: int = 32, int8: bool = False
+    ) -> None:
+        """``int8`` selects the bundle's dynamically quantised encoder (``int8_model``)."""
         spec = bundle.section("encoder")
+        model = spec.get("int8_model") if int8 else spec["model"]
+        if not model:
+            raise BundleError(
+                f"bundle {bundle.version} has no int8 encoder "
+                "(build it with `python -m training build ... --int8`)"
+            )
         self.max_length = int(spec["max_length"])
         self.batch_size = batch_size
         self.tokenizer = Tokenizer.from_file(str(bundle.path(spec["tokenizer"])))
         self.tokenizer.enable_truncation(max_length=self.max_length)
         pad_id = self.tokenizer.token_to_id("[PAD]")
         self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
-        self.session, self.provider = create_session(bundle.path(spec["model"]), options)
+        self.session, self.provider = create_session(bundle.path(model), options)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.dim = bundle.dim
 
