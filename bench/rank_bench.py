@@ -62,8 +62,12 @@ def torch_ranker_from_onnx(model_path: Path, dim: int) -> FusionRanker:
         t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
         for t in onnx.load(str(model_path)).graph.initializer
     }
-    layers = sorted(
-        {int(k.split(".")[1]) for k in weights if k.startswith("mlp.") and k.endswith("weight")}
+    layers = sorted(  # Linear layers only (2-D weights; the LayerNorm's is 1-D)
+        {
+            int(k.split(".")[1])
+            for k, w in weights.items()
+            if k.startswith("mlp.") and k.endswith("weight") and w.ndim == 2
+        }
     )
     hidden = tuple(int(weights[f"mlp.{i}.weight"].shape[0]) for i in layers[:-1])
     model = FusionRanker(dim, hidden)
