@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,20 @@ def worker_argv(module: str, argv: Sequence[str], index: int, options: ServerOpt
     ]
 
 
+def _wait_listening(
+    options: ServerOptions, workers: list[subprocess.Popen[bytes]], timeout: float = 120.0
+) -> bool:
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "::", "") else options.host
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and all(w.poll() is None for w in workers):
+        try:
+            socket.create_connection((host, options.port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
 def supervise(module: str, argv: Sequence[str], options: ServerOptions) -> int:
     """Run ``options.processes`` workers until a signal; return the exit status."""
     if options.port == 0:
@@ -63,7 +78,8 @@ def supervise(module: str, argv: Sequence[str], options: ServerOptions) -> int:
         "workers started",
         extra={"processes": len(workers), "port": options.port, "pids": [w.pid for w in workers]},
     )
-    if options.port_file:
+    if options.port_file and _wait_listening(options, workers):
+        # Like a single server, announce the port only once something listens on it.
         Path(options.port_file).write_text(f"{options.port}\n")
     while not stopping and all(w.poll() is None for w in workers):
         time.sleep(0.2)
