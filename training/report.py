@@ -3,7 +3,8 @@
 Cold items: a seeded ``fraction`` of the items that some user holds out (validation or
 test), so that there are users who "later interacted with them". Every interaction with
 them is removed from training: anchors whose history or positives contain one are
-dropped, and the projection head is re-trained on what is left (the transformer itself is
+dropped, and the projection head is re-trained on what is left, with the cold items left
+out of the softmax's catalog (they are unknown then; the transformer itself is
 the untrained base model in the quick/full profiles, so it never saw an interaction).
 The items then enter the catalog by their text alone; for each held-out event on a cold
 item the user's history text ranks the full catalog (input history excluded) and we count
@@ -79,8 +80,17 @@ def cold_start(
             if p not in cold_idx:
                 keep_u.append(a)
                 keep_p.append(p)
+    # The cold items do not exist at training time: they are neither positives nor
+    # negatives of the softmax (otherwise it learns to push exactly those items down).
+    catalog = np.asarray([j for j in range(n) if j not in cold_idx], dtype=np.int64)
     head = train_head(
-        body_anchors, np.asarray(keep_u), np.asarray(keep_p), body_items, head_config, seed
+        body_anchors,
+        np.asarray(keep_u),
+        np.asarray(keep_p),
+        body_items,
+        head_config,
+        seed,
+        catalog=catalog,
     )
     cold_items = _project(body_items, head.weight)
 

@@ -264,6 +264,11 @@ class HeadConfig:
     lr: float = 1e-3
     temperature: float = 0.05
     out_dim: int = 384
+    # L2 pull of ``W`` toward its initialisation (the identity = the zero-shot encoder):
+    # ``identity_decay * ||W - W0||_F^2`` is added to the loss. It keeps the head close to
+    # the text space the encoder was pre-trained in, so that items whose text was never a
+    # positive (cold items) are still placed by their text. 0 disables it.
+    identity_decay: float = 0.0
 
 
 @dataclass
@@ -285,6 +290,7 @@ def train_head(
     config: HeadConfig,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
+    catalog: np.ndarray | None = None,
 ) -> HeadResult:
     """Train ``W`` so that ``normalize(u W) . normalize(i W) / T`` ranks the next items first.
 
@@ -292,6 +298,10 @@ def train_head(
     head's output is re-normalised). Example ``e`` is (user_vecs[users[e]],
     item_vecs[positives[e]]). Starts from the identity (the untrained encoder) when the
     dimension is kept, else from a seeded random projection.
+
+    ``catalog`` (item row indices, default: all) is the set the softmax ranks over; items
+    outside it are unknown at training time (the cold-start protocol adds them later by
+    text), so they must not serve as negatives. Every positive must be in it.
     """
     gen = torch.Generator().manual_seed(seed)
     in_dim = item_vecs.shape[1]
@@ -299,12 +309,20 @@ def train_head(
         init = torch.eye(in_dim)
     else:
         init = torch.randn(in_dim, config.out_dim, generator=gen) / math.sqrt(in_dim)
-    weight = torch.nn.Parameter(init)
+    weight = torch.nn.Parameter(init.clone())
     optim = torch.optim.Adam([weight], lr=config.lr)
     u_all = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
     i_all = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32))
     u_idx = torch.from_numpy(np.asarray(users, dtype=np.int64))
     p_idx = torch.from_numpy(np.asarray(positives, dtype=np.int64))
+    if catalog is not None:
+        cat = torch.from_numpy(np.asarray(catalog, dtype=np.int64))
+        remap = torch.full((len(i_all),), -1, dtype=torch.int64)
+        remap[cat] = torch.arange(len(cat))
+        p_idx = remap[p_idx]
+        if bool((p_idx < 0).any()):
+            raise ValueError("a positive is outside the training catalog")
+        i_all = i_all[cat]
     losses: list[float] = []
     start = time.perf_counter()
     for epoch in range(config.epochs):
@@ -315,6 +333,8 @@ def train_head(
             users_b = _normalize(u_all[u_idx[b]] @ weight)
             items = _normalize(i_all @ weight)
             loss = F.cross_entropy(users_b @ items.T / config.temperature, p_idx[b])
+            if config.identity_decay > 0:
+                loss = loss + config.identity_decay * ((weight - init) ** 2).sum()
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
