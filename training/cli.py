@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write encoder/model.int8.onnx (dynamic quantization) and measure it",
     )
+    b.add_argument(
+        "--fine-tune-steps",
+        type=int,
+        default=None,
+        help="also fine-tune the transformer (two-tower, in-batch InfoNCE) for N steps before "
+        "training the head (default: the profile's; quick/full use 0, see "
+        "docs/model-quality.md)",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -76,8 +84,8 @@ def _resolve_data(arg: str, cache: Path) -> tuple[Path, str]:
     return path, path.resolve().name
 
 
-def _reusable(out: Path, profile: str, seed: int, data_dir: Path) -> Path | None:
-    """The CURRENT bundle if it was built from the same profile, seed and input files."""
+def _reusable(out: Path, profile: str, seed: int, data_dir: Path, steps: int = 0) -> Path | None:
+    """The CURRENT bundle if built from the same profile, seed, fine-tuning steps and data."""
     from recstack.bundle import Bundle
     from recstack.errors import BundleError
 
@@ -92,6 +100,7 @@ def _reusable(out: Path, profile: str, seed: int, data_dir: Path) -> Path | None
     same = (
         training.get("profile") == profile
         and training.get("seed") == seed
+        and int(training.get("steps") or 0) == steps
         and bundle.manifest.get("dataset", {}).get("fingerprint") == fingerprint
     )
     return bundle.root if same else None
@@ -132,12 +141,17 @@ def _summary(bundle_dir: Path, seconds: float) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from training.pipeline import build_bundle
+    from training.pipeline import PROFILES, build_bundle, profile_with
 
     start = time.perf_counter()
     data_dir, name = _resolve_data(args.data, args.cache)
+    profile = (
+        profile_with(args.profile, steps=args.fine_tune_steps)
+        if args.fine_tune_steps is not None
+        else PROFILES[args.profile]
+    )
     if args.reuse:
-        existing = _reusable(args.out, args.profile, args.seed, data_dir)
+        existing = _reusable(args.out, args.profile, args.seed, data_dir, profile.steps)
         if existing is not None:
             print(f"reusing {existing}: same profile, seed and data fingerprint")
             print(_summary(existing, time.perf_counter() - start))
@@ -147,7 +161,7 @@ def _build(args: argparse.Namespace) -> int:
     bundle = build_bundle(
         data_dir,
         args.out,
-        args.profile,
+        profile,
         version=args.version,
         seed=args.seed,
         progress=not args.quiet,
