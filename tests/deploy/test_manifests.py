@@ -12,16 +12,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from recstack.publish import build_parser as publish_parser
 from recstack.publish import check_version_name
 from tests.deploy import k8s
 from tests.deploy.k8s import OVERLAYS, ROLES, TARGETS, Obj, name_of
-
-pytestmark = pytest.mark.skipif(
-    k8s.kubectl() is None, reason="kubectl (with kustomize) is not installed: cannot render"
-)
 
 
 def overlay(name: str) -> list[Obj]:
@@ -52,7 +49,6 @@ def test_renders(target: str) -> None:
 
 
 def test_every_object_validates_against_pinned_schema(rendered: list[Obj]) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     errors = []
     for obj in rendered:
         try:
@@ -63,7 +59,6 @@ def test_every_object_validates_against_pinned_schema(rendered: list[Obj]) -> No
 
 
 def test_schema_validation_can_fail() -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
            "spec": {"ports": [{"port": "not-a-number"}], "typo": True}}  # fmt: skip
     with pytest.raises(kubernetes_validate.ValidationError):

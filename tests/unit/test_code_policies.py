@@ -18,7 +18,6 @@ FORBIDDEN = [
     (re.compile(r"^\s*(import|from)\s+(c?pickle|dill|joblib|cloudpickle)\b", re.M), "pickle"),
     (re.compile(r"allow_pickle\s*=\s*True"), "numpy pickle"),
     (re.compile(r"torch\.load\("), "torch.load (a pickle loader)"),
-    (re.compile(r"weights_only\s*=\s*False"), "torch.load(weights_only=False)"),
     (re.compile(r"register_custom_ops_library"), "ONNX Runtime custom op library"),
 ]
 
