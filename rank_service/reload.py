@@ -28,6 +28,7 @@ from recstack import metrics
 from recstack.bundle import resolve_bundle_dir
 from recstack.config import RankOptions
 from recstack.errors import BundleError, FailedPrecondition
+from recstack.hotswap import PointerWatcher
 from recstack.ort import SessionOptions
 from recstack.server import CoreRef
 
@@ -62,9 +63,9 @@ class BundleReloader:
         self._before_batch = before_batch
         self._lock = threading.Lock()  # one load/swap at a time
         self._current: RankCore | None = None
-        self._failed_target: Path | None = None  # watcher: don't retry the same bad bundle
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self._watcher = PointerWatcher(
+            options.bundle, self._serving_root, self.reload, "rank-bundle-watch"
+        )
 
     def load_initial(self) -> None:
         """First load at startup (errors propagate: the server reports the load failure)."""
@@ -113,7 +114,6 @@ class BundleReloader:
                     self.options, self.ort, path=str(target), before_batch=self._before_batch
                 )
             except Exception as exc:  # any failure to build a verified core: refuse it
-                self._failed_target = target
                 metrics.RANK_RELOADS.labels("refused").inc()
                 log.error(
                     "reload refused, still serving %s: %s",
@@ -131,7 +131,6 @@ class BundleReloader:
                 core.retire(timeout=5)
                 metrics.RANK_RELOADS.labels("refused").inc()
                 raise
-            self._failed_target = None
             self._publish(core)
             metrics.RANK_RELOADS.labels("swapped").inc()
             log.info("hot-swapped ranker", extra={"from": previous, "to": core.version})
@@ -149,37 +148,17 @@ class BundleReloader:
 
     def start_watching(self, poll_s: float) -> None:
         """Poll the ``--bundle`` pointer every ``poll_s`` seconds (daemon thread)."""
-        if poll_s <= 0 or self._watcher is not None:
-            return
-        self._watcher = threading.Thread(
-            target=self._watch, args=(poll_s,), name="rank-bundle-watch", daemon=True
-        )
-        self._watcher.start()
+        self._watcher.start(poll_s)
 
-    def _watch(self, poll_s: float) -> None:
-        # Reads _current/_failed_target without the lock: single reference loads, and a stale
-        # value only causes one redundant reload() call, which re-checks under the lock.
-        while not self._stop.wait(poll_s):
-            try:
-                target = resolve_bundle_dir(self.options.bundle).resolve()
-            except BundleError as exc:
-                log.warning("bundle pointer unreadable, keeping current ranker: %s", exc)
-                continue
-            current = self._current
-            if current is None or target == current.root or target == self._failed_target:
-                continue
-            try:
-                self.reload()
-            except FailedPrecondition:
-                pass  # logged by reload(); the old core keeps serving
-            except Exception:
-                log.exception("unexpected error while hot-swapping the ranker")
+    def _serving_root(self) -> Path | None:
+        # A single reference load without the lock: a stale value only causes one redundant
+        # reload() call, which re-checks under the lock.
+        current = self._current
+        return None if current is None else current.root
 
     def close(self) -> None:
         """Stop watching and retire the serving core (server shutdown)."""
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(5)
+        self._watcher.stop()
         with self._lock:
             if self._current is not None:
                 self._current.retire(timeout=5)

@@ -31,12 +31,13 @@ from recall_service.catalog_log import CatalogLog, open_log
 from recall_service.core import ItemWrite, RecallCore
 from recall_service.index import IndexParams, ItemIndex
 from recstack import metrics
-from recstack.bundle import Bundle, resolve_bundle_dir
+from recstack.bundle import Bundle
 from recstack.config import RecallOptions
 from recstack.deadline import Deadline
 from recstack.domain import RecallQuery, RecallResult
 from recstack.encoder import TextEncoder
 from recstack.errors import BundleError, FailedPrecondition
+from recstack.hotswap import PointerWatcher
 from recstack.ort import SessionOptions
 from recstack.server import CoreRef
 
@@ -58,7 +59,9 @@ class Replica:
         self._threads: list[threading.Thread] = []
         self._catalog: CatalogLog | None = None
         self._snapshot_seq = 0
-        self._refused: Path | None = None
+        self._watcher = PointerWatcher(
+            options.bundle, lambda: self.ref.get().bundle.root, self.reload, "recall-bundle-watch"
+        )
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -79,8 +82,7 @@ class Replica:
             raise BundleError(f"catalog log {dsn} is unreadable: {exc}") from exc
         self.ref.set(core)
         self._start("log-tailer", self._tail, o.log_poll_s)
-        if o.bundle_poll_s > 0:
-            self._start("bundle-watcher", self._watch, o.bundle_poll_s)
+        self._watcher.start(o.bundle_poll_s)
 
     def _build(self, bundle: Bundle) -> RecallCore:
         """A self-checked core for ``bundle``, caught up with the whole log."""
@@ -187,19 +189,6 @@ class Replica:
         )
         return final
 
-    def _watch(self) -> None:
-        target = resolve_bundle_dir(self.options.bundle).resolve()
-        if target not in (self.ref.get().bundle.root, self._refused):
-            try:
-                self.reload()
-            except FailedPrecondition as exc:
-                # Remember it so a bad version is reported once, not every poll.
-                self._refused = target
-                log.error(
-                    "new bundle refused; still serving the old one",
-                    extra={"bundle": str(target), "error": str(exc)},
-                )
-
     # -- requests ------------------------------------------------------------------------
 
     def recall_batch(
@@ -236,6 +225,7 @@ class Replica:
             return new.version, True
 
     def close(self) -> None:
+        self._watcher.stop()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
