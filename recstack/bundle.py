@@ -61,7 +61,7 @@ def resolve_bundle_dir(path: str | os.PathLike[str]) -> Path:
     raise BundleError(f"{p} is neither a bundle (no {MANIFEST}) nor a root with CURRENT")
 
 
-def _safe_member(root: Path, rel: str) -> Path:
+def safe_member(root: Path, rel: str) -> Path:
     """Resolve ``rel`` inside ``root``, refusing anything that could point outside it."""
     pure = Path(rel)
     if pure.is_absolute() or ".." in pure.parts or not rel:
@@ -141,7 +141,7 @@ class Bundle:
         """Check that every manifest file exists, stays inside, and matches its sha256."""
         files: dict[str, dict[str, Any]] = self.manifest["files"]
         for rel, meta in files.items():
-            full = _safe_member(self.root, rel)
+            full = safe_member(self.root, rel)
             if not full.is_file():
                 raise BundleError(f"bundle {self.version}: missing file {rel}")
             digest = sha256_file(full)
@@ -155,7 +155,7 @@ class Bundle:
         """Absolute path of a manifest-listed file (refuses unlisted or escaping paths)."""
         if rel not in self.manifest["files"]:
             raise BundleError(f"bundle {self.version}: {rel} is not listed in the manifest")
-        return _safe_member(self.root, rel)
+        return safe_member(self.root, rel)
 
     def section(self, name: str) -> dict[str, Any]:
         value = self.manifest.get(name)

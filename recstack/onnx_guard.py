@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from recstack.bundle import safe_member
 from recstack.errors import BundleError
 
 BUILTIN_DOMAINS = frozenset(
@@ -150,17 +151,9 @@ def check_model(path: Path) -> None:
 
 
 def _check_location(path: Path, base: Path, location: str) -> None:
-    rel = Path(location)
-    if not location or rel.is_absolute() or ".." in rel.parts:
-        raise BundleError(
-            f"{path.name}: external data location {location!r} must be a "
-            "relative path inside the model's directory"
-        )
-    target = base / rel
-    for part in [target, *target.parents]:
-        if part == base:
-            break
-        if part.is_symlink():
-            raise BundleError(f"{path.name}: external data {location!r} passes through a symlink")
+    try:
+        target = safe_member(base, location)  # no absolute path, "..", or symlink on the way
+    except BundleError as exc:
+        raise BundleError(f"{path.name}: external data {location!r}: {exc}") from exc
     if not target.resolve().is_relative_to(base):
         raise BundleError(f"{path.name}: external data {location!r} resolves outside the bundle")

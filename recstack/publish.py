@@ -14,7 +14,7 @@ served over HTTP); ``fetch`` is what each pod's initContainer runs before the se
 Invariants (both commands share ``_install``):
 
 * Only the files listed in the source's ``manifest.json`` are copied; every listed path is
-  checked with :func:`recstack.bundle._safe_member` (relative, no "..", no symlinks), and
+  checked with :func:`recstack.bundle.safe_member` (relative, no "..", no symlinks), and
   the version name must be a single path component, so nothing is written outside ``DIR``.
 * A version is assembled in a hidden staging directory, verified with
   :meth:`recstack.bundle.Bundle.open` (sha256 of every file against the manifest, plus the
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from recstack import logs
-from recstack.bundle import MANIFEST, Bundle, _safe_member
+from recstack.bundle import MANIFEST, Bundle, safe_member
 from recstack.errors import BundleError
 
 log = logging.getLogger("recstack.publish")
@@ -94,7 +94,7 @@ class LocalSource(Source):
 
     def _path(self, rel: str) -> Path:
         try:
-            return _safe_member(self.root, rel)
+            return safe_member(self.root, rel)
         except BundleError as exc:
             raise PublishError(str(exc)) from exc
 
@@ -119,7 +119,7 @@ class HttpSource(Source):
         self.timeout = timeout
 
     def url(self, rel: str) -> str:
-        # rel was checked by _safe_member-style rules by the caller; quote each component.
+        # rel was checked by safe_member-style rules by the caller; quote each component.
         return self.base + "/" + "/".join(urllib.parse.quote(p) for p in rel.split("/"))
 
     def _open(self, rel: str) -> Any:
@@ -234,7 +234,7 @@ def _install(src: Source, version: str, dest: Path, *, set_current: bool = True)
 
 def _safe_target(root: Path, rel: str) -> Path:
     try:
-        return _safe_member(root, rel)
+        return safe_member(root, rel)
     except BundleError as exc:
         raise PublishError(str(exc)) from exc
 
