@@ -51,11 +51,10 @@ class RankBackend(Protocol):
     def rank(self, query: RankQuery, timeout: float | None) -> RankResult: ...
 
 
-def catalog_from_bundle(path: str) -> tuple[dict[str, tuple[str, str]], str]:
+def catalog_from_bundle(bundle: Bundle | None) -> tuple[dict[str, tuple[str, str]], str]:
     """id -> (title, text) of the bundle's items, and its version (for fallback answers)."""
-    if not path:
+    if bundle is None:
         return {}, ""
-    bundle = Bundle.open(path)
     return {it.id: (it.title, it.text) for it in bundle.iter_catalog()}, bundle.version
 
 

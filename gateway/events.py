@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from recstack.bundle import Bundle
 from recstack.errors import InvalidArgument, ResourceExhausted
 from recstack.storage import POSTGRES, Database
 
@@ -58,11 +57,6 @@ class EventStore:
             self.db.conn.execute(
                 "CREATE TABLE IF NOT EXISTS deleted_users (user_id TEXT PRIMARY KEY)"
             )
-
-    @classmethod
-    def open(cls, dsn: str, bundle_path: str = "") -> EventStore:
-        seed = Bundle.open(bundle_path).iter_user_histories() if bundle_path else ()
-        return cls(dsn, seed)
 
     def validate(self, events: Sequence[Event]) -> None:
         if not events:

@@ -20,6 +20,7 @@ from gateway.servicer import RecommendServicer
 from rank_service.server import SERVICE_NAME as RANK_SERVICE
 from recall_service.server import SERVICE_NAME as RECALL_SERVICE
 from recstack.auth import channel_credentials
+from recstack.bundle import Bundle
 from recstack.client import open_channel
 from recstack.config import GatewayOptions, ServerOptions
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
@@ -67,8 +68,11 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
 
     def load() -> None:
         dsn = options.events_dsn or f"sqlite:///{Path(options.state_dir).resolve()}/events.db"
-        events = state["events"] = EventStore.open(dsn, options.bundle)
-        catalog, version = catalog_from_bundle(options.bundle)
+        # One verified read of the bundle seeds profiles, popularity and fallback titles.
+        bundle = Bundle.open(options.bundle) if options.bundle else None
+        seed = bundle.iter_user_histories() if bundle is not None else ()
+        events = state["events"] = EventStore(dsn, seed, max_batch=options.max_events)
+        catalog, version = catalog_from_bundle(bundle)
         for channel in recall_channels:
             wait_serving(channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
         wait_serving(rank_channel, RANK_SERVICE, DOWNSTREAM_WAIT_S)
