@@ -82,7 +82,7 @@ def test_unavailable_is_retried_until_the_server_is_ready(bundle_dir, tmp_path, 
     real_set = CoreRef.set
 
     def gated_set(self, core):
-        gate.wait(60)  # the core is built; publish it only when the test says so
+        gate.wait()  # the core is built; publish it only when the test says so (finally too)
         real_set(self, core)
 
     monkeypatch.setattr(CoreRef, "set", gated_set)
@@ -101,12 +101,16 @@ def test_unavailable_is_retried_until_the_server_is_ready(bundle_dir, tmp_path, 
             result["error"] = exc
 
     try:
-        caller = threading.Thread(target=call)
+        caller = threading.Thread(target=call, daemon=True)
         caller.start()
+        until = time.monotonic() + 30
         while unavailable_count(method) == before:  # the first attempt was refused...
+            assert caller.is_alive(), f"the call ended without being refused first: {result}"
+            assert time.monotonic() < until, "the first attempt was never refused UNAVAILABLE"
             time.sleep(0.005)
         gate.set()  # ...and the service becomes ready: a retry must now succeed
-        caller.join(30)
+        caller.join(60)
+        assert not caller.is_alive(), "the retried call never returned"
         assert "error" not in result, result.get("error")
         assert len(result["resp"].candidates) == 1
     finally:

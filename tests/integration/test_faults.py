@@ -12,6 +12,7 @@ only idempotent calls (never RecordEvents).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
@@ -21,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from gateway.server import serve as serve_gateway
 from rank_service.server import serve as serve_rank
@@ -32,8 +34,24 @@ from recstack.sharding import shard_of
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import READY_TIMEOUT_S, recall_options
 
-CALLER_DEADLINE_S = 3.0
-JOIN_SLACK_S = 5.0  # the test's own bound: a call not back by then counts as a hang
+# Generous: a healthy Recommend fits in it on a slow machine, and a dead downstream is
+# answered at once (connection refused), so the outcome never depends on machine speed.
+CALLER_DEADLINE_S = 10.0
+JOIN_SLACK_S = 10.0  # the test's own bound: a call not back by then counts as a hang
+# The slow-rank call's deadline: recall gets 60% of it and must fit easily, so that the
+# DEADLINE_EXCEEDED can only come from the (held) rank stage.
+SLOW_RANK_DEADLINE_S = 5.0
+RANK_METHOD = "/recstack.v1.RankService/Rank"
+
+
+def rank_deadline_count() -> float:
+    """Rank RPCs a rank server (in this process) answered DEADLINE_EXCEEDED so far."""
+    return (
+        REGISTRY.get_sample_value(
+            "recstack_rpc_requests_total", {"method": RANK_METHOD, "code": "DEADLINE_EXCEEDED"}
+        )
+        or 0
+    )
 
 
 def started(running: RunningServer) -> RunningServer:
@@ -131,8 +149,15 @@ def test_slow_rank_gives_deadline_exceeded_not_a_hang(bundle_dir, recall_server,
     )
     gw = gateway(bundle_dir, tmp_path / "gw", [recall_server], rank, "fail")
     try:
-        out = recommend(gw, timeout=1.0, user_id=user, k=5)
+        before = rank_deadline_count()
+        out = recommend(gw, timeout=SLOW_RANK_DEADLINE_S, user_id=user, k=5)
         assert out.get("code") == grpc.StatusCode.DEADLINE_EXCEEDED, out
+        # ...and it was the rank stage that ran out: the rank server's own handler gave up
+        # (it waits for the same deadline, so it may count just after the gateway answered)
+        until = time.monotonic() + JOIN_SLACK_S
+        while rank_deadline_count() == before:
+            assert time.monotonic() < until, "the request never ran out of time in rank"
+            time.sleep(0.01)
         assert serving(gw)
     finally:
         gw.stop(0)

@@ -30,7 +30,7 @@ def test_health_check_and_watch(request, which):
     health = health_pb2_grpc.HealthStub(channel_to(server))
     for name in ["", names[which]]:
         assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == SERVING
-    watch = health.Watch(health_pb2.HealthCheckRequest(service=names[which]), timeout=5)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=names[which]), timeout=30)
     assert next(iter(watch)).status == SERVING
     watch.cancel()
     with pytest.raises(grpc.RpcError) as err:
@@ -67,7 +67,7 @@ def test_not_serving_and_unavailable_while_loading(bundle_dir, tmp_path, monkeyp
     real = Replica._build
 
     def slow_build(self, bundle):
-        gate.wait(30)
+        gate.wait()  # loading lasts until the test says so (set in its finally too)
         return real(self, bundle)
 
     monkeypatch.setattr(Replica, "_build", slow_build)
@@ -78,7 +78,7 @@ def test_not_serving_and_unavailable_while_loading(bundle_dir, tmp_path, monkeyp
         assert health.Check(health_pb2.HealthCheckRequest(service=RECALL)).status == NOT_SERVING
         with pytest.raises(grpc.RpcError) as err:
             recall_pb2_grpc.RecallServiceStub(channel).Recall(
-                recall_pb2.RecallRequest(query_text="x", k=1)
+                recall_pb2.RecallRequest(query_text="x", k=1), timeout=30
             )
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         gate.set()

@@ -112,11 +112,13 @@ def test_open_loop_constant_rate_against_the_gateway(
 def test_find_max_against_recall(
     tmp_path: Path, bundle_dir: Path, recall_server: RunningServer
 ) -> None:
-    # A generous objective: every probe passes and the search stops at --max-rate.
+    # A generous objective: every probe passes and the search stops at --max-rate. The
+    # throughput ratio counts completions until the last answer, so a slow machine whose
+    # last answer comes late must not fail a probe: 0.1 allows answers up to ~9 s late.
     report = run_cli(
         tmp_path, bundle_dir, recall_server, "find-max", "recall", "--slo-p99-ms", "20000",
         "--start-rate", "4", "--max-rate", "8", "--probe-seconds", "1",
-        "--cooldown-seconds", "0", "--min-throughput-ratio", "0.5",
+        "--cooldown-seconds", "0", "--min-throughput-ratio", "0.1",
     )  # fmt: skip
     fm = report["find_max"]
     assert fm["max_sustainable_rps"] == 8 and fm["stopped_by"] == "max_rate"

@@ -26,6 +26,15 @@ from tests.unit.test_rank_core import (
 )
 
 WAIT = 30.0
+# A deadline that can only pass while the request waits in the (held) queue: long enough to
+# reach the server and be queued on a slow machine, short enough to keep the test quick.
+QUEUED_DEADLINE_S = 3.0
+RANK_METHOD = "/recstack.v1.RankService/Rank"
+
+
+def sample(name, labels=None):
+    """A process-wide counter's value now (0 before its first increment)."""
+    return REGISTRY.get_sample_value(name, labels or {}) or 0
 
 
 def request(version, ids, vectors, user, **kw):
@@ -77,17 +86,23 @@ def test_batching_on_and_off_give_identical_results_under_load(bundle, bundle_di
             user = vectors[int(rng.integers(len(ids)))] + 0.1 * rng.standard_normal(bundle.dim)
             jobs.append(([ids[i] for i in pick], vectors[pick], user.astype(np.float32)))
         out: dict[tuple[str, int], rank_pb2.RankResponse] = {}
+        errors: list[BaseException] = []
 
         def client(t):
-            for j in range(t, len(jobs), 16):
-                for name, stub in stubs.items():
-                    out[name, j] = stub.Rank(request(bundle.version, *jobs[j]), timeout=WAIT)
+            try:
+                for j in range(t, len(jobs), 16):
+                    for name, stub in stubs.items():
+                        out[name, j] = stub.Rank(request(bundle.version, *jobs[j]), timeout=WAIT)
+            except Exception as exc:  # surfaced by the asserts below
+                errors.append(exc)
 
-        threads = [threading.Thread(target=client, args=(t,)) for t in range(16)]
+        threads = [threading.Thread(target=client, args=(t,), daemon=True) for t in range(16)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
+        assert not any(t.is_alive() for t in threads), "a client never got all its answers"
+        assert not errors, errors[:3]
         assert len(out) == 2 * len(jobs)
         for j, (jids, jvecs, user) in enumerate(jobs):
             want = dict(zip(jids, direct_scores(bundle, user, jvecs), strict=True))
@@ -101,13 +116,15 @@ def test_batching_on_and_off_give_identical_results_under_load(bundle, bundle_di
 
 
 def test_full_queue_is_resource_exhausted(bundle, bundle_dir, catalog):
+    """The worker is held (no expiry) until the test releases it; the held and queued RPCs
+    carry no deadline the hold could run out, and the test's waits on them are bounded."""
     ids, vectors = catalog
     armed, hold, held = threading.Event(), threading.Event(), threading.Event()
 
     def slow_batcher(requests, rows):
         if armed.is_set():
             held.set()
-            hold.wait(WAIT)
+            hold.wait()  # set by the test body (always, in its finally)
 
     running = started(
         RankOptions(bundle=str(bundle_dir), max_queue_requests=2, max_queue_delay_ms=0.0),
@@ -117,9 +134,9 @@ def test_full_queue_is_resource_exhausted(bundle, bundle_dir, catalog):
         stub = rank_pb2_grpc.RankServiceStub(channel_to(running))
         req = request(bundle.version, ids[:5], vectors[:5], vectors[9])
         armed.set()
-        first = stub.Rank.future(req, timeout=WAIT)
-        assert held.wait(WAIT)  # the worker is busy with the first request
-        queued = [stub.Rank.future(req, timeout=WAIT) for _ in range(2)]
+        first = stub.Rank.future(req)
+        assert held.wait(WAIT), "the first request never reached the ranker"
+        queued = [stub.Rank.future(req) for _ in range(2)]
         wait_until(lambda: REGISTRY.get_sample_value("recstack_rank_queue_depth") == 2, "queue")
         with pytest.raises(grpc.RpcError) as err:
             stub.Rank(req, timeout=WAIT)
@@ -127,7 +144,7 @@ def test_full_queue_is_resource_exhausted(bundle, bundle_dir, catalog):
         assert "queue full" in err.value.details()
         hold.set()
         for f in [first, *queued]:
-            assert len(f.result().items) == 5
+            assert len(f.result(timeout=WAIT).items) == 5
         assert len(stub.Rank(req, timeout=WAIT).items) == 5  # serving normally again
     finally:
         hold.set()
@@ -135,13 +152,17 @@ def test_full_queue_is_resource_exhausted(bundle, bundle_dir, catalog):
 
 
 def test_request_whose_deadline_passes_in_the_queue(bundle, bundle_dir, catalog):
+    """Each step waits for the exact point it needs: the short-deadline request is queued
+    (queue depth), the server itself gave up on it (its DEADLINE_EXCEEDED is counted, which
+    marks the request abandoned) and only then is the worker released, so it must drop it.
+    Counters are process-wide, so every wait is for an increase over this test's baseline."""
     ids, vectors = catalog
     armed, hold, held = threading.Event(), threading.Event(), threading.Event()
 
     def slow_batcher(requests, rows):
         if armed.is_set():
             held.set()
-            hold.wait(WAIT)
+            hold.wait()  # set by the test body (always, in its finally)
 
     running = started(
         RankOptions(bundle=str(bundle_dir), max_queue_delay_ms=0.0), before_batch=slow_batcher
@@ -149,23 +170,30 @@ def test_request_whose_deadline_passes_in_the_queue(bundle, bundle_dir, catalog)
     try:
         stub = rank_pb2_grpc.RankServiceStub(channel_to(running))
         req = request(bundle.version, ids[:5], vectors[:5], vectors[9])
+        dropped = {"reason": "deadline"}
+        dropped_before = sample("recstack_rank_dropped_total", dropped)
+        expired = {"method": RANK_METHOD, "code": "DEADLINE_EXCEEDED"}
+        expired_before = sample("recstack_rpc_requests_total", expired)
         armed.set()
-        first = stub.Rank.future(req, timeout=WAIT)
-        assert held.wait(WAIT)
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Rank(req, timeout=0.2)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        first = stub.Rank.future(req)
+        assert held.wait(WAIT), "the first request never reached the ranker"
+        doomed = stub.Rank.future(req, timeout=QUEUED_DEADLINE_S)
+        wait_until(
+            lambda: REGISTRY.get_sample_value("recstack_rank_queue_depth") == 1,
+            "the short-deadline request queued behind the held one",
+        )
+        err = doomed.exception(timeout=WAIT)
+        assert isinstance(err, grpc.RpcError), f"the short-deadline request returned {err!r}"
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(
+            lambda: sample("recstack_rpc_requests_total", expired) > expired_before,
+            "the server giving up on the queued request",
+        )
         armed.clear()
         hold.set()
-        assert len(first.result().items) == 5
+        assert len(first.result(timeout=WAIT).items) == 5
         wait_until(
-            lambda: (
-                (
-                    REGISTRY.get_sample_value("recstack_rank_dropped_total", {"reason": "deadline"})
-                    or 0
-                )
-                >= 1
-            ),
+            lambda: sample("recstack_rank_dropped_total", dropped) > dropped_before,
             "deadline drop",
         )
     finally:

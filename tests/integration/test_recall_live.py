@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
+from recall_service import core as recall_core
 from recall_service.server import serve
 from recstack.bundle import MANIFEST, write_manifest
 from recstack.config import ServerOptions
@@ -96,17 +97,21 @@ def test_upsert_replaces_existing_item(stub, bundle):
     assert info.item_count == bundle.manifest["items"]["count"]
 
 
-def test_min_sequence_read_your_writes(stub, bundle):
+def test_min_sequence_read_your_writes(stub, bundle, monkeypatch):
     seq = stub.Upsert(
         recall_pb2.UpsertRequest(items=[recall_pb2.ItemWrite(id="ryw", text="read your writes")])
     ).sequence
     got = stub.Recall(
-        recall_pb2.RecallRequest(query_text="read your writes", k=1, min_sequence=seq), timeout=5
+        recall_pb2.RecallRequest(query_text="read your writes", k=1, min_sequence=seq), timeout=30
     )
     assert got.candidates[0].id == "ryw"
+    # The server gives up a margin before the caller's deadline so that its answer (naming
+    # min_sequence) arrives before the caller's own bare expiry. 50 ms is a race on a busy
+    # machine; here the margin is 10% of a deadline long enough to reach the server at all.
+    monkeypatch.setattr(recall_core, "DEADLINE_MARGIN_S", 1.0)
     with pytest.raises(grpc.RpcError) as err:
         stub.Recall(
-            recall_pb2.RecallRequest(query_text="x", k=1, min_sequence=seq + 100), timeout=0.5
+            recall_pb2.RecallRequest(query_text="x", k=1, min_sequence=seq + 100), timeout=3.0
         )
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "min_sequence" in err.value.details()
@@ -213,49 +218,74 @@ def test_vector_from_another_version_is_refused(stub, bundle):
 
 
 def test_concurrent_searches_never_see_acknowledged_deletes(stub, bundle):
+    """Searches run throughout the writes, and every acknowledged delete is checked by at
+    least one search that started after it while the writer is still writing: the writer
+    waits for that before its next write, so the overlap does not depend on machine speed."""
+    wait_s = 60.0
     dim = bundle.dim
     vecs = {f"c{n}": random_vector(dim, 100 + n) for n in range(60)}
-    deleted: set[str] = set()
-    lock = threading.Lock()
+    deleted: list[str] = []  # acknowledged deletes, in order
+    checked = threading.Condition()
+    checked_upto = [0]  # every search that saw deleted[:n] finished: the largest such n
     errors: list[str] = []
     done = threading.Event()
+    readers_n = 4
+    readers_started = threading.Barrier(readers_n + 1, timeout=wait_s)
 
     def writer():
-        for name, vec in vecs.items():
-            stub.Upsert(
-                recall_pb2.UpsertRequest(
-                    items=[
-                        recall_pb2.ItemWrite(
-                            id=name, vector=pack(vec), embedding_version=bundle.version
-                        )
-                    ]
+        try:
+            readers_started.wait()
+            for name, vec in vecs.items():
+                stub.Upsert(
+                    recall_pb2.UpsertRequest(
+                        items=[
+                            recall_pb2.ItemWrite(
+                                id=name, vector=pack(vec), embedding_version=bundle.version
+                            )
+                        ]
+                    )
                 )
-            )
-            stub.Delete(recall_pb2.DeleteRequest(ids=[name]))
-            with lock:
-                deleted.add(name)  # acknowledged: must never be returned again
-        done.set()
+                stub.Delete(recall_pb2.DeleteRequest(ids=[name]))
+                with checked:
+                    deleted.append(name)  # acknowledged: must never be returned again
+                    n = len(deleted)
+                    if not checked.wait_for(lambda n=n: checked_upto[0] >= n, wait_s):
+                        errors.append(f"no search checked the delete of {name}")
+                        return
+        except Exception as exc:  # surfaced by the asserts below
+            errors.append(f"writer: {exc!r}")
+        finally:
+            done.set()
 
     def reader(seed):
         rng = np.random.default_rng(seed)
-        while not done.is_set():
-            name = f"c{rng.integers(0, 60)}"
-            with lock:
-                gone = set(deleted)
-            resp = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vecs[name]), k=5))
-            leaked = gone & set(ids_of(resp))
-            if leaked:
-                errors.append(f"deleted ids returned: {leaked}")
+        try:
+            readers_started.wait()
+            while not done.is_set():
+                name = f"c{rng.integers(0, 60)}"
+                with checked:
+                    gone = set(deleted)
+                resp = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vecs[name]), k=5))
+                leaked = gone & set(ids_of(resp))
+                if leaked:
+                    errors.append(f"deleted ids returned: {leaked}")
+                with checked:
+                    checked_upto[0] = max(checked_upto[0], len(gone))
+                    checked.notify_all()
+        except Exception as exc:  # surfaced by the asserts below
+            errors.append(f"reader: {exc!r}")
 
-    threads = [threading.Thread(target=writer)] + [
-        threading.Thread(target=reader, args=(s,)) for s in range(4)
+    threads = [threading.Thread(target=writer, daemon=True)] + [
+        threading.Thread(target=reader, args=(s,), daemon=True) for s in range(readers_n)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert not errors
+    assert not any(t.is_alive() for t in threads), "a writer or reader never finished"
+    assert not errors, errors[:5]
     assert done.is_set()
+    assert len(deleted) == len(vecs)
 
 
 def make_version(bundle_dir, root, version):
@@ -308,11 +338,11 @@ def test_restart_uses_snapshot_and_replays_the_rest(bundle_dir, tmp_path):
     running.wait_ready(120)
     stub = recall_pb2_grpc.RecallServiceStub(channel_to(running))
     stub.Upsert(recall_pb2.UpsertRequest(items=[recall_pb2.ItemWrite(id="s1", text="first")]))
-    for _ in range(100):  # the tailer snapshots after >= 1 applied write
+    for _ in range(600):  # the tailer snapshots after >= 1 applied write
         if (tmp_path / "state" / "SNAPSHOT").exists():
             break
         threading.Event().wait(0.05)
-    assert (tmp_path / "state" / "SNAPSHOT").exists()
+    assert (tmp_path / "state" / "SNAPSHOT").exists(), "no snapshot written within 30 s"
     running.stop(0)
     restarted = serve(ServerOptions(port=0), options)
     try:

@@ -61,7 +61,7 @@ def info(port, credentials):
     stub = rank_pb2_grpc.RankServiceStub(
         open_channel(f"localhost:{port}", max_attempts=1, credentials=credentials)
     )
-    return stub.GetInfo(rank_pb2.RankServiceGetInfoRequest(), timeout=5)
+    return stub.GetInfo(rank_pb2.RankServiceGetInfoRequest(), timeout=30)
 
 
 def test_mutual_tls_and_token_allow_reads(rank, pki, bundle):
@@ -96,7 +96,7 @@ def test_write_needs_write_permission(rank, pki):
         )
     )
     with pytest.raises(grpc.RpcError) as err:
-        stub.Reload(rank_pb2.RankServiceReloadRequest(), timeout=5)
+        stub.Reload(rank_pb2.RankServiceReloadRequest(), timeout=30)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "write" in err.value.details()
     admin = rank_pb2_grpc.RankServiceStub(
@@ -111,10 +111,10 @@ def test_health_needs_no_token_and_has_a_plaintext_port(rank, pki):
     with_tls = health_pb2_grpc.HealthStub(
         open_channel(f"localhost:{rank.port}", credentials=creds(pki))
     )
-    assert with_tls.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
+    assert with_tls.Check(health_pb2.HealthCheckRequest(), timeout=30).status == SERVING
     plain = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{rank.health_port}"))
     request = health_pb2.HealthCheckRequest(service="recstack.v1.RankService")
-    assert plain.Check(request, timeout=5).status == SERVING
+    assert plain.Check(request, timeout=30).status == SERVING
 
 
 def test_gateway_calls_secured_downstreams(rank, bundle_dir, pki, tokens, tmp_path):

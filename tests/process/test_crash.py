@@ -46,7 +46,7 @@ SNAPSHOT_EVERY = 15
 ABSENT = b""  # model state of a deleted / never-written id
 
 
-def recall_args(bundle_dir: Path, state: Path) -> list[str]:
+def recall_args(bundle_dir: Path, state: Path, snapshot_every: int = SNAPSHOT_EVERY) -> list[str]:
     return [
         "--bundle",
         str(bundle_dir),
@@ -55,7 +55,7 @@ def recall_args(bundle_dir: Path, state: Path) -> list[str]:
         "--bundle-poll-s",
         "0",
         "--snapshot-every",
-        str(SNAPSHOT_EVERY),
+        str(snapshot_every),
         "--log-poll-s",
         "0.05",
         "--grace-seconds",
@@ -71,6 +71,8 @@ class Model:
     # Batches sent when the server died: {id: state it would set}, one dict per batch.
     pending: list[dict[str, bytes]] = field(default_factory=list)
     acked_ops: int = 0  # acknowledged item writes (upserts + deletes), all cycles
+    # RPC errors while the server was still meant to be up (must stay empty)
+    unexpected: list[str] = field(default_factory=list)
     lost: int = 0  # acknowledged item writes missing after a restart (must stay 0)
     inflight_applied: int = 0
     inflight_dropped: int = 0
@@ -85,8 +87,15 @@ def writer(
     dim: int,
     seed: int,
     stop: threading.Event,
+    killing: threading.Event,
+    acked_once: threading.Event,
 ) -> None:
-    """Random Upsert/Delete batches on this writer's own ids until the server dies."""
+    """Random Upsert/Delete batches on this writer's own ids until the server dies.
+
+    ``killing`` is set just before the SIGKILL: an RPC error before that is not the kill
+    and is recorded as unexpected (not silently counted as an in-flight write).
+    ``acked_once`` is set after this cycle's first acknowledged write.
+    """
     rng = random.Random(seed)
     nprng = np.random.default_rng(seed)
     while not stop.is_set():
@@ -108,14 +117,17 @@ def writer(
             request = recall_pb2.DeleteRequest(ids=batch)
             call = stub.Delete
         try:
-            call(request, timeout=10)
-        except grpc.RpcError:
+            call(request, timeout=30)
+        except grpc.RpcError as err:
             with model.lock:
                 model.pending.append(effect)
+                if not killing.is_set():
+                    model.unexpected.append(f"{err.code().name}: {err.details()}")
             return  # the server died mid-call: unacknowledged
         with model.lock:
             model.acked.update(effect)
             model.acked_ops += len(batch)
+        acked_once.set()
 
 
 def served_items(stub: recall_pb2_grpc.RecallServiceStub, dim: int) -> list[tuple[str, bytes]]:
@@ -188,7 +200,7 @@ def run_cycles(cycles: int, bundle_dir: Path, bundle: object, tmp_path: Path) ->
         stub = recall_pb2_grpc.RecallServiceStub(server.channel())
         if cycle:
             verify(stub, model, bundle, state)  # the state the last kill left
-        stop = threading.Event()
+        stop, killing, acked_once = threading.Event(), threading.Event(), threading.Event()
         threads = [
             threading.Thread(
                 target=writer,
@@ -200,20 +212,30 @@ def run_cycles(cycles: int, bundle_dir: Path, bundle: object, tmp_path: Path) ->
                     dim,
                     cycle * 100 + w,
                     stop,
+                    killing,
+                    acked_once,
                 ),
+                daemon=True,
             )
             for w in range(WRITERS)
         ]
         for t in threads:
             t.start()
+        # The random moment is counted from the first acknowledged write, so that every
+        # cycle kills during writes, however slow the machine is to get them going.
+        if not acked_once.wait(60):
+            server.kill()
+            raise AssertionError(f"cycle {cycle}: no write acknowledged: {model.unexpected}")
         time.sleep(rng.uniform(0.05, 1.5))
+        killing.set()
         server.proc.kill()  # SIGKILL at a random moment
         server.proc.wait()
         server.log.close()
         stop.set()
         for t in threads:
-            t.join(timeout=30)
+            t.join(timeout=60)
             assert not t.is_alive(), "a writer hung after the kill"
+        assert not model.unexpected, f"writes failed before the kill: {model.unexpected}"
     final = start(bundle_dir, state, tmp_path, "recall-final").wait_serving(RECALL)
     try:
         verify(recall_pb2_grpc.RecallServiceStub(final.channel()), model, bundle, state)
@@ -237,10 +259,21 @@ def test_crash_cycles(bundle_dir, bundle, tmp_path):
 
 @pytest.fixture(scope="module")
 def written_state(bundle_dir, bundle, tmp_path_factory):
-    """A state dir with a log and a current snapshot (and log entries after it), stopped."""
+    """A state dir with a log and a current snapshot (and log entries after it), stopped.
+
+    The writer runs with ``--snapshot-every`` equal to the number of writes before the last
+    one, so exactly one snapshot is taken, at exactly that sequence, whenever the tailer
+    gets to it; the test waits for it, then writes once more (replayed after the snapshot).
+    """
     root = tmp_path_factory.mktemp("damaged")
     state = root / "state"
-    server = start(bundle_dir, state, root, "writer").wait_serving(RECALL)
+    before_last = 20 * 3 + 2  # the upserts and the two deletes below
+    server = Proc(
+        "recall_service",
+        *recall_args(bundle_dir, state, snapshot_every=before_last),
+        workdir=root,
+        name="writer",
+    ).wait_serving(RECALL)
     stub = recall_pb2_grpc.RecallServiceStub(server.channel())
     model = Model()
     rng = np.random.default_rng(7)
@@ -258,13 +291,16 @@ def written_state(bundle_dir, bundle, tmp_path_factory):
             timeout=10,
         )
         model.acked.update(effect)
-    stub.Delete(recall_pb2.DeleteRequest(ids=["d-0", "d-4"]), timeout=10)
+    seq = stub.Delete(recall_pb2.DeleteRequest(ids=["d-0", "d-4"]), timeout=10).sequence
+    assert seq == before_last, seq
     model.acked.update({"d-0": ABSENT, "d-4": ABSENT})
-    end = time.monotonic() + 30
-    while not (state / "SNAPSHOT").is_file() and time.monotonic() < end:
+    end = time.monotonic() + 60
+    while not (state / "SNAPSHOT").is_file():
+        assert time.monotonic() < end, "no snapshot was written"
         time.sleep(0.05)
-    # one more write after the last snapshot so that a loaded snapshot needs replay
-    time.sleep(0.5)
+    # snapshot-<version>-<applied_sequence>-<ns>: it holds everything written so far
+    assert (state / "SNAPSHOT").read_text().strip().rsplit("-", 2)[1] == str(before_last)
+    # one more write after the (only) snapshot so that a loaded snapshot needs replay
     vec = l2_normalize(rng.standard_normal(bundle.dim))
     stub.Upsert(
         recall_pb2.UpsertRequest(

@@ -1,6 +1,13 @@
-"""SIGKILL during writes: every acknowledged upsert survives, nothing unacknowledged appears."""
+"""SIGKILL during writes: every acknowledged upsert survives, nothing unacknowledged appears.
+
+The writer pauses after 400 acknowledged upserts until a snapshot exists (so that the
+restart loads a snapshot and replays the log after it), then writes on; the kill comes once
+more writes have been acknowledged after the pause. Every wait is for that exact point and
+fails naming it; an RPC error before the kill is a failure, not an unacknowledged write.
+"""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -34,9 +41,15 @@ def test_sigkill_during_1000_upserts_loses_no_acknowledged_write(bundle_dir, bun
     vectors = {f"w{n}": l2_normalize(rng.standard_normal(bundle.dim)) for n in range(1000)}
     acked: dict[str, int] = {}
     sent: list[str] = []
+    unexpected: list[BaseException] = []
+    paused, resume, killing = threading.Event(), threading.Event(), threading.Event()
+    wait_s = 120.0
 
     def write_all():
         for item_id, vec in vectors.items():
+            if len(acked) == 400:
+                paused.set()
+                resume.wait()  # set by the test (always, in its finally)
             sent.append(item_id)
             try:
                 resp = stub.Upsert(
@@ -47,19 +60,40 @@ def test_sigkill_during_1000_upserts_loses_no_acknowledged_write(bundle_dir, bun
                             )
                         ]
                     ),
-                    timeout=10,
+                    timeout=30,
                 )
-            except Exception:
+            except Exception as exc:
+                if not killing.is_set():
+                    unexpected.append(exc)
                 return  # the server died mid-call: this write is unacknowledged
             acked[item_id] = resp.sequence
 
-    writer = threading.Thread(target=write_all)
+    def wait_for(predicate, what):
+        until = time.monotonic() + wait_s
+        while not predicate():
+            assert not unexpected, f"writes failed before the kill: {unexpected}"
+            assert writer.is_alive(), f"the writer stopped early ({len(acked)} acked)"
+            assert time.monotonic() < until, f"{what}: not reached within {wait_s}s"
+            threading.Event().wait(0.01)
+
+    writer = threading.Thread(target=write_all, daemon=True)
     writer.start()
-    while len(acked) < 400:  # kill somewhere in the middle, after snapshots have happened
-        threading.Event().wait(0.01)
-    server.kill()
+    try:
+        wait_for(paused.is_set, "400 acknowledged upserts")
+        # the tailer snapshots every 300 applied writes; while paused, nothing else changes
+        wait_for((state / "SNAPSHOT").is_file, "a snapshot of the first 300+ writes")
+        resume.set()
+        wait_for(lambda: len(acked) >= 410, "writes acknowledged after the pause")
+        killing.set()
+        server.kill()  # in the middle of the writes
+    finally:
+        resume.set()
+        if not killing.is_set():
+            server.kill()
     writer.join(timeout=60)
-    assert 400 <= len(acked) < 1000
+    assert not writer.is_alive(), "the writer hung after the kill"
+    assert not unexpected, f"writes failed before the kill: {unexpected}"
+    assert 410 <= len(acked) < 1000
 
     restarted = Proc("recall_service", *args, workdir=tmp_path, name="recall2")
     restarted.wait_serving(RECALL)

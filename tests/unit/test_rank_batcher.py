@@ -3,10 +3,11 @@
 The batcher is model-agnostic (it concatenates row-aligned arrays and splits one output
 vector back), so a deterministic per-row function checks merging and splitting exactly.
 Slow runs are made with the ``before_run`` hook, and every wait is on an event, never on
-elapsed time.
+elapsed time. Every bounded wait that runs out fails the test naming what did not happen.
 """
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from rank_service.batcher import Batcher
 from recstack.deadline import Deadline
 from recstack.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
-WAIT = 10.0
+WAIT = 30.0
 
 
 def row_fn(inputs):
@@ -39,7 +40,7 @@ class Gate:
         with self.lock:
             self.batches.append((requests, rows))
         self.entered.set()
-        assert self.open.wait(WAIT)
+        assert self.open.wait(WAIT), "the test never opened the gate"
 
 
 def request(rng, n, dim=8):
@@ -48,13 +49,33 @@ def request(rng, n, dim=8):
     return (np.repeat(user[None], n, axis=0), items)
 
 
-def wait_until(predicate):
+def wait_until(predicate, what):
     done = threading.Event()
     for _ in range(int(WAIT / 0.01)):
         if predicate():
             return
         done.wait(0.01)
-    raise AssertionError("condition not reached")
+    raise AssertionError(f"{what}: not reached within {WAIT}s")
+
+
+def joined(t, what):
+    """Join ``t``; a thread still running after WAIT fails the test naming ``what``."""
+    t.join(WAIT)
+    assert not t.is_alive(), f"{what} never returned"
+
+
+class QueuedFirst(Deadline):
+    """A real, short deadline that ``submit``'s up-front check never refuses.
+
+    ``Deadline.after(0.05)`` created here and checked in a freshly started thread could
+    already have passed on a slow machine; the request would then be refused before it
+    was queued and the test would wait for a queue that never fills. With the check
+    skipped, the request is always queued, and its deadline then passes while it waits
+    (``submit`` waits ``remaining()``, which may be <= 0: it gives up at once).
+    """
+
+    def check(self, stage):
+        pass
 
 
 def run_in_thread(batcher, inputs, deadline=None):
@@ -87,12 +108,12 @@ def test_concurrent_requests_are_merged_and_split_exactly():
         assert gate.entered.wait(WAIT)  # worker holds the first batch; the rest queue up
         reqs = [request(rng, int(n)) for n in rng.integers(1, 40, size=12)]
         threads = [run_in_thread(batcher, r) for r in reqs]
-        wait_until(lambda: batcher.queued == len(reqs))
+        wait_until(lambda: batcher.queued == len(reqs), "all requests queued")
         gate.open.set()
         for (t, box), r in zip(threads, reqs, strict=True):
-            t.join(WAIT)
+            joined(t, "a queued request")
             np.testing.assert_array_equal(box["result"], row_fn(r).astype(np.float32))
-        t0.join(WAIT)
+        joined(t0, "the first request")
         np.testing.assert_array_equal(box0["result"], row_fn(first).astype(np.float32))
         assert gate.batches[0] == (1, 3)
         assert gate.batches[1] == (len(reqs), sum(r[0].shape[0] for r in reqs))
@@ -119,11 +140,11 @@ def test_max_batch_rows_splits_batches_in_fifo_order():
         for n in sizes:  # one at a time, so FIFO order is the order of this list
             threads.append(run_in_thread(batcher, request(rng, n)))
             expected = len(threads)
-            wait_until(lambda e=expected: batcher.queued == e)
+            wait_until(lambda e=expected: batcher.queued == e, f"{expected} requests queued")
         gate.open.set()
         for t, box in threads:
-            t.join(WAIT)
-            assert "result" in box
+            joined(t, "a queued request")
+            assert "result" in box, box
         assert [rows for _, rows in gate.batches[1:]] == [8, 4, 25, 2]
     finally:
         gate.open.set()
@@ -144,13 +165,13 @@ def test_full_queue_is_resource_exhausted():
         t0, box0 = run_in_thread(batcher, request(rng, 2))
         assert gate.entered.wait(WAIT)
         waiting = [run_in_thread(batcher, request(rng, 2)) for _ in range(2)]
-        wait_until(lambda: batcher.queued == 2)
+        wait_until(lambda: batcher.queued == 2, "2 requests queued")
         with pytest.raises(ResourceExhausted, match="queue full"):
             batcher.submit(request(rng, 2), Deadline.none())
         gate.open.set()
         for t, box in [(t0, box0), *waiting]:
-            t.join(WAIT)
-            assert "result" in box
+            joined(t, "a held or queued request")
+            assert "result" in box, box
         batcher.submit(request(rng, 2), Deadline.none())  # room again
     finally:
         gate.open.set()
@@ -177,15 +198,17 @@ def test_expired_requests_are_dropped_before_running():
         _t0, _ = run_in_thread(batcher, request(rng, 1))
         assert gate.entered.wait(WAIT)
         doomed = request(rng, 5)
-        expires = Deadline.after(0.05)
+        expires = QueuedFirst(time.monotonic() + 0.05)
         t1, box1 = run_in_thread(batcher, doomed, expires)
         kept = request(rng, 2)
         t2, box2 = run_in_thread(batcher, kept)
-        wait_until(lambda: batcher.queued == 2)
-        t1.join(WAIT)  # its caller gives up when the deadline passes...
-        assert isinstance(box1["error"], DeadlineExceeded)
+        # both stay queued: the worker is held, and an abandoned request is only dropped
+        # when the worker takes it
+        wait_until(lambda: batcher.queued == 2, "both requests queued")
+        joined(t1, "the request with the short deadline")  # its caller gives up...
+        assert isinstance(box1.get("error"), DeadlineExceeded), box1
         gate.open.set()
-        t2.join(WAIT)
+        joined(t2, "the request without a deadline")
         np.testing.assert_array_equal(box2["result"], row_fn(kept).astype(np.float32))
         # ...and the worker never ran its rows
         assert not any(
@@ -232,14 +255,16 @@ def test_close_finishes_queued_work_then_refuses():
     t0, box0 = run_in_thread(batcher, request(rng, 1))
     assert gate.entered.wait(WAIT)
     t1, box1 = run_in_thread(batcher, request(rng, 1))
-    wait_until(lambda: batcher.queued == 1)
+    wait_until(lambda: batcher.queued == 1, "the second request queued")
     closer = threading.Thread(target=batcher.close, args=(WAIT,))
     closer.start()
     gate.open.set()
-    closer.join(WAIT)
-    t0.join(WAIT)
-    t1.join(WAIT)
-    assert "result" in box0 and "result" in box1
+    joined(closer, "close()")
+    # close(timeout) returns when its join times out too: the worker must really be gone
+    assert not batcher._worker.is_alive(), "close() returned with the worker still running"
+    joined(t0, "the held request")
+    joined(t1, "the queued request")
+    assert "result" in box0 and "result" in box1, (box0, box1)
     with pytest.raises(Unavailable):
         batcher.submit(request(rng, 1), Deadline.none())
 

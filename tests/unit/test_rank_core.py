@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,24 +113,34 @@ def catalog(bundle):
 
 
 def test_batching_on_and_off_match_direct_onnx_under_concurrency(bundle, catalog):
+    """Merging is forced, not hoped for: the first batch the workers cause is held in the
+    batcher's hook until every other worker's request is queued behind it. No progress is
+    possible while it is held (each worker has exactly one request in flight), so the queue
+    must reach ``THREADS - held`` requests; no wait here has an expiry that is then read as
+    success, and the requests themselves carry no deadline that the hold could run out."""
     ids, vectors = catalog
-    merged = []
-    first_gate = threading.Event()
+    threads_n = 16
+    merged: list[int] = []  # requests per run, in run order
+    held = threading.Event()
+    release = threading.Event()
+    hold_index: list[int] = []
 
     def hook(requests, rows):
         merged.append(requests)
-        if len(merged) == 2:  # hold the first real batch until others have queued behind it
-            first_gate.wait(WAIT)
+        if hold_index and len(merged) == hold_index[0] + 1:
+            held.set()
+            release.wait()  # set by the test body (always, in its finally)
 
     on = load_core(
         RankOptions(bundle=str(bundle.root), max_queue_delay_ms=2.0),
         SessionOptions(device="cpu"),
         before_batch=hook,
     )
+    hold_index.append(len(merged))  # runs before this were the load-time self-check
     off = load_core(RankOptions(bundle=str(bundle.root), batching=False), SessionOptions("cpu"))
     rng = np.random.default_rng(0)
     jobs = []
-    for _ in range(16 * 4):
+    for _ in range(threads_n * 4):
         n = int(rng.integers(1, len(ids) + 1))
         pick = rng.choice(len(ids), size=n, replace=False)
         user = vectors[int(rng.integers(len(ids)))] + 0.1 * rng.standard_normal(bundle.dim)
@@ -137,32 +148,42 @@ def test_batching_on_and_off_match_direct_onnx_under_concurrency(bundle, catalog
     results: dict[tuple[str, int], object] = {}
 
     def worker(t):
-        for j in range(t, len(jobs), 16):
+        for j in range(t, len(jobs), threads_n):
             for name, core in (("on", on), ("off", off)):
                 try:
-                    results[name, j] = core.rank(query(bundle, *jobs[j]), Deadline.after(WAIT))
+                    results[name, j] = core.rank(query(bundle, *jobs[j]), Deadline.none())
                 except Exception as exc:  # surfaced by the asserts below
                     results[name, j] = exc
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(16)]
-    for t in threads:
-        t.start()
-    while not on.batcher.queued >= 4 and any(t.is_alive() for t in threads):
-        threading.Event().wait(0.005)
-    first_gate.set()
-    for t in threads:
-        t.join(120)
+    threads = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads_n)]
     try:
-        assert max(merged) > 1  # requests really were merged into shared runs
+        for t in threads:
+            t.start()
+        assert held.wait(WAIT), "the workers' first batch never reached the ranker"
+        behind = threads_n - merged[hold_index[0]]
+        until = time.monotonic() + WAIT
+        while on.batcher.queued < behind:
+            assert time.monotonic() < until, (
+                f"only {on.batcher.queued} of {behind} requests queued behind the held batch"
+            )
+            threading.Event().wait(0.005)
+        release.set()
+        for t in threads:
+            t.join(WAIT * 4)
+        assert not any(t.is_alive() for t in threads), "a worker never got its answers"
+        # the held batch and the one queued behind it: one of the two has > 1 request
+        assert max(merged[hold_index[0] :]) > 1, merged
         for j, (jids, jvecs, user) in enumerate(jobs):
             want = dict(zip(jids, direct_scores(bundle, user, jvecs), strict=True))
             a, b = results["on", j], results["off", j]
+            assert not isinstance(a, Exception), a
+            assert not isinstance(b, Exception), b
             assert [i.id for i in a.items] == [i.id for i in b.items]
             for x, y in zip(a.items, b.items, strict=True):
                 assert x.score == pytest.approx(float(want[x.id]), abs=1e-5)
                 assert y.score == pytest.approx(float(want[y.id]), abs=1e-5)
     finally:
-        first_gate.set()
+        release.set()
         on.retire(WAIT)
         off.retire(WAIT)
 
@@ -320,6 +341,8 @@ def bundle_root(bundle_dir, tmp_path):
 
 
 def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog):
+    """The in-flight request is held in v1's batcher until the test releases it (no expiry
+    that could let it finish early, and no request deadline that the hold could run out)."""
     ids, vectors = catalog
     hold = threading.Event()
     held = threading.Event()
@@ -328,7 +351,7 @@ def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog
         # block only v1's worker, only once the test arms it
         if threading.current_thread().name.endswith("-v1") and armed.is_set():
             held.set()
-            hold.wait(WAIT)
+            hold.wait()  # set by the test body (always, in its finally)
 
     armed = threading.Event()
     ref: CoreRef[RankCore] = CoreRef("rank")
@@ -342,13 +365,16 @@ def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog
 
     def in_flight():
         q = RankQuery(vectors[9], tuple(ids[:5]), vectors[:5], "v1")
-        box["result"] = old.rank(q, Deadline.after(WAIT))
+        try:
+            box["result"] = old.rank(q, Deadline.none())
+        except Exception as exc:  # surfaced by the asserts below
+            box["error"] = exc
 
     armed.set()
-    t = threading.Thread(target=in_flight)
+    t = threading.Thread(target=in_flight, daemon=True)
     t.start()
     try:
-        assert held.wait(WAIT)
+        assert held.wait(WAIT), "the in-flight request never reached v1's ranker"
         (bundle_root / "CURRENT").write_text("v2\n")
         outcome = reloader.reload()
         assert (outcome.bundle_version, outcome.previous_version, outcome.swapped) == (
@@ -364,8 +390,11 @@ def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog
     finally:
         hold.set()
     t.join(WAIT)
+    assert not t.is_alive(), "the in-flight request never finished after its release"
+    assert "error" not in box, box["error"]
     assert box["result"].bundle_version == "v1" and len(box["result"].items) == 5
     old.batcher._worker.join(WAIT)  # retired in the background once its request finished
+    assert not old.batcher._worker.is_alive(), "the old core was never retired"
     with pytest.raises(CoreRetired):
         old.rank(RankQuery(vectors[9], tuple(ids[:5]), vectors[:5], "v1"), Deadline.none())
     assert reloader.reload().swapped is False

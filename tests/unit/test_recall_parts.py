@@ -105,28 +105,56 @@ def test_sqlite_log_orders_and_survives_reopen(tmp_path):
 
 
 def test_rwlock_readers_share_writer_excludes():
+    """Readers provably hold the lock together (a barrier only they can pass inside it), and
+    the writer provably asks for the lock while they hold it (it is seen waiting) before
+    they let go; no step relies on a sleep being long enough."""
+    wait_s = 30.0
+    readers_n = 4
     lock = RWLock()
     inside = []
     events = []
+    errors = []
+    # Passed only once every reader is inside the read lock at the same time (and the test).
+    all_inside = threading.Barrier(readers_n + 1, timeout=wait_s)
+    release = threading.Event()
 
     def reader():
-        with lock.read():
-            inside.append(1)
-            time.sleep(0.05)
-            events.append(("r", len(inside)))
-            inside.pop()
+        try:
+            with lock.read():
+                inside.append(1)
+                all_inside.wait()
+                events.append(("r", len(inside)))
+                assert release.wait(wait_s), "the test never released the readers"
+                inside.pop()
+        except Exception as exc:  # surfaced by the asserts below
+            errors.append(exc)
 
     def writer():
         with lock.write():
             events.append(("w", len(inside)))
 
-    threads = [threading.Thread(target=reader) for _ in range(4)] + [
-        threading.Thread(target=writer)
-    ]
-    for t in threads:
+    readers = [threading.Thread(target=reader, daemon=True) for _ in range(readers_n)]
+    for t in readers:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        try:
+            all_inside.wait()
+        except threading.BrokenBarrierError:
+            raise AssertionError(f"the readers never held the lock together: {errors}") from None
+        w = threading.Thread(target=writer, daemon=True)
+        w.start()
+        until = time.monotonic() + wait_s
+        while lock._waiting_writers == 0:  # the writer asked while all readers hold it
+            assert w.is_alive() and time.monotonic() < until, (
+                f"the writer never waited for the readers: {events}"
+            )
+            time.sleep(0.005)
+    finally:
+        release.set()
+    for t in [*readers, w]:
+        t.join(wait_s)
+        assert not t.is_alive(), "a reader or the writer never finished"
+    assert not errors, errors
     assert ("w", 0) in events  # the writer never overlapped a reader
     assert max(n for kind, n in events if kind == "r") > 1  # readers did overlap
 
