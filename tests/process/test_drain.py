@@ -142,6 +142,10 @@ def test_sigterm_drains_in_flight_rank_rpcs(bundle_dir, bundle, tmp_path):
                     rank_pb2.RankServiceGetInfoRequest(), timeout=5
                 )
             except grpc.RpcError as err:
+                # A probe that slipped in just before the listener closed is cancelled by
+                # the shutdown: not yet the steady state, probe again.
+                if err.code() == grpc.StatusCode.CANCELLED:
+                    continue
                 assert err.code() == grpc.StatusCode.UNAVAILABLE, err
                 break
         assert time.monotonic() < until, "the server kept accepting new RPCs after the signal"
