@@ -42,6 +42,7 @@ from onnx import numpy_helper
 
 from bench.common import ensure_bundle, median_ms
 from recstack.bundle import Bundle
+from recstack.features import candidate_features
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from recstack.vectors import pack
 from training.ranker import FusionRanker
@@ -70,7 +71,8 @@ def torch_ranker_from_onnx(model_path: Path, dim: int) -> FusionRanker:
         }
     )
     hidden = tuple(int(weights[f"mlp.{i}.weight"].shape[0]) for i in layers[:-1])
-    model = FusionRanker(dim, hidden)
+    features = int(weights["f_mean"].shape[0]) if "f_mean" in weights else 0
+    model = FusionRanker(dim, hidden, features=features)
     model.load_state_dict(weights, strict=True)
     model.eval()
     return model
@@ -93,14 +95,17 @@ def ort_vs_torch(bundle: Bundle, threads: int, budget_s: float) -> list[dict[str
         items = rng.standard_normal((n, bundle.dim)).astype(np.float32)
         items /= np.linalg.norm(items, axis=1, keepdims=True)
         users = np.repeat(user / np.linalg.norm(user), n, axis=0)
-        tu, ti = torch.from_numpy(users), torch.from_numpy(items)
+        feeds = {"user": users, "item": items}
+        if model.features:
+            feeds["features"] = candidate_features(items @ users[0], np.zeros(n), 10)
+        tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
-        def run_ort(users: np.ndarray = users, items: np.ndarray = items) -> np.ndarray:
-            return session.run([spec["output"]], {"user": users, "item": items})[0]
+        def run_ort(feeds: dict[str, np.ndarray] = feeds) -> np.ndarray:
+            return session.run([spec["output"]], feeds)[0]
 
-        def run_torch(tu: torch.Tensor = tu, ti: torch.Tensor = ti) -> np.ndarray:
+        def run_torch(t: dict[str, torch.Tensor] = tensors) -> np.ndarray:
             with torch.inference_mode():
-                return model(tu, ti).numpy()
+                return model(t["user"], t["item"], t.get("features")).numpy()
 
         diff = float(np.max(np.abs(run_ort().reshape(-1) - run_torch().reshape(-1))))
         if diff > 1e-5:
@@ -190,13 +195,21 @@ def drive(port: int, bundle: Bundle, clients: int, candidates: int, seconds: flo
     reqs = []
     for _ in range(64):
         pick = rng.integers(0, len(ids), size=candidates)
+        user = vectors[int(rng.integers(len(ids)))]
+        names = tuple(bundle.section("ranker").get("side_features", ()))
+        feats = (
+            pack(candidate_features(vectors[pick] @ user, np.zeros(candidates), 10, names))
+            if names
+            else b""
+        )
         reqs.append(
             rank_pb2.RankRequest(
-                user_vector=pack(vectors[int(rng.integers(len(ids)))]),
+                user_vector=pack(user),
                 candidate_ids=[f"{ids[p]}#{k}" for k, p in enumerate(pick)],
                 candidate_vectors=pack(vectors[pick]),
                 embedding_version=bundle.version,
                 top_k=10,
+                candidate_features=feats,
             )
         )
     channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]

@@ -97,16 +97,26 @@ class GrpcRank:
             embedding_version=query.embedding_version,
             top_k=query.top_k,
             diversity_lambda=query.diversity_lambda,
+            candidate_features=b""
+            if query.candidate_features is None
+            else pack(query.candidate_features),
         )
         resp = relay_errors("rank", lambda: self.stub.Rank(request, timeout=timeout))
         return RankResult([ScoredItem(i.id, i.score) for i in resp.items], resp.bundle_version)
+
+    def side_features(self, timeout: float | None) -> tuple[str, ...]:
+        """The side features the ranker declares (GetInfo), in the order it expects them."""
+        info = relay_errors(
+            "rank", lambda: self.stub.GetInfo(rank_pb2.RankServiceGetInfoRequest(), timeout=timeout)
+        )
+        return tuple(info.side_features)
 
 
 class ShardedRecall:
     """RecallBackend over N recall shards: the same query to all in parallel, merged top-k.
 
-    Every shard encodes the same user text to the same vector (their title directories
-    cover all items), so merging by score gives what one node holding every item would
+    Every shard computes the same user vector (their vector directories cover all items),
+    so merging by score gives what one node holding every item would
     return. Each shard call runs under the caller's deadline. A failing shard fails the
     call under policy "fail"; under "partial" the others answer and the failed shard is
     listed in ``missing_shards`` (all failing still fails).

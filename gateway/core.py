@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +34,7 @@ from recstack.domain import (
     RecommendResult,
 )
 from recstack.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from recstack.features import RANKER_FEATURES, candidate_features, unsupported
 
 log = logging.getLogger(__name__)
 POPULARITY = "popularity"
@@ -69,13 +70,24 @@ class GatewayCore:
         options: GatewayOptions,
         catalog: Mapping[str, tuple[str, str]] | None = None,
         catalog_version: str = "",
+        side_features: Sequence[str] = (),
     ) -> None:
+        """``side_features``: the names the ranker declares (rank GetInfo), in its order;
+        each must be one :func:`recstack.features.candidate_features` computes."""
         self.recall_backend = recall
         self.rank_backend = rank
         self.events = events
         self.options = options
         self.catalog = dict(catalog or {})
         self.catalog_version = catalog_version
+        missing = unsupported(side_features)
+        if missing:
+            raise FailedPrecondition(
+                f"the ranker declares side features {missing} that this gateway cannot "
+                f"compute (it knows {list(RANKER_FEATURES)})",
+                field="side_features",
+            )
+        self.side_features = tuple(side_features)
 
     def _history(self, q: RecommendQuery) -> tuple[tuple[str, ...], bool]:
         """The user's history (explicit first, then stored) and whether any was stored."""
@@ -177,6 +189,15 @@ class GatewayCore:
         if recalled.candidates:
             deadline.check("rank")
             t0 = time.perf_counter()
+            features = None
+            if self.side_features:
+                pop = self.events.popularity
+                features = candidate_features(
+                    np.asarray([c.score for c in recalled.candidates]),
+                    np.asarray([pop.get(c.id, 0) for c in recalled.candidates]),
+                    len(history),
+                    self.side_features,
+                ).reshape(-1)
             ranked = self.rank_backend.rank(
                 RankQuery(
                     user_vector=recalled.query_vector,
@@ -187,6 +208,7 @@ class GatewayCore:
                     embedding_version=recalled.bundle_version,
                     top_k=k,
                     diversity_lambda=q.diversity_lambda,
+                    candidate_features=features,
                 ),
                 deadline.budget(),
             )

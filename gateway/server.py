@@ -79,7 +79,9 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
         recall = ShardedRecall(
             [GrpcRecall(c) for c in recall_channels], options.shard_failure_policy
         )
-        ref.set(GatewayCore(recall, GrpcRank(rank_channel), events, options, catalog, version))
+        rank = GrpcRank(rank_channel)
+        side_features = rank.side_features(DOWNSTREAM_WAIT_S)
+        ref.set(GatewayCore(recall, rank, events, options, catalog, version, side_features))
 
     def close() -> None:
         if "events" in state:

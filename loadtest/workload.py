@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from recstack.bundle import Bundle
+from recstack.features import candidate_features
 from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
 from recstack.vectors import F32Array, l2_normalize, pack
 
@@ -75,6 +76,8 @@ class BundleData:
     titles: list[str]
     vectors: F32Array
     histories: list[tuple[str, list[str]]]
+    side_features: tuple[str, ...] = ()  # what the bundle's ranker declares
+    popularity: dict[str, int] | None = None  # interaction counts (the gateway's)
 
     @classmethod
     def load(cls, bundle: Bundle) -> BundleData:
@@ -90,12 +93,18 @@ class BundleData:
             kept = [i for i in dict.fromkeys(history) if i in known]
             if kept:
                 histories.append((user, kept))
+        popularity: dict[str, int] = {}
+        for _, history in histories:
+            for i in history:
+                popularity[i] = popularity.get(i, 0) + 1
         return cls(
             bundle.version,
             [it.id for it in items],
             [it.title or it.text for it in items],
             vectors,
             histories,
+            tuple(bundle.section("ranker").get("side_features", ())),
+            popularity,
         )
 
 
@@ -199,17 +208,35 @@ class Generator:
         o = self.options
         n = min(o.candidates or 100, len(self.data.ids))
         rows = self.rng.choice(len(self.data.ids), size=n, replace=False)
+        history: list[str] = []
         if kind == "item":
             user = self.data.vectors[self._item()]
         else:
-            user = self._history_vector(self._user()[1])
+            history = self._user()[1]
+            user = self._history_vector(history)
+        ids = [self.data.ids[int(r)] for r in rows]
+        features = b""
+        if self.data.side_features:
+            # What the gateway would send for these candidates (recall's order: by score).
+            order = np.argsort(-(self.data.vectors[rows] @ user), kind="stable")
+            rows, ids = rows[order], [ids[int(j)] for j in order]
+            pop = self.data.popularity or {}
+            features = pack(
+                candidate_features(
+                    self.data.vectors[rows] @ user,
+                    np.asarray([pop.get(i, 0) for i in ids]),
+                    len(history),
+                    self.data.side_features,
+                )
+            )
         return rank_pb2.RankRequest(
             user_vector=pack(user),
-            candidate_ids=[self.data.ids[int(r)] for r in rows],
+            candidate_ids=ids,
             candidate_vectors=pack(self.data.vectors[rows]),
             embedding_version=self.data.version,
             top_k=min(o.k, n),
             diversity_lambda=DIVERSITY_LAMBDA if kind == "diverse" else 0.0,
+            candidate_features=features,
         )
 
     def _recommend(self, kind: str) -> gateway_pb2.RecommendRequest:

@@ -1,8 +1,10 @@
-"""Recall core: one bundle version's encoder + live item index + catalog log (no grpc).
+"""Recall core: one bundle version's encoder + user tower + live item index + catalog log.
 
-A query is a user text (built from history item titles and/or a free-text query with the
-bundle's ``user_text`` template, then encoded by the bundle's ONNX encoder) or an explicit
-vector. Scores are inner products of unit vectors (cosine similarity).
+A query is a user (history item ids and/or a free-text query) or an explicit vector. The
+user vector is the bundle's user tower (:mod:`recstack.user_tower`) over the vectors of the
+history items, combined with the query text's encoder vector when there is one: a
+history-only query runs no transformer. Scores are inner products of unit vectors. No grpc
+here.
 
 Writes: validated, vectors computed (from text, by this bundle's encoder) where missing,
 committed to the catalog log, then applied to the index before the call returns, so an
@@ -10,10 +12,11 @@ acknowledged delete is never returned by this replica afterwards. Other replicas
 PostgreSQL log) apply them within ``log_poll_s``; a reader that must see a write passes its
 sequence as ``min_sequence``.
 
-Shards: the index holds this shard's items only, but the title directory used to build
-user texts covers every item in the bundle and the log, so all shards encode the same user
-text to the same vector. Sharded deployments with live writes therefore share one log
-(PostgreSQL); every replica reads all of it and indexes its own shard's entries.
+Shards: the index holds this shard's items only, but the vector directory used to build
+histories (:mod:`recall_service.directory`) covers every item in the bundle and the log, so
+all shards compute the same user vector. Sharded deployments with live writes therefore
+share one log (PostgreSQL); every replica reads all of it, indexes its own shard's entries
+and keeps the others' vectors in the directory.
 
 Ordering: ``catch_up`` is the only path from the log to the index and runs under
 ``_apply_lock``, so batches are applied in sequence order exactly once.
@@ -31,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from recall_service.catalog_log import DELETE, UPSERT, CatalogLog, LogEntry, LogWrite
+from recall_service.directory import VectorDirectory
 from recall_service.filters import compile_filters
 from recall_service.index import ItemIndex, SearchSpec
 from recstack import metrics
@@ -48,6 +52,7 @@ from recstack.errors import (
     Unavailable,
 )
 from recstack.sharding import shard_of
+from recstack.user_tower import UserTower
 from recstack.vectors import F32Array, l2_normalize
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,7 @@ class RecallCore:
         bundle: Bundle,
         index: ItemIndex,
         encoder: TextEncoder,
+        tower: UserTower,
         catalog: CatalogLog,
         options: RecallOptions,
     ) -> None:
@@ -93,11 +99,10 @@ class RecallCore:
         self.dim = bundle.dim
         self.index = index
         self.encoder = encoder
+        self.tower = tower
         self.catalog = catalog
         self.options = options
-        # id -> title of every item in the catalog, all shards included: a user text must
-        # be the same on every shard so that every shard searches with the same vector.
-        self.titles = {it.id: it.display_title for it in bundle.iter_catalog()}
+        self.directory = VectorDirectory(bundle, index, options.shard_index, options.shard_count)
         # The tokenizer object is not documented as thread-safe; encoding is serialised.
         self._encode_lock = threading.Lock()
         self._apply_lock = threading.Lock()
@@ -136,20 +141,23 @@ class RecallCore:
                 f"{len(q.exclude_ids)} ids exceeds {o.max_exclude}", field="exclude_ids"
             )
 
-    def user_text(
-        self, history_item_ids: Sequence[str], query_text: str, ignore_unknown: bool = False
-    ) -> str:
-        """The text the user tower encodes (same template as training).
+    def history_vectors(
+        self, history_item_ids: Sequence[str], ignore_unknown: bool = False
+    ) -> F32Array:
+        """[n, dim] vectors of the history (given most recent first), oldest row first.
 
-        Unknown history ids are the caller's error, unless ``ignore_unknown`` (a stored
-        history may name items deleted since): then they are skipped.
+        Only the tower's ``max_len`` most recent ids are read. Unknown ids are the caller's
+        error, unless ``ignore_unknown`` (a stored history may name items deleted since):
+        then they are skipped. Call under the index's read lock.
         """
-        unknown = [i for i in history_item_ids if i not in self.titles]
+        recent = history_item_ids[: self.tower.max_len]
+        found = [self.directory.get(i) for i in recent]
+        unknown = [i for i, v in zip(recent, found, strict=True) if v is None]
         if unknown and not ignore_unknown:
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise InvalidArgument(f"unknown item ids {unknown[:5]}{more}", field="history_item_ids")
-        titles = [self.titles[i] for i in history_item_ids if i in self.titles]
-        return self.bundle.user_text.build(titles, query_text)
+        rows = [v for v in found if v is not None][::-1]
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
 
     def encode(self, texts: list[str]) -> F32Array:
         with self._encode_lock:
@@ -177,20 +185,24 @@ class RecallCore:
         if wait_for:
             self.wait_applied(wait_for, deadline)
         deadline.check("encoding")
-        texts = [
-            (i, self.user_text(q.history_item_ids, q.query_text, q.ignore_unknown_history))
-            for i, q in enumerate(queries)
-            if q.query_vector is None
-        ]
+        texts = [(i, q.query_text) for i, q in enumerate(queries) if q.query_text.strip()]
+        encoded = self.encode([t for _, t in texts]) if texts else np.zeros((0, self.dim))
+        query_vecs = {i: v for (i, _), v in zip(texts, encoded, strict=True)}
         vectors = np.empty((len(queries), self.dim), dtype=np.float32)
-        if texts:
-            vectors[[i for i, _ in texts]] = self.encode([t for _, t in texts])
-        for i, q in enumerate(queries):
-            if q.query_vector is not None:
-                vectors[i] = l2_normalize(q.query_vector)
-        deadline.check("search")
         results = []
+        # One read section: the histories are read from, and searched in, the same state.
         with self.index.lock.read():
+            users = [i for i, q in enumerate(queries) if q.query_vector is None]
+            histories = [
+                self.history_vectors(queries[i].history_item_ids, queries[i].ignore_unknown_history)
+                for i in users
+            ]
+            if users:
+                vectors[users] = self.tower.encode(histories, [query_vecs.get(i) for i in users])
+            for i, q in enumerate(queries):
+                if q.query_vector is not None:
+                    vectors[i] = l2_normalize(q.query_vector)
+            deadline.check("search")
             hits = self.index.search(vectors, specs, self.options.search_threads)
             for q, qv, row in zip(queries, vectors, hits, strict=True):
                 candidates = []
@@ -296,12 +308,11 @@ class RecallCore:
                 entries = self.catalog.read_after(self.index.applied_sequence, REPLAY_BATCH)
                 if not entries:
                     break
-                for e in entries:
-                    if e.write.op == DELETE:
-                        self.titles.pop(e.write.item_id, None)
-                    else:
-                        self.titles[e.write.item_id] = e.write.title or e.write.text
-                self.index.apply(self._for_this_index(entries), entries[-1].sequence)
+                writes = self._in_this_space(entries)
+                self.directory.apply_foreign(writes)
+                self.index.apply(
+                    [w for w in writes if self.directory.mine(w.item_id)], entries[-1].sequence
+                )
                 total += len(entries)
         if total:
             with self._applied:
@@ -310,29 +321,46 @@ class RecallCore:
             metrics.APPLIED_SEQUENCE.set(self.index.applied_sequence)
         return total
 
-    def _for_this_index(self, entries: list[LogEntry]) -> list[LogWrite]:
-        """This shard's writes, with vectors in this bundle's embedding space.
+    def load_directory(self, upto: int) -> None:
+        """Replay the log's other-shard writes up to ``upto`` into the directory.
+
+        Needed when the index came from a snapshot (it already reflects the log up to
+        ``upto``, but the directory starts from the bundle). Sharded replicas only.
+        """
+        if self.options.shard_count == 1:
+            return
+        after = 0
+        with self._apply_lock:
+            while after < upto:
+                entries = [
+                    e for e in self.catalog.read_after(after, REPLAY_BATCH) if e.sequence <= upto
+                ]
+                if not entries:
+                    break
+                foreign = [e for e in entries if not self.directory.mine(e.write.item_id)]
+                self.directory.apply_foreign(self._in_this_space(foreign))
+                after = entries[-1].sequence
+
+    def _in_this_space(self, entries: list[LogEntry]) -> list[LogWrite]:
+        """The entries' writes (all shards), with vectors in this bundle's embedding space.
 
         A vector logged under another bundle version is recomputed from the item's text;
-        one that has no text cannot be, and is skipped with a warning (it belongs to an
-        embedding space this replica does not serve).
+        one that has no text cannot be, and becomes a delete with a warning (it belongs to
+        an embedding space this replica does not serve).
         """
-        o = self.options
-        mine = [
-            e.write
-            for e in entries
-            if o.shard_count == 1 or shard_of(e.write.item_id, o.shard_count) == o.shard_index
-        ]
+        writes = [e.write for e in entries]
         stale = [
-            i for i, w in enumerate(mine) if w.op != DELETE and w.embedding_version != self.version
+            i
+            for i, w in enumerate(writes)
+            if w.op != DELETE and w.embedding_version != self.version
         ]
         if stale:
-            texts = [mine[i].text for i in stale if mine[i].text.strip()]
+            texts = [writes[i].text for i in stale if writes[i].text.strip()]
             encoded = iter(self.encode(texts)) if texts else iter(())
             for i in stale:
-                w = mine[i]
+                w = writes[i]
                 if w.text.strip():
-                    mine[i] = LogWrite(
+                    writes[i] = LogWrite(
                         w.op, w.item_id, w.title, w.text, w.metadata, next(encoded), self.version
                     )
                 else:
@@ -340,8 +368,8 @@ class RecallCore:
                         "skipping logged vector from another bundle version",
                         extra={"item": w.item_id, "vector_version": w.embedding_version},
                     )
-                    mine[i] = LogWrite(DELETE, w.item_id)
-        return mine
+                    writes[i] = LogWrite(DELETE, w.item_id)
+        return writes
 
     def wait_applied(self, sequence: int, deadline: Deadline) -> None:
         """Block until ``sequence`` is applied here (read-your-writes), within the deadline."""
@@ -372,7 +400,8 @@ class RecallCore:
     # -- lifecycle -----------------------------------------------------------------------
 
     def self_check(self) -> None:
-        """Probe: a few items' own vectors recall them first; the encoder gives unit vectors."""
+        """Probe: a few items' own vectors recall them first; the encoder and the user tower
+        give unit vectors."""
         ids = self.index.live_ids()
         probes = sorted({ids[0], ids[len(ids) // 2], ids[-1]}) if ids else []
         for item_id in probes:
@@ -390,6 +419,13 @@ class RecallCore:
         vec = self.encode(["self-check probe text"])[0]
         if not np.isfinite(vec).all() or abs(float(np.linalg.norm(vec)) - 1.0) > 1e-3:
             raise BundleError(f"bundle {self.version}: encoder self-check produced a bad vector")
+        probe_history = [self.index.vector_of(i) for i in probes]
+        users = self.tower.encode(
+            [np.stack([v for v in probe_history if v is not None] + [vec]), vec[None]],
+            [None, vec],
+        )
+        if not np.isfinite(users).all() or np.any(np.abs(np.linalg.norm(users, axis=1) - 1) > 1e-3):
+            raise BundleError(f"bundle {self.version}: user tower self-check produced a bad vector")
         log.info(
             "recall self-check passed",
             extra={

@@ -40,6 +40,7 @@ from recstack.errors import BundleError, FailedPrecondition
 from recstack.hotswap import PointerWatcher
 from recstack.ort import SessionOptions
 from recstack.server import CoreRef
+from recstack.user_tower import UserTower
 
 log = logging.getLogger(__name__)
 SNAPSHOT_POINTER = "SNAPSHOT"
@@ -94,8 +95,14 @@ class Replica:
         )
         from_seq = index.applied_sequence
         core = RecallCore(
-            bundle, index, TextEncoder(bundle, self.ort, int8=o.encoder_int8), self._catalog, o
+            bundle,
+            index,
+            TextEncoder(bundle, self.ort, int8=o.encoder_int8),
+            UserTower(bundle, self.ort),
+            self._catalog,
+            o,
         )
+        core.load_directory(from_seq)
         replayed = core.catch_up()
         core.self_check()
         metrics.BUNDLE_INFO.labels("recall", core.version, core.encoder.provider).set(1)

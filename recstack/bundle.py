@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from recstack.errors import BundleError
-from recstack.text import UserTextSpec
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -114,7 +113,6 @@ class Bundle:
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.dim: int = int(manifest["dim"])
-        self.user_text = UserTextSpec.from_dict(manifest.get("user_text", {}))
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:

@@ -9,8 +9,8 @@ RecBole masks ``history_item`` for general recommenders:
 - validation: input history = train, excluded = train items;
 - test: input history = train + validation, excluded = train + validation items.
 
-The user vector is the serving :class:`~recstack.encoder.TextEncoder`'s vector of the text
-the recall service builds from that history (most recent first). Users without a held-out
+The user vector is the serving :class:`~recstack.user_tower.UserTower`'s vector of the
+history's item vectors (the call the recall service makes). Users without a held-out
 item (fewer than 3 interactions) are not evaluated. With one relevant item per user,
 Recall@k = Hit@k, NDCG@k = ``1 / log2(rank + 2)`` and MRR@k = ``1 / (rank + 1)`` for a hit
 at 0-based ``rank < k``, else 0; metrics are means over evaluated users.
@@ -19,9 +19,14 @@ Ties in a score-based ranking are broken by catalog order (stable sort), so ever
 deterministic; the lists themselves never contain ties, so the metric code is exact.
 
 Pipelines: ``exact`` (brute-force inner product over the catalog), ``hnsw`` (the index's
-top-k, what recall serves), ``ranked`` (the ONNX ranker reorders the HNSW top-``N``: the
-served path), and baselines ``most_popular`` (counts over the input history of all users)
-and ``zero_shot`` (the same evaluation with the encoder before fine-tuning).
+top-k, what recall serves), ``ranked`` (the ONNX ranker reorders the HNSW top-``N`` with
+the gateway's side features: the served path), and baselines ``most_popular`` (counts over
+the input history of all users) and ``zero_shot`` (mean of the untrained encoder's vectors
+of the history items, exact search).
+
+Uncertainty: every metric gets a 95% bootstrap interval over users (1,000 resamples), and
+pipelines are compared *paired* (the same resampled users for both), see
+:func:`bootstrap_ci` and :func:`paired_difference`.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from recstack.text import UserTextSpec
+from recstack.features import candidate_features
 from training.data import Dataset, Split
 
 KS = (10, 20)
+BOOTSTRAP = 1000
 METRIC_NAMES = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "hit@10")
 
 
@@ -131,37 +137,78 @@ def top_k_from_scores(
 
 @dataclass
 class EvalCase:
+    """A user's input history (item ids, oldest first), what is masked, the held-out item.
+
+    ``query`` (a free text) replaces or extends the history for query-user protocols."""
+
     user_id: str
-    text: str
+    history: list[str]
     seen: set[str]
     target: str
+    query: str = ""
 
 
-def eval_cases(
-    dataset: Dataset, split: Split, spec: UserTextSpec, phase: str = "test"
-) -> list[EvalCase]:
+def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[EvalCase]:
     """One case per user with a held-out item of ``phase`` ("valid" or "test")."""
     if phase not in ("valid", "test"):
         raise ValueError(f"phase must be 'valid' or 'test', not {phase!r}")
-    titles = {it.id: it.title for it in dataset.items}
     cases = []
     held = split.test if phase == "test" else split.valid
     for user in sorted(held):
         before = list(split.train[user])
         if phase == "test":
             before.append(split.valid[user])
-        text = spec.build([titles[i] for i in before[::-1][: spec.max_history]])
-        cases.append(EvalCase(user, text, set(before), held[user]))
+        cases.append(EvalCase(user, before, set(before), held[user]))
     return cases
 
 
-def popularity_order(split: Split, phase: str = "test") -> list[str]:
-    """Item ids by count over every user's input history for ``phase`` (ties by id)."""
+def user_vectors(
+    tower: Any,
+    cases: Sequence[EvalCase],
+    item_vecs: np.ndarray,
+    item_index: dict[str, int],
+    query_vecs: np.ndarray | None = None,
+) -> np.ndarray:
+    """The served user vectors: ``tower.encode`` over each history's item vectors (most
+    recent ``tower.max_len``) and, if given, the case's query vector."""
+    out = []
+    dim = item_vecs.shape[1]
+    for s in range(0, len(cases), 512):
+        chunk = cases[s : s + 512]
+        histories = [
+            item_vecs[[item_index[i] for i in c.history[-tower.max_len :]]].reshape(-1, dim)
+            for c in chunk
+        ]
+        queries = None if query_vecs is None else list(query_vecs[s : s + 512])
+        out.append(tower.encode(histories, queries))
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+
+def mean_vectors(
+    cases: Sequence[EvalCase], vecs: np.ndarray, item_index: dict[str, int], last: int = 50
+) -> np.ndarray:
+    """Normalised mean of the vectors of each history's ``last`` items (zero-shot user)."""
+    out = np.zeros((len(cases), vecs.shape[1]), np.float32)
+    for n, case in enumerate(cases):
+        if case.history:
+            out[n] = vecs[[item_index[i] for i in case.history[-last:]]].mean(axis=0)
+    norms = np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return (out / norms).astype(np.float32)
+
+
+def input_counts(split: Split, phase: str = "test") -> Counter[str]:
+    """Interaction counts over every user's input history for ``phase``."""
     counts: Counter[str] = Counter()
     for user, seq in split.train.items():
         counts.update(seq)
         if phase == "test" and user in split.valid:
             counts[split.valid[user]] += 1
+    return counts
+
+
+def popularity_order(split: Split, phase: str = "test") -> list[str]:
+    """Item ids by count over every user's input history for ``phase`` (ties by id)."""
+    counts = input_counts(split, phase)
     return [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
@@ -198,38 +245,99 @@ def exact_lists(
 
 def recall_lists(
     index: Any, user_vecs: np.ndarray, cases: Sequence[EvalCase], item_ids: Sequence[str], n: int
-) -> list[list[str]]:
-    """Top-``n`` unseen item ids per user from the HNSW index."""
-    out: list[list[str]] = []
+) -> list[tuple[list[str], list[float]]]:
+    """Top-``n`` unseen (item ids, inner-product scores) per user from the HNSW index."""
+    out: list[tuple[list[str], list[float]]] = []
     total = len(item_ids)
     for vec, case in zip(user_vecs, cases, strict=True):
         # Ask for enough neighbours that n survive the removal of seen items.
         want = min(total, n + len(case.seen))
-        labels, _ = index.knn_query(vec[None, :], k=want)
-        ids = [item_ids[int(j)] for j in labels[0]]
-        out.append([i for i in ids if i not in case.seen][:n])
+        labels, dist = index.knn_query(vec[None, :], k=want)
+        kept = [
+            (item_ids[int(j)], 1.0 - float(d))  # hnswlib "ip" distance is 1 - dot
+            for j, d in zip(labels[0], dist[0], strict=True)
+            if item_ids[int(j)] not in case.seen
+        ][:n]
+        out.append(([i for i, _ in kept], [sc for _, sc in kept]))
     return out
 
 
 def rerank_lists(
     ranker: Any,
     user_vecs: np.ndarray,
-    candidates: Sequence[Sequence[str]],
+    recalled: Sequence[tuple[list[str], list[float]]],
     item_vecs: np.ndarray,
     item_pos: dict[str, int],
+    counts: Counter[str],
+    history_lengths: Sequence[int],
 ) -> list[list[str]]:
-    """Candidates reordered by the ONNX ranker's score (stable for equal scores)."""
+    """Candidates reordered by the ONNX ranker's score (stable for equal scores), with the
+    side features the gateway sends (:func:`recstack.features.candidate_features`)."""
+    names = {i.name for i in ranker.get_inputs()}
     out: list[list[str]] = []
-    for vec, cands in zip(user_vecs, candidates, strict=True):
+    for vec, (cands, scores), n_hist in zip(user_vecs, recalled, history_lengths, strict=True):
         if not cands:
             out.append([])
             continue
-        items = item_vecs[[item_pos[c] for c in cands]]
-        users = np.repeat(vec[None, :], len(cands), axis=0).astype(np.float32)
-        scores = ranker.run(["score"], {"user": users, "item": items})[0]
-        order = np.argsort(-scores, kind="stable")
+        feed = {
+            "user": np.repeat(vec[None, :], len(cands), axis=0).astype(np.float32),
+            "item": item_vecs[[item_pos[c] for c in cands]],
+        }
+        if "features" in names:
+            pops = np.asarray([counts[c] for c in cands])
+            feed["features"] = candidate_features(np.asarray(scores), pops, n_hist)
+        ranked = ranker.run(["score"], feed)[0]
+        order = np.argsort(-ranked, kind="stable")
         out.append([cands[int(j)] for j in order])
     return out
+
+
+def per_user(
+    ranked_lists: Sequence[Sequence[str]], targets: Sequence[str | None], k: int, kind: str
+) -> np.ndarray:
+    """Per evaluated user: NDCG@k (``kind="ndcg"``) or Recall@k (``"recall"``) contribution."""
+    vals = []
+    for ranked, target in _pairs(ranked_lists, targets):
+        pos = hit_rank(ranked, target, k)
+        if pos is None:
+            vals.append(0.0)
+        else:
+            vals.append(1.0 / math.log2(pos + 2) if kind == "ndcg" else 1.0)
+    return np.asarray(vals, dtype=np.float64)
+
+
+def bootstrap_ci(values: np.ndarray, seed: int = 0, n: int = BOOTSTRAP) -> list[float]:
+    """95% percentile bootstrap interval of the mean over users."""
+    if len(values) == 0:
+        return [0.0, 0.0]
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, seed: int = 0, n: int = BOOTSTRAP
+) -> dict[str, Any]:
+    """Mean of ``a - b`` over the same users, its 95% bootstrap interval, and whether the
+    interval excludes 0 (``a`` better / worse) or not ("no difference")."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    lo, hi = bootstrap_ci(d, seed, n)
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no difference"
+    return {"mean": float(d.mean()) if len(d) else 0.0, "ci95": [lo, hi], "verdict": verdict}
+
+
+def with_intervals(
+    lists: Sequence[Sequence[str]], targets: Sequence[str | None], seed: int = 0
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """:func:`all_metrics` plus ``ci95`` for NDCG@10 and Recall@20; also the per-user
+    arrays, for paired comparisons."""
+    m: dict[str, Any] = dict(all_metrics(lists, targets))
+    arrays = {
+        "ndcg@10": per_user(lists, targets, 10, "ndcg"),
+        "recall@20": per_user(lists, targets, 20, "recall"),
+    }
+    m["ci95"] = {name: bootstrap_ci(v, seed) for name, v in arrays.items()}
+    return m, arrays
 
 
 def encode_texts(encoder: Any, texts: Sequence[str], dim: int) -> np.ndarray:
@@ -245,22 +353,48 @@ def evaluate_pipelines(
     index: Any | None,
     ranker: Any | None,
     rerank_n: int,
-) -> dict[str, dict[str, float]]:
-    """Metrics of ``exact`` (always), ``hnsw`` (with an index) and ``ranked`` (with both)."""
+    counts: Counter[str] | None = None,
+    per_user_out: dict[str, dict[str, np.ndarray]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metrics (with intervals) of ``exact`` (always), ``hnsw`` (with an index) and
+    ``ranked`` (with both; ``counts`` give the popularity feature). ``per_user_out``, when
+    given, receives each pipeline's per-user arrays (for paired comparisons)."""
     targets: list[str | None] = [c.target for c in cases]
     k = max(KS)
-    out = {"exact": all_metrics(exact_lists(user_vecs, item_vecs, cases, item_ids, k), targets)}
+    out: dict[str, dict[str, Any]] = {}
+    store = per_user_out if per_user_out is not None else {}
+    out["exact"], store["exact"] = with_intervals(
+        exact_lists(user_vecs, item_vecs, cases, item_ids, k), targets
+    )
     if index is not None:
         recalled = recall_lists(index, user_vecs, cases, item_ids, max(k, rerank_n))
-        out["hnsw"] = all_metrics(recalled, targets)
-        out["hnsw"][f"recall@{rerank_n}"] = recall_at_k(recalled, targets, rerank_n)
+        out["hnsw"], store["hnsw"] = with_intervals([ids for ids, _ in recalled], targets)
+        out["hnsw"][f"recall@{rerank_n}"] = recall_at_k(
+            [ids for ids, _ in recalled], targets, rerank_n
+        )
         if ranker is not None:
             item_pos = {i: n for n, i in enumerate(item_ids)}
-            reranked = rerank_lists(ranker, user_vecs, recalled, item_vecs, item_pos)
-            out["ranked"] = all_metrics(reranked, targets)
+            reranked = rerank_lists(
+                ranker,
+                user_vecs,
+                [(ids[:rerank_n], sc[:rerank_n]) for ids, sc in recalled],
+                item_vecs,
+                item_pos,
+                counts or Counter(),
+                [len(c.history) for c in cases],
+            )
+            out["ranked"], store["ranked"] = with_intervals(reranked, targets)
     return out
 
 
-def baseline_most_popular(split: Split, cases: Sequence[EvalCase], phase: str) -> dict[str, float]:
+def baseline_most_popular(
+    split: Split,
+    cases: Sequence[EvalCase],
+    phase: str,
+    per_user_out: dict[str, dict[str, np.ndarray]] | None = None,
+) -> dict[str, Any]:
     lists = most_popular_lists(split, cases, max(KS), phase)
-    return all_metrics(lists, [c.target for c in cases])
+    m, arrays = with_intervals(lists, [c.target for c in cases])
+    if per_user_out is not None:
+        per_user_out["most_popular"] = arrays
+    return m

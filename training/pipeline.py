@@ -1,9 +1,19 @@
-"""End to end: data -> fine-tuned encoder -> ONNX -> catalog vectors + HNSW -> ranker -> bundle.
+"""End to end: data -> encoder -> item vectors -> user tower -> ranker -> ONNX -> bundle.
 
-Every vector in the bundle is computed by the *serving* encoder
-(:class:`recstack.encoder.TextEncoder` over the exported ONNX model), not by torch, so the
-index holds exactly what the recall service would compute for the same texts; parity
-checks tie the ONNX models to the trained torch models (encoder 1e-4, ranker 1e-5).
+Model v2 (docs/model-quality.md):
+
+1. **Item vectors**: MiniLM (mean pooling) plus a linear projection head, over each item's
+   text; computed once per item (here for the catalog, by the recall service for upserts).
+2. **User tower** (:mod:`training.tower`): a small causal transformer over the vectors of
+   the user's recent items, trained jointly with the head by full-catalog softmax at every
+   position of every train sequence; early-stopped on validation NDCG@10.
+3. **Ranker** (:mod:`training.ranker`): listwise over recall's top-N candidates with side
+   features (:mod:`recstack.features`), at train positions the tower was not trained on.
+
+Every vector in the bundle is computed by the *serving* code (:class:`TextEncoder`,
+:class:`recstack.user_tower.UserTower` over the exported ONNX models), not by torch, so the
+index holds exactly what the recall service computes; parity checks tie each ONNX model
+to its torch model (encoder and tower 1e-4, ranker 1e-5).
 
 A bundle is assembled in ``out_root/.<version>.tmp``, sealed with
 :func:`recstack.bundle.write_manifest` (sha256 of every file), renamed to
@@ -17,6 +27,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -28,19 +39,24 @@ import numpy as np
 
 from recstack.bundle import Bundle, write_manifest
 from recstack.encoder import TextEncoder
+from recstack.features import RANKER_FEATURES, candidate_features
 from recstack.ort import SessionOptions, create_session
-from recstack.text import UserTextSpec
+from recstack.user_tower import UserTower
 from training.data import DataError, Dataset, Split, leave_last_out, load_dataset
 from training.ranker import (
+    FEATURES_INPUT,
     FUSION,
     INPUTS,
     OUTPUT,
     RankerConfig,
+    RankerLists,
     check_ranker_parity,
     export_ranker,
     train_ranker,
 )
+from training.tower import HISTORY_INPUT, MASK_INPUT, USER_OUTPUT, TowerConfig
 from training.two_tower import BASE_MODEL_NAME, TwoTowerConfig
+from training.user_text import UserTextSpec
 
 DIM = 384
 HNSW_M = 16
@@ -55,9 +71,8 @@ class Profile:
     """How much work a build does; ``tiny`` is for tests, ``quick`` for a few minutes' run."""
 
     name: str
-    # Optional transformer fine-tuning (in-batch InfoNCE); 0 steps keeps the base encoder.
-    # Measured on ML-100K: 40 steps moved NDCG@10 by +0.003 for 100 s of CPU, while the
-    # projection head below gains +0.06 in seconds, so quick/full spend their time there.
+    # Optional transformer fine-tuning before the tower (in-batch InfoNCE of a user text
+    # of recent titles against the next item's text); 0 steps keeps the base encoder.
     steps: int
     batch_size: int
     lr: float
@@ -67,29 +82,43 @@ class Profile:
     temperature: float = 0.05
     logq_correction: bool = True
     max_pairs_per_user: int | None = None
-    # Projection head (full-catalog softmax on cached encoder vectors).
-    head_epochs: int = 10
-    head_dim: int = DIM
-    head_temperature: float = 0.05
-    # Pull of the head toward the identity (HeadConfig.identity_decay). Measured on ML-100K
-    # quick (1e-4, 1e-3): no change in cold-item recall, slightly lower warm NDCG; off.
-    head_identity_decay: float = 0.0
-    # Training user texts: per user, ``anchors`` points counted back from the end of the
-    # train sequence in steps of ``horizon``; each has the next ``horizon`` items as
-    # positives (one encoder call yields several examples).
-    anchors: int = 4
-    horizon: int = 5
-    max_history: int = 10
-    ranker_epochs: int = 5
-    ranker_random_negatives: int = 4
-    # Hard negatives (sampled from the recall top-k) measured worse on ML-100K: the top-k of
-    # a history is full of items the user goes on to like (false negatives). Off by default.
-    ranker_hard_negatives: int = 0
-    ranker_hard_k: int = 20
+    max_history: int = 10  # titles in a fine-tuning user text
+    # User tower (training.tower.TowerConfig) + the encoder's projection head.
+    tower_max_len: int = 50
+    tower_d: int = 64
+    tower_layers: int = 2
+    tower_heads: int = 2
+    tower_dropout: float = 0.2
+    tower_epochs: int = 40
+    tower_batch: int = 256
+    tower_lr: float = 2e-3
+    tower_temperature: float = 1.0
+    tower_train_head: bool = True
+    tower_head_lr: float = 3e-4
+    validate_every: int = 5
+    # Ranker: trained on each user's last ``ranker_holdout`` train positions, which the
+    # tower is not trained to predict (their recall scores look like serving's).
+    ranker_holdout: int = 3
+    ranker_epochs: int = 10
     rerank_n: int = RERANK_N
     parity_texts: int = 16
     cold_fraction: float = 0.05
     int8: bool = False
+
+    def tower_config(self, epochs: int | None = None) -> TowerConfig:
+        return TowerConfig(
+            max_len=self.tower_max_len,
+            d_model=self.tower_d,
+            layers=self.tower_layers,
+            heads=self.tower_heads,
+            dropout=self.tower_dropout,
+            epochs=self.tower_epochs if epochs is None else epochs,
+            batch_size=self.tower_batch,
+            lr=self.tower_lr,
+            temperature=self.tower_temperature,
+            train_head=self.tower_train_head,
+            head_lr=self.tower_head_lr,
+        )
 
 
 PROFILES: dict[str, Profile] = {
@@ -102,17 +131,19 @@ PROFILES: dict[str, Profile] = {
         max_length=32,
         warmup_steps=0,
         freeze_layers=4,
-        head_epochs=3,
-        anchors=2,
-        horizon=2,
+        tower_max_len=8,
+        tower_d=32,
+        tower_layers=1,
+        tower_epochs=6,
+        tower_batch=32,
+        validate_every=3,
+        ranker_holdout=1,
         ranker_epochs=5,
-        ranker_hard_negatives=1,
-        ranker_hard_k=5,
         rerank_n=20,
         parity_texts=8,
         cold_fraction=0.1,
     ),
-    # ML-100K in a few minutes on 2 CPU cores: frozen base encoder + trained head + ranker.
+    # ML-100K in a few minutes on 2 CPU cores.
     "quick": Profile(
         "quick",
         steps=0,
@@ -121,14 +152,8 @@ PROFILES: dict[str, Profile] = {
         max_length=128,
         warmup_steps=4,
         freeze_layers=3,
-        # Chosen on validation (warm NDCG@10 and, on a second cold-item draw, cold-item
-        # Recall@20) among 3/4/5/7/10 epochs: 5 is best on both; 10 over-fits the head to
-        # the training items' texts (cold items fall from 0.110 to 0.055 Recall@20).
-        head_epochs=5,
-        anchors=4,
-        horizon=5,
     ),
-    # More training user texts (most of each history) and head epochs.
+    # Longer tower training and a larger ranker budget.
     "full": Profile(
         "full",
         steps=0,
@@ -137,10 +162,9 @@ PROFILES: dict[str, Profile] = {
         max_length=128,
         warmup_steps=100,
         freeze_layers=0,
-        head_epochs=12,
-        anchors=12,
-        horizon=5,
-        ranker_epochs=10,
+        tower_d=128,
+        tower_epochs=100,
+        ranker_epochs=20,
         parity_texts=64,
     ),
 }
@@ -168,10 +192,14 @@ class _Timer:
             print(f"[build] {name} done in {self.seconds[name]:.1f}s", flush=True)
 
 
-def _staging_bundle(root: Path, version: str, encoder_spec: dict[str, Any]) -> Bundle:
-    """An in-memory Bundle over the exported encoder, so TextEncoder can load it pre-seal."""
-    files: dict[str, dict[str, Any]] = {encoder_spec["model"]: {}, encoder_spec["tokenizer"]: {}}
-    return Bundle(root, {"version": version, "dim": DIM, "encoder": encoder_spec, "files": files})
+def _staging_bundle(root: Path, version: str, sections: dict[str, dict[str, Any]]) -> Bundle:
+    """An in-memory Bundle over exported files, so serving classes can load them pre-seal."""
+    files: dict[str, dict[str, Any]] = {}
+    for spec in sections.values():
+        for key in ("model", "tokenizer", "prior"):
+            if key in spec:
+                files[spec[key]] = {}
+    return Bundle(root, {"version": version, "dim": DIM, **sections, "files": files})
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -181,61 +209,73 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-@dataclass
-class Anchors:
-    """Training user texts: the history before an anchor point and the items that follow."""
-
-    texts: list[str]
-    histories: list[list[int]]
-    positives: list[list[int]]
-
-
-def _anchors(
-    dataset: Dataset, split: Split, spec: UserTextSpec, anchors: int, horizon: int
-) -> Anchors:
-    """Anchor t (counted back from the end in steps of ``horizon``) of each train sequence.
-
-    Gives the text of the history before t and, as positives, the next ``horizon`` train
-    items; validation and test items are never used.
-    """
-    titles = {it.id: it.title for it in dataset.items}
-    out = Anchors([], [], [])
+def _train_rows(dataset: Dataset, split: Split, holdout: int) -> list[list[int]]:
+    """Per user (sorted), the item rows the tower trains on: train minus the last
+    ``holdout`` items (kept for the ranker), when at least two remain."""
+    out = []
     for user in sorted(split.train):
-        seq = split.train[user]
-        for a in range(anchors):
-            t = len(seq) - horizon * (a + 1)
-            if t < 1:
-                break
-            history = seq[max(0, t - spec.max_history) : t][::-1]
-            out.texts.append(spec.build([titles[i] for i in history]))
-            out.histories.append([dataset.item_index[i] for i in history])
-            out.positives.append([dataset.item_index[i] for i in seq[t : t + horizon]])
+        seq = [dataset.item_index[i] for i in split.train[user]]
+        cut = seq[:-holdout] if holdout and len(seq) - holdout >= 2 else seq
+        out.append(cut)
     return out
 
 
-def _flatten(positives: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    users = np.asarray([u for u, pos in enumerate(positives) for _ in pos], dtype=np.int64)
-    items = np.asarray([i for pos in positives for i in pos], dtype=np.int64)
-    return users, items
+def _counts(split: Split, phase: str) -> Counter[str]:
+    """Interaction counts over every user's input history for ``phase``."""
+    counts: Counter[str] = Counter()
+    for user, seq in split.train.items():
+        counts.update(seq)
+        if phase == "test" and user in split.valid:
+            counts[split.valid[user]] += 1
+    return counts
 
 
-def _project(vecs: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    out = vecs @ weight
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+def _ranker_lists(
+    dataset: Dataset,
+    split: Split,
+    tower: UserTower,
+    item_vecs: np.ndarray,
+    index: Any,
+    prof: Profile,
+) -> tuple[RankerLists, int]:
+    """Listwise examples at each user's last ``ranker_holdout`` train positions.
 
+    History = the train items before the position; candidates = the HNSW top-N of the
+    served user vector with the history excluded (as recall serves them); features as the
+    gateway computes them. Returns the lists that contain their target, and how many
+    positions were tried.
+    """
+    from training import evaluate as ev
 
-def _hard_negatives(
-    index: Any, user_vecs: np.ndarray, positives: list[list[int]], k: int
-) -> np.ndarray:
-    """[M, k] recall candidates per user vector, its positives removed (padded by repeats)."""
-    labels, _ = index.knn_query(user_vecs, k=min(k + 10, index.get_current_count()))
-    rows = []
-    for row, pos in zip(labels, positives, strict=True):
-        own = set(pos)
-        cand = [int(j) for j in row if int(j) not in own][:k]
-        # A tiny catalog may have no candidate left: fall back to a random-ish item.
-        rows.append((cand * k)[:k] if cand else [(pos[0] + 1) % len(index.get_ids_list())] * k)
-    return np.asarray(rows, dtype=np.int64)
+    counts = _counts(split, "valid")
+    item_ids = [it.id for it in dataset.items]
+    cases = []
+    for user in sorted(split.train):
+        seq = split.train[user]
+        for t in range(max(1, len(seq) - prof.ranker_holdout), len(seq)):
+            cases.append(ev.EvalCase(user, list(seq[:t]), set(seq[:t]), seq[t]))
+    if not cases:
+        raise DataError("no ranker training positions (need users with 2+ train items)")
+    uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index)
+    recalled = ev.recall_lists(index, uv, cases, item_ids, prof.rerank_n)
+    users, cands, feats, target = [], [], [], []
+    for case, vec, (ids, scores) in zip(cases, uv, recalled, strict=True):
+        if case.target not in ids or len(ids) < prof.rerank_n:
+            continue
+        users.append(vec)
+        cands.append([dataset.item_index[i] for i in ids])
+        feats.append(
+            candidate_features(
+                np.asarray(scores), np.asarray([counts[i] for i in ids]), len(case.history)
+            )
+        )
+        target.append(ids.index(case.target))
+    if not users:
+        raise DataError("no ranker training list contains its target item")
+    lists = RankerLists(
+        np.stack(users), np.asarray(cands), np.stack(feats), np.asarray(target, np.int64)
+    )
+    return lists, len(cases)
 
 
 def build_bundle(
@@ -300,27 +340,27 @@ def _build_into(
         quantize_int8,
     )
     from training.report import cold_start, write_plots
-    from training.two_tower import (
-        HeadConfig,
-        build_pairs,
-        load_base,
-        seed_everything,
-        train_head,
-        train_two_tower,
+    from training.tower import (
+        check_tower_parity,
+        export_tower,
+        make_windows,
+        train_tower,
+        user_vectors,
     )
+    from training.two_tower import build_pairs, load_base, seed_everything, train_two_tower
 
     timer = _Timer(progress)
-    spec = UserTextSpec(max_history=prof.max_history)
     started = time.perf_counter()
     seed_everything(seed)
 
     with timer.stage("load_data"):
         dataset = load_dataset(data_dir, name=dataset_name)
         split = leave_last_out(dataset)
-        anchors = _anchors(dataset, split, spec, prof.anchors, prof.horizon)
-        if not anchors.texts:
+        tower_rows = _train_rows(dataset, split, prof.ranker_holdout)
+        windows = make_windows(tower_rows, prof.tower_max_len)
+        if not len(windows.inputs):
             raise DataError(
-                f"{data_dir}: no training examples (need users with at least 2 train "
+                f"{data_dir}: no training sequences (need users with at least 2 train "
                 "interactions before their held-out items)"
             )
     item_ids = [it.id for it in dataset.items]
@@ -328,7 +368,9 @@ def _build_into(
     tt_losses: list[float] = []
     if prof.steps > 0:
         with timer.stage("fine_tune", f"{prof.steps} steps x {prof.batch_size} pairs"):
-            pairs = build_pairs(dataset, split, spec, prof.max_pairs_per_user)
+            pairs = build_pairs(
+                dataset, split, UserTextSpec(max_history=prof.max_history), prof.max_pairs_per_user
+            )
             if len(pairs) < 2:
                 raise DataError(f"{data_dir}: only {len(pairs)} training pairs")
             tt_config = TwoTowerConfig(
@@ -355,36 +397,50 @@ def _build_into(
         "base_model": BASE_MODEL_NAME,
         "output": "last_hidden_state",
     }
+    user_spec: dict[str, Any] = {
+        "model": "user/tower.onnx",
+        "prior": "user/prior.npy",
+        "inputs": [HISTORY_INPUT, MASK_INPUT],
+        "output": USER_OUTPUT,
+        "max_len": prof.tower_max_len,
+        "d_model": prof.tower_d,
+        "layers": prof.tower_layers,
+    }
     ort_options = SessionOptions(device="cpu", intra_op_threads=os.cpu_count() or 1)
     body_dir = work.parent / f"{work.name}.body"
     shutil.rmtree(body_dir, ignore_errors=True)
+    valid_cases = ev.eval_cases(dataset, split, "valid")
+    valid_targets: list[str | None] = [c.target for c in valid_cases]
+    valid_rows = [[dataset.item_index[i] for i in c.history] for c in valid_cases]
     try:
         with timer.stage("export_body", "optimum ONNX export of the transformer"):
             export_encoder(model, tokenizer, body_dir / "encoder")
-            body = TextEncoder(_staging_bundle(body_dir, version, encoder_spec), ort_options)
-        with timer.stage("encode_train", f"{len(anchors.texts)} user texts + catalog"):
-            body_items = ev.encode_texts(body, [it.text for it in dataset.items], DIM)
-            body_anchors = ev.encode_texts(body, anchors.texts, DIM)
-        zero_shot: dict[str, Any] = {}
-        if prof.steps == 0:
-            # The body is the untrained encoder: the zero-shot baseline, through ONNX.
-            with timer.stage("zero_shot", "baseline with the untrained encoder"):
-                for phase in ("valid", "test"):
-                    cases = ev.eval_cases(dataset, split, spec, phase)
-                    uv = ev.encode_texts(body, [c.text for c in cases], DIM)
-                    zero_shot[phase] = ev.evaluate_pipelines(
-                        cases, uv, item_ids, body_items, None, None, prof.rerank_n
-                    )["exact"]
-
-        with timer.stage("train_head", f"{prof.head_epochs} epochs, full-catalog softmax"):
-            head_config = HeadConfig(
-                epochs=prof.head_epochs,
-                temperature=prof.head_temperature,
-                out_dim=prof.head_dim,
-                identity_decay=prof.head_identity_decay,
+            body = TextEncoder(
+                _staging_bundle(body_dir, version, {"encoder": encoder_spec}), ort_options
             )
-            a_users, a_pos = _flatten(anchors.positives)
-            head = train_head(body_anchors, a_users, a_pos, body_items, head_config, seed)
+        with timer.stage("encode_items", f"{len(dataset.items)} item texts, encoder body"):
+            body_items = ev.encode_texts(body, [it.text for it in dataset.items], DIM)
+
+        def validate(tower_model: Any, vecs: np.ndarray) -> float:
+            uv = user_vectors(tower_model, valid_rows, vecs)
+            lists = ev.exact_lists(uv, vecs, valid_cases, item_ids, 10)
+            return ev.ndcg_at_k(lists, valid_targets, 10)
+
+        tower_config = prof.tower_config()
+        with timer.stage(
+            "train_tower",
+            f"{tower_config.epochs} epochs over {len(windows.inputs)} sequences, "
+            "full-catalog softmax at every position",
+        ):
+            tw = train_tower(
+                body_items,
+                windows,
+                tower_config,
+                seed=seed,
+                validate=validate,
+                validate_every=prof.validate_every,
+                progress=progress,
+            )
 
         with timer.stage("export_encoder", "head appended + parity check"):
             (work / "encoder").mkdir()
@@ -392,12 +448,13 @@ def _build_into(
             shutil.copyfile(
                 body_dir / "encoder" / "tokenizer.json", work / "encoder" / "tokenizer.json"
             )
-            append_head(work / "encoder" / "model.onnx", head.weight)
-            encoder = TextEncoder(_staging_bundle(work, version, encoder_spec), ort_options)
-            sample = [it.text for it in dataset.items[: prof.parity_texts // 2]]
-            sample += anchors.texts[: prof.parity_texts - len(sample)]
+            append_head(work / "encoder" / "model.onnx", tw.head)
+            encoder = TextEncoder(
+                _staging_bundle(work, version, {"encoder": encoder_spec}), ort_options
+            )
+            sample = [it.text for it in dataset.items[: prof.parity_texts]]
             encoder_diff = check_encoder_parity(
-                model, tokenizer, encoder, sample, prof.max_length, head=head.weight
+                model, tokenizer, encoder, sample, prof.max_length, head=tw.head
             )
 
         with timer.stage("encode_catalog", f"{len(dataset.items)} items, serving encoder"):
@@ -412,8 +469,18 @@ def _build_into(
                 ],
             )
 
+        with timer.stage("export_tower", "torch.onnx + parity check + prior"):
+            export_tower(tw.model, work / user_spec["model"])
+            sample_rows = valid_rows[: max(prof.parity_texts, 2)]
+            tower_diff = check_tower_parity(
+                tw.model, work / user_spec["model"], item_vecs, sample_rows
+            )
+            prior = user_vectors(tw.model, [r for r in tower_rows if r], item_vecs).mean(axis=0)
+            np.save(work / user_spec["prior"], prior.astype(np.float32), allow_pickle=False)
+            tower = UserTower(_staging_bundle(work, version, {"user": user_spec}), ort_options)
+
         with timer.stage("build_index", "HNSW"):
-            index = hnswlib.Index(space="ip", dim=prof.head_dim)
+            index = hnswlib.Index(space="ip", dim=DIM)
             index.init_index(
                 max_elements=len(item_vecs),
                 M=HNSW_M,
@@ -428,65 +495,62 @@ def _build_into(
             (work / "index").mkdir()
             index.save_index(str(work / "index" / "hnsw.bin"))
 
-        with timer.stage("ranker", "train + ONNX export + parity check"):
+        with timer.stage("ranker", "lists from recall's top-N, train + ONNX export + parity"):
             seed_everything(seed)
-            # Same vectors the served encoder gives (parity above), without re-encoding.
-            user_vecs = _project(body_anchors, head.weight)
-            hard = (
-                _hard_negatives(index, user_vecs, anchors.positives, prof.ranker_hard_k)
-                if prof.ranker_hard_negatives and prof.ranker_hard_k
-                else None
-            )
-            r_config = RankerConfig(
-                epochs=prof.ranker_epochs,
-                random_negatives=prof.ranker_random_negatives,
-                hard_negatives=prof.ranker_hard_negatives,
-            )
-            rk = train_ranker(
-                user_vecs,
-                a_users,
-                a_pos,
-                item_vecs,
-                r_config,
-                seed=seed,
-                hard=hard,
-                progress=progress,
-            )
-            ranker_path = export_ranker(rk.model, work / "ranker" / "model.onnx", prof.head_dim)
-            ranker_diff = check_ranker_parity(rk.model, ranker_path, prof.head_dim, seed=seed)
+            lists, positions = _ranker_lists(dataset, split, tower, item_vecs, index, prof)
+            r_config = RankerConfig(epochs=prof.ranker_epochs)
+            rk = train_ranker(lists, item_vecs, r_config, seed=seed, progress=progress)
+            ranker_path = export_ranker(rk.model, work / "ranker" / "model.onnx", DIM)
+            ranker_diff = check_ranker_parity(rk.model, ranker_path, DIM, seed=seed)
 
         results: dict[str, Any] = {}
-        served_user_vecs: dict[str, np.ndarray] = {}
-        with timer.stage("evaluate", "ONNX encoder + HNSW + ONNX ranker, valid and test"):
+        with timer.stage("evaluate", "ONNX tower + HNSW + ONNX ranker, valid and test"):
             ranker_session, _ = create_session(ranker_path, ort_options)
             for phase in ("valid", "test"):
-                cases = ev.eval_cases(dataset, split, spec, phase)
-                uv = ev.encode_texts(encoder, [c.text for c in cases], DIM)
-                served_user_vecs[phase] = uv
+                cases = ev.eval_cases(dataset, split, phase)
+                uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index)
+                arrays: dict[str, dict[str, np.ndarray]] = {}
                 res: dict[str, Any] = ev.evaluate_pipelines(
-                    cases, uv, item_ids, item_vecs, index, ranker_session, prof.rerank_n
+                    cases,
+                    uv,
+                    item_ids,
+                    item_vecs,
+                    index,
+                    ranker_session,
+                    prof.rerank_n,
+                    ev.input_counts(split, phase),
+                    arrays,
                 )
-                res["most_popular"] = ev.baseline_most_popular(split, cases, phase)
-                if phase in zero_shot:
-                    res["zero_shot"] = zero_shot[phase]
+                res["most_popular"] = ev.baseline_most_popular(split, cases, phase, arrays)
+                zs = ev.mean_vectors(cases, body_items, dataset.item_index)
+                res["zero_shot"], arrays["zero_shot"] = ev.with_intervals(
+                    ev.exact_lists(zs, body_items, cases, item_ids, 20),
+                    [c.target for c in cases],
+                )
                 res["users"] = len(cases)
+                res["paired"] = {
+                    f"ranked_vs_{other}": {
+                        m: ev.paired_difference(arrays["ranked"][m], arrays[other][m])
+                        for m in ("ndcg@10", "recall@20")
+                    }
+                    for other in ("hnsw", "most_popular", "zero_shot")
+                }
                 results[phase] = res
 
-        with timer.stage("cold_start", "held-out items re-trained head, query-only users"):
+        with timer.stage("cold_start", "held-out items: tower re-trained without them"):
             cold = cold_start(
                 dataset,
                 split,
-                spec,
-                anchors,
-                body_anchors,
+                prof,
                 body_items,
-                body,
-                head.weight,
                 encoder,
                 item_vecs,
-                head_config,
-                prof.cold_fraction,
+                tower,
+                index,
+                ranker_session,
+                tw.best_epoch,
                 seed,
+                progress,
             )
 
         int8_report: dict[str, Any] | None = None
@@ -495,7 +559,7 @@ def _build_into(
                 quantize_int8(work / "encoder" / "model.onnx", work / "encoder" / "model.int8.onnx")
                 encoder_spec["int8_model"] = "encoder/model.int8.onnx"
                 int8_report = _int8_report(
-                    work, version, encoder_spec, encoder, dataset, split, spec, ort_options
+                    work, version, encoder_spec, encoder, dataset, split, tower, ort_options
                 )
     finally:
         shutil.rmtree(body_dir, ignore_errors=True)
@@ -508,61 +572,60 @@ def _build_into(
 
     test = results["test"]
     metrics = {
-        # Served path (b) on the test split, plus the headline comparisons.
+        # Served path on the test split, plus the headline comparisons.
         f"recall@{EVAL_K}": test["hnsw"]["recall@10"],
         f"ndcg@{EVAL_K}": test["hnsw"]["ndcg@10"],
         f"ranked_recall@{EVAL_K}": test["ranked"]["recall@10"],
         f"ranked_ndcg@{EVAL_K}": test["ranked"]["ndcg@10"],
+        "ranked_ndcg@10_ci95": test["ranked"]["ci95"]["ndcg@10"],
         "ranked_recall@20": test["ranked"]["recall@20"],
         "most_popular": {k: test["most_popular"][k] for k in ("recall@10", "ndcg@10", "recall@20")},
+        "zero_shot": {k: test["zero_shot"][k] for k in ("recall@10", "ndcg@10", "recall@20")},
         "eval_users": test["users"],
     }
-    if "zero_shot" in test:
-        metrics["zero_shot"] = {
-            k: test["zero_shot"][k] for k in ("recall@10", "ndcg@10", "recall@20")
-        }
     training = {
         "profile": prof.name,
         "seed": seed,
         "steps": prof.steps,
-        "head_epochs": prof.head_epochs,
-        "head_dim": prof.head_dim,
-        "head_temperature": prof.head_temperature,
-        "head_final_loss": round(head.losses[-1], 4) if head.losses else None,
-        "anchors": len(anchors.texts),
-        "examples": len(a_pos),
-        "max_length": prof.max_length,
-        "max_history": prof.max_history,
+        "tower": asdict(tower_config),
+        "tower_best_epoch": tw.best_epoch,
+        "tower_valid_curve": tw.valid_curve,
+        "tower_final_loss": round(tw.losses[-1], 4) if tw.losses else None,
+        "tower_sequences": len(windows.inputs),
         "ranker_epochs": prof.ranker_epochs,
         "ranker_final_loss": round(rk.losses[-1], 4) if rk.losses else None,
-        "ranker_negatives": {
-            "random": r_config.random_negatives,
-            "hard": r_config.hard_negatives if hard is not None else 0,
-            "hard_from_top_k": prof.ranker_hard_k,
-        },
+        "ranker_lists": rk.lists,
+        "ranker_positions": positions,
+        "ranker_holdout": prof.ranker_holdout,
         "rerank_n": prof.rerank_n,
-        "parity": {"encoder_max_abs_diff": encoder_diff, "ranker_max_abs_diff": ranker_diff},
+        "max_length": prof.max_length,
+        "parity": {
+            "encoder_max_abs_diff": encoder_diff,
+            "tower_max_abs_diff": tower_diff,
+            "ranker_max_abs_diff": ranker_diff,
+        },
         "seconds": {**timer.seconds, "total": round(time.perf_counter() - started, 2)},
     }
     report = {
         "version": version,
         "protocol": (
             "leave-last-out by time (RecBole LS+TO), full-catalog ranking excluding the "
-            "input history (valid: train items; test: train+valid items)"
+            "input history (valid: train items; test: train+valid items); 95% bootstrap "
+            "intervals over users"
         ),
         "results": results,
         "cold_start": cold,
         "int8": int8_report,
         "training": training,
         "profile": asdict(prof),
-        "losses": {"two_tower": tt_losses, "head": head.losses, "ranker": rk.losses},
+        "losses": {"two_tower": tt_losses, "tower": tw.losses, "ranker": rk.losses},
     }
     write_plots(work / "report", report)
     (work / "report" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
     manifest: dict[str, Any] = {
         "version": version,
-        "dim": prof.head_dim,
+        "dim": DIM,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "dataset": {
             "name": dataset.name,
@@ -572,11 +635,14 @@ def _build_into(
             "fingerprint": dataset.fingerprint,
         },
         "encoder": encoder_spec,
+        "user": user_spec,
         "ranker": {
             "model": "ranker/model.onnx",
             "inputs": list(INPUTS),
             "output": OUTPUT,
             "fusion": list(FUSION),
+            "side_features": list(RANKER_FEATURES),
+            "features_input": FEATURES_INPUT,
         },
         "items": {
             "catalog": "items/catalog.jsonl",
@@ -592,7 +658,6 @@ def _build_into(
             "count": len(dataset.items),
         },
         "users": {"history": "users/history.jsonl", "count": len(histories)},
-        "user_text": spec.to_dict(),
         "training": training,
         "metrics": metrics,
     }
@@ -608,42 +673,42 @@ def _int8_report(
     fp32: TextEncoder,
     dataset: Dataset,
     split: Split,
-    spec: UserTextSpec,
+    tower: UserTower,
     ort_options: SessionOptions,
 ) -> dict[str, Any]:
-    """Exact-search test metrics and encode time of int8 vs fp32, measured in one run."""
+    """Exact-search test metrics (item vectors from each encoder, the same tower) and
+    encode time of int8 vs fp32, measured in one run."""
     from training import evaluate as ev
 
     int8_spec = {**encoder_spec, "model": encoder_spec["int8_model"]}
-    int8 = TextEncoder(_staging_bundle(work, version, int8_spec), ort_options)
-    cases = ev.eval_cases(dataset, split, spec, "test")
-    texts = [c.text for c in cases]
-    item_texts = [it.text for it in dataset.items]
+    int8 = TextEncoder(_staging_bundle(work, version, {"encoder": int8_spec}), ort_options)
+    cases = ev.eval_cases(dataset, split, "test")
+    targets: list[str | None] = [c.target for c in cases]
+    texts = [it.text for it in dataset.items]
     item_ids = [it.id for it in dataset.items]
     out: dict[str, Any] = {}
     for name, enc in (("fp32", fp32), ("int8", int8)):
         enc.encode(texts[:8])  # warm-up
         t0 = time.perf_counter()
-        uv = ev.encode_texts(enc, texts, DIM)
+        iv = ev.encode_texts(enc, texts, DIM)
         seconds = time.perf_counter() - t0
-        iv = ev.encode_texts(enc, item_texts, DIM)
         one = [time.perf_counter()]
         for text in texts[:50]:
             enc.encode([text])
             one.append(time.perf_counter())
-        m = ev.evaluate_pipelines(cases, uv, item_ids, iv, None, None, 0)["exact"]
+        uv = ev.user_vectors(tower, cases, iv, dataset.item_index)
+        m = ev.all_metrics(ev.exact_lists(uv, iv, cases, item_ids, 20), targets)
         out[name] = {
-            "user_texts_per_s": round(len(texts) / seconds, 1),
+            "item_texts_per_s": round(len(texts) / seconds, 1),
             "single_text_ms": round(1000 * float(np.median(np.diff(one))), 2),
             **m,
         }
         if name == "fp32":
-            ref_u, ref_i = uv, iv
+            ref_i = iv
         else:
-            out["max_abs_diff_users"] = float(np.max(np.abs(uv - ref_u)))
             out["max_abs_diff_items"] = float(np.max(np.abs(iv - ref_i)))
     f32, i8 = out["fp32"], out["int8"]
-    out["speedup_batch"] = round(i8["user_texts_per_s"] / f32["user_texts_per_s"], 2)
+    out["speedup_batch"] = round(i8["item_texts_per_s"] / f32["item_texts_per_s"], 2)
     out["speedup_single"] = round(f32["single_text_ms"] / i8["single_text_ms"], 2)
     out["ndcg@10_change"] = i8["ndcg@10"] - f32["ndcg@10"]
     out["bytes"] = {

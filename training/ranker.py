@@ -1,14 +1,20 @@
-"""The second-stage ranker: an MLP over fused (user, item) vectors, exported to ONNX.
+"""The second-stage ranker: an MLP over fused (user, item) vectors and side features.
 
-The rank service is stateless and receives only the user vector and candidate vectors, so
-the ranker sees exactly those: ``user[N, dim]`` and ``item[N, dim]`` (float32) and returns a
-logit ``score[N]``. The fusion ``concat(user, item, user*item, |user-item|)`` lives inside
-the model (and the exported graph), so callers never re-implement it.
+The rank service is stateless and receives the user vector, the candidate vectors and, per
+candidate, the side features named in :data:`recstack.features.RANKER_FEATURES` (computed
+by the gateway from recall's answer, the bundle's item statistics and the user's history):
+``user[N, dim]``, ``item[N, dim]``, ``features[N, F]`` (float32) -> logit ``score[N]``.
+The fusion ``concat(user, item, user*item, |user-item|)`` and the standardisation of the
+features live inside the model (and the exported graph), so callers never re-implement
+them.
 
-Training examples come from the train split only: the user vector is the serving encoder's
-vector of the history text before a train position, the positive is the item at that
-position, negatives are uniform random items plus (optionally) hard negatives from the
-recall top-k. Loss: binary cross-entropy.
+Training is **listwise on recall's own candidates**, i.e. on what the ranker sees when
+serving: for a history before a held-out train position, the candidates are the HNSW
+top-N (history excluded) of the user tower's vector, and the loss is the softmax
+cross-entropy of the item that came next among them (lists that do not contain it teach
+nothing and are skipped). The positions used are ones the tower was *not* trained to
+predict (``Profile.ranker_holdout``), so recall scores have their serving-time
+distribution rather than the over-confident one of training data.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -27,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 INPUTS = ("user", "item")
+FEATURES_INPUT = "features"
 OUTPUT = "score"
 FUSION = ("concat", "product", "absdiff")
 OPSET = 17
@@ -37,123 +43,133 @@ class RankerParityError(RuntimeError):
 
 
 class FusionRanker(nn.Module):
-    """score = MLP(LayerNorm(concat(user, item, user*item, |user-item|))), one logit per row."""
+    """score = MLP(LayerNorm(concat(u, i, u*i, |u-i|)) ++ standardised features)."""
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (256, 64), dropout: float = 0.1) -> None:
+    f_mean: torch.Tensor
+    f_std: torch.Tensor
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: tuple[int, ...] = (256, 64),
+        dropout: float = 0.1,
+        features: int = 0,
+    ) -> None:
         super().__init__()
+        self.features = features
         # Unit vectors have entries near 1/sqrt(dim) and products near 1/dim: the LayerNorm
         # puts the fused features on a common scale so the MLP trains in a few epochs.
-        layers: list[nn.Module] = [nn.LayerNorm(4 * dim)]
-        width = 4 * dim
+        self.norm = nn.LayerNorm(4 * dim)
+        # Side features are standardised with the training set's mean/std (buffers, so
+        # they are part of the exported graph).
+        self.register_buffer("f_mean", torch.zeros(features))
+        self.register_buffer("f_std", torch.ones(features))
+        layers: list[nn.Module] = []
+        width = 4 * dim + features
         for h in hidden:
             layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
             width = h
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-        fused = torch.cat([user, item, user * item, (user - item).abs()], dim=-1)
+    def forward(
+        self, user: torch.Tensor, item: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        fused = self.norm(torch.cat([user, item, user * item, (user - item).abs()], dim=-1))
+        if self.features:
+            assert features is not None
+            fused = torch.cat([fused, (features - self.f_mean) / self.f_std], dim=-1)
         return self.mlp(fused).squeeze(-1)
 
 
 @dataclass
 class RankerConfig:
     epochs: int
-    batch_size: int = 256
+    batch_size: int = 64  # lists per step
     lr: float = 1e-3
-    random_negatives: int = 4
-    hard_negatives: int = 2
     hidden: tuple[int, ...] = (256, 64)
     weight_decay: float = 1e-4
+    dropout: float = 0.1
+
+
+@dataclass
+class RankerLists:
+    """Training lists: a user vector, its N candidates, their features and the target."""
+
+    users: np.ndarray  # [M, dim]
+    candidates: np.ndarray  # [M, N] item rows
+    features: np.ndarray  # [M, N, F]
+    target: np.ndarray  # [M] position of the next item within the list
 
 
 @dataclass
 class RankerResult:
     model: FusionRanker
     losses: list[float] = field(default_factory=list)
-    examples: int = 0
+    lists: int = 0
     seconds: float = 0.0
 
 
-def _negatives(
-    rng: np.random.Generator,
-    users: npt.NDArray[np.int64],
-    positives: npt.NDArray[np.int64],
-    n_items: int,
-    hard: npt.NDArray[np.int64] | None,
-    config: RankerConfig,
-) -> np.ndarray:
-    """[E, k] negative item indices: uniform draws plus draws from the user's hard list.
-
-    A uniform draw equal to the positive is shifted by one (mod n_items), so it is never the
-    positive; hard lists already exclude all of their user's positives.
-    """
-    m = len(positives)
-    rand = rng.integers(0, n_items, size=(m, config.random_negatives))
-    clash = rand == positives[:, None]
-    rand[clash] = (rand[clash] + 1) % n_items
-    cols = [rand]
-    if hard is not None and hard.shape[1] > 0 and config.hard_negatives > 0:
-        pick = rng.integers(0, hard.shape[1], size=(m, config.hard_negatives))
-        cols.append(np.take_along_axis(hard[users], pick, axis=1))
-    return np.concatenate(cols, axis=1)
-
-
 def train_ranker(
-    user_vecs: np.ndarray,
-    users: npt.NDArray[np.int64],
-    positives: npt.NDArray[np.int64],
+    lists: RankerLists,
     item_vecs: np.ndarray,
     config: RankerConfig,
     seed: int,
-    hard: npt.NDArray[np.int64] | None = None,
     progress: bool = True,
 ) -> RankerResult:
-    """Train on examples (user_vecs[users[e]], item_vecs[positives[e]]) vs sampled negatives.
-
-    Several examples may share one user vector (a history followed by several items).
-    ``hard``: optional [len(user_vecs), h] recall candidates per user vector, none of them a
-    positive of that user vector, sampled as hard negatives.
-    """
+    """Listwise softmax cross-entropy of the target among each list's candidates."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    n_items, dim = item_vecs.shape
-    user_t = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
-    item_t = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32))
-    model = FusionRanker(dim, config.hidden)
+    m, n = lists.candidates.shape
+    f = lists.features.shape[2]
+    dim = item_vecs.shape[1]
+    model = FusionRanker(dim, config.hidden, config.dropout, features=f)
+    if f:
+        flat = lists.features.reshape(-1, f)
+        model.f_mean.copy_(torch.from_numpy(flat.mean(axis=0).astype(np.float32)))
+        std = flat.std(axis=0)
+        # A (near-)constant feature carries no signal: scale 1 rather than blow it up.
+        model.f_std.copy_(torch.from_numpy(np.where(std < 1e-3, 1.0, std).astype(np.float32)))
+    users = torch.from_numpy(np.ascontiguousarray(lists.users, dtype=np.float32))
+    items = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32))
+    cands = torch.from_numpy(lists.candidates.astype(np.int64))
+    feats = torch.from_numpy(np.ascontiguousarray(lists.features, dtype=np.float32))
+    target = torch.from_numpy(lists.target.astype(np.int64))
     optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    result = RankerResult(model, examples=len(positives))
+    result = RankerResult(model, lists=m)
     start = time.perf_counter()
     model.train()
     for _ in tqdm(range(config.epochs), desc="ranker", disable=not progress, unit="epoch"):
-        neg = _negatives(rng, users, positives, n_items, hard, config)
-        k = neg.shape[1]
-        # Rows: each example once with its positive and k times with a negative.
-        u_idx = np.repeat(users, 1 + k)
-        i_idx = np.concatenate([positives[:, None], neg], axis=1).reshape(-1)
-        labels = np.tile(np.r_[1.0, np.zeros(k)], len(positives)).astype(np.float32)
-        perm = rng.permutation(len(u_idx))
-        epoch_loss, batches = 0.0, 0
-        for s in range(0, len(perm), config.batch_size):
+        perm = torch.from_numpy(rng.permutation(m))
+        total, batches = 0.0, 0
+        for s in range(0, m, config.batch_size):
             b = perm[s : s + config.batch_size]
-            logits = model(user_t[u_idx[b]], item_t[i_idx[b]])
-            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels[b]))
+            u = users[b][:, None, :].expand(-1, n, -1).reshape(-1, dim)
+            i = items[cands[b].reshape(-1)]
+            logits = model(u, i, feats[b].reshape(-1, f) if f else None).reshape(len(b), n)
+            loss = F.cross_entropy(logits, target[b])
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            epoch_loss += float(loss.detach())
+            total += float(loss.detach())
             batches += 1
-        result.losses.append(epoch_loss / max(1, batches))
+        result.losses.append(total / max(1, batches))
     model.eval()
     result.seconds = time.perf_counter() - start
     return result
 
 
+def _names(model: FusionRanker) -> list[str]:
+    return [*INPUTS, FEATURES_INPUT] if model.features else list(INPUTS)
+
+
 def export_ranker(model: FusionRanker, path: Path, dim: int) -> Path:
-    """Export to a single-file ONNX model with inputs user/item and output score."""
+    """Export to a single-file ONNX model: inputs user/item(/features), output score."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    example = (torch.randn(3, dim), torch.randn(3, dim))
+    example: tuple[torch.Tensor, ...] = (torch.randn(3, dim), torch.randn(3, dim))
+    if model.features:
+        example += (torch.randn(3, model.features),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The TorchScript exporter writes one self-contained file with the requested names
@@ -162,9 +178,9 @@ def export_ranker(model: FusionRanker, path: Path, dim: int) -> Path:
             model,
             example,
             str(path),
-            input_names=list(INPUTS),
+            input_names=_names(model),
             output_names=[OUTPUT],
-            dynamic_axes={"user": {0: "n"}, "item": {0: "n"}, "score": {0: "n"}},
+            dynamic_axes={name: {0: "n"} for name in [*_names(model), OUTPUT]},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -183,14 +199,22 @@ def check_ranker_parity(
     item = rng.standard_normal((n, dim)).astype(np.float32)
     user /= np.linalg.norm(user, axis=1, keepdims=True)
     item /= np.linalg.norm(item, axis=1, keepdims=True)
+    feats = (rng.standard_normal((n, model.features)) * 2).astype(np.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    if names != list(INPUTS) or [o.name for o in sess.get_outputs()] != [OUTPUT]:
-        raise RankerParityError(f"ranker ONNX has inputs {names}, expected {list(INPUTS)}")
-    got = sess.run([OUTPUT], {"user": user, "item": item})[0]
+    if names != _names(model) or [o.name for o in sess.get_outputs()] != [OUTPUT]:
+        raise RankerParityError(f"ranker ONNX has inputs {names}, expected {_names(model)}")
+    feed = {"user": user, "item": item}
+    if model.features:
+        feed[FEATURES_INPUT] = feats
+    got = sess.run([OUTPUT], feed)[0]
     model.eval()
     with torch.no_grad():
-        want = model(torch.from_numpy(user), torch.from_numpy(item)).numpy()
+        want = model(
+            torch.from_numpy(user),
+            torch.from_numpy(item),
+            torch.from_numpy(feats) if model.features else None,
+        ).numpy()
     if got.shape != want.shape:
         raise RankerParityError(f"ranker ONNX output shape {got.shape}, torch {want.shape}")
     diff = float(np.max(np.abs(got - want)))

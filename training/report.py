@@ -2,18 +2,19 @@
 
 Cold items: a seeded ``fraction`` of the items that some user holds out (validation or
 test), so that there are users who "later interacted with them". Every interaction with
-them is removed from training: anchors whose history or positives contain one are
-dropped, and the projection head is re-trained on what is left, with the cold items left
-out of the softmax's catalog (they are unknown then; the transformer itself is
-the untrained base model in the quick/full profiles, so it never saw an interaction).
-The items then enter the catalog by their text alone; for each held-out event on a cold
-item the user's history text ranks the full catalog (input history excluded) and we count
-Recall@20 of that item, next to the random expectation ``20 / (catalog - history)`` and to
-the same events under the warm model (trained with those items).
+them is removed from the tower's training sequences, they are left out of its softmax's
+catalog (unknown then: neither positives nor negatives), and the tower and head are
+re-trained on what is left for the warm model's chosen number of epochs. The items then
+enter the catalog by their text alone (the cold model's encoder head over their text);
+for each held-out event on a cold item the cold model's user vector ranks the full catalog
+(input history excluded) and we count Recall@20 of that item, next to the random
+expectation ``20 / (catalog - history)`` and to the same events under the warm model.
 
 Query-only users: every test user is served as if new, from a short query made of the
 genre they watched most in train (``metadata.genres`` or ``metadata.topic``), with nothing
-excluded; Recall@20 / NDCG@10 of their test item vs most-popular and random.
+excluded. The served path: the query's encoder vector is the tower's only slot, HNSW top-N,
+then the ranker (history length 0); Recall@20 / NDCG@10 of their test item vs
+most-popular and random.
 """
 
 from __future__ import annotations
@@ -26,14 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from recstack.text import UserTextSpec
 from training import evaluate as ev
 from training.data import Dataset, Split
-
-
-def _project(vecs: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    out = vecs @ weight
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _genres(meta: dict[str, Any]) -> list[str]:
@@ -47,87 +42,77 @@ def _genres(meta: dict[str, Any]) -> list[str]:
 def cold_start(
     dataset: Dataset,
     split: Split,
-    spec: UserTextSpec,
-    anchors: Any,
-    body_anchors: np.ndarray,
+    prof: Any,
     body_items: np.ndarray,
-    body_encoder: Any,
-    warm_weight: np.ndarray,
     served_encoder: Any,
     served_items: np.ndarray,
-    head_config: Any,
-    fraction: float,
+    tower: Any,
+    index: Any,
+    ranker: Any,
+    epochs: int,
     seed: int,
+    progress: bool = False,
     k: int = 20,
 ) -> dict[str, Any]:
-    from training.two_tower import train_head
+    from training.pipeline import _train_rows
+    from training.tower import make_windows, train_tower, user_vectors
 
     item_ids = [it.id for it in dataset.items]
     n = len(item_ids)
-    titles = {it.id: it.title for it in dataset.items}
     held = sorted({*split.valid.values(), *split.test.values()})
     rng = random.Random(seed)
-    n_cold = max(1, round(fraction * n))
+    n_cold = max(1, round(prof.cold_fraction * n))
     cold_ids = set(rng.sample(held, min(n_cold, len(held))))
     cold_idx = {dataset.item_index[i] for i in cold_ids}
 
-    keep_u: list[int] = []
-    keep_p: list[int] = []
-    for a, (hist, pos) in enumerate(zip(anchors.histories, anchors.positives, strict=True)):
-        if cold_idx.intersection(hist):
-            continue
-        for p in pos:
-            if p not in cold_idx:
-                keep_u.append(a)
-                keep_p.append(p)
-    # The cold items do not exist at training time: they are neither positives nor
-    # negatives of the softmax (otherwise it learns to push exactly those items down).
+    rows = [
+        [r for r in seq if r not in cold_idx]
+        for seq in _train_rows(dataset, split, prof.ranker_holdout)
+    ]
+    windows = make_windows(rows, prof.tower_max_len)
     catalog = np.asarray([j for j in range(n) if j not in cold_idx], dtype=np.int64)
-    head = train_head(
-        body_anchors,
-        np.asarray(keep_u),
-        np.asarray(keep_p),
-        body_items,
-        head_config,
-        seed,
-        catalog=catalog,
-    )
-    cold_items = _project(body_items, head.weight)
-
-    # Held-out events on cold items: (history before it, target).
-    cases: list[ev.EvalCase] = []
-    for user in sorted(split.test):
-        for phase, target in (("valid", split.valid[user]), ("test", split.test[user])):
-            if target not in cold_ids:
-                continue
-            before = list(split.train[user]) + ([split.valid[user]] if phase == "test" else [])
-            text = spec.build([titles[i] for i in before[::-1][: spec.max_history]])
-            cases.append(ev.EvalCase(user, text, set(before), target))
     result: dict[str, Any] = {
         "cold_items": len(cold_ids),
-        "events": len(cases),
-        "train_examples_kept": len(keep_p),
+        "train_sequences": len(windows.inputs),
     }
-    if cases:
-        body_users = ev.encode_texts(body_encoder, [c.text for c in cases], body_items.shape[1])
-        targets: list[str | None] = [c.target for c in cases]
-        cold_lists = ev.exact_lists(
-            _project(body_users, head.weight), cold_items, cases, item_ids, k
+    if len(windows.inputs):
+        cold = train_tower(
+            body_items,
+            windows,
+            prof.tower_config(epochs=max(1, epochs)),
+            seed=seed,
+            catalog=catalog,
+            progress=progress,
         )
-        warm_lists = ev.exact_lists(
-            _project(body_users, warm_weight), _project(body_items, warm_weight), cases, item_ids, k
-        )
-        result["recall@20_cold_model"] = ev.recall_at_k(cold_lists, targets, k)
-        result["recall@20_warm_model"] = ev.recall_at_k(warm_lists, targets, k)
-        result["recall@20_random"] = float(np.mean([k / (n - len(c.seen)) for c in cases]))
-        # How often a cold item shows up at all in the top-20 of users (exposure).
-        result["cold_share_of_top20"] = float(
-            np.mean([sum(i in cold_ids for i in lst) / max(1, len(lst)) for lst in cold_lists])
-        )
+        # Held-out events on cold items: (history before it, target).
+        cases: list[ev.EvalCase] = []
+        for user in sorted(split.test):
+            for phase, target in (("valid", split.valid[user]), ("test", split.test[user])):
+                if target not in cold_ids:
+                    continue
+                before = list(split.train[user]) + ([split.valid[user]] if phase == "test" else [])
+                cases.append(ev.EvalCase(user, before, set(before), target))
+        result["events"] = len(cases)
+        if cases:
+            targets: list[str | None] = [c.target for c in cases]
+            hist_rows = [[dataset.item_index[i] for i in c.history] for c in cases]
+            cold_users = user_vectors(cold.model, hist_rows, cold.item_vectors)
+            cold_lists = ev.exact_lists(cold_users, cold.item_vectors, cases, item_ids, k)
+            warm_users = ev.user_vectors(tower, cases, served_items, dataset.item_index)
+            warm_lists = ev.exact_lists(warm_users, served_items, cases, item_ids, k)
+            result["recall@20_cold_model"] = ev.recall_at_k(cold_lists, targets, k)
+            result["recall@20_warm_model"] = ev.recall_at_k(warm_lists, targets, k)
+            result["recall@20_random"] = float(np.mean([k / (n - len(c.seen)) for c in cases]))
+            result["recall@20_x_random"] = result["recall@20_cold_model"] / max(
+                result["recall@20_random"], 1e-12
+            )
+            # How often a cold item shows up at all in the top-20 of users (exposure).
+            result["cold_share_of_top20"] = float(
+                np.mean([sum(i in cold_ids for i in lst) / max(1, len(lst)) for lst in cold_lists])
+            )
 
     # Query-only users.
     q_cases: list[ev.EvalCase] = []
-    queries: list[str] = []
     for user in sorted(split.test):
         counts: Counter[str] = Counter()
         for i in split.train[user]:
@@ -135,25 +120,29 @@ def cold_start(
         if not counts:
             continue
         genre = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        query = spec.build([], query=genre)
-        queries.append(query)
-        q_cases.append(ev.EvalCase(user, query, set(), split.test[user]))
+        q_cases.append(ev.EvalCase(user, [], set(), split.test[user], query=genre))
     if q_cases:
-        uv = ev.encode_texts(served_encoder, queries, served_items.shape[1])
+        qv = ev.encode_texts(served_encoder, [c.query for c in q_cases], served_items.shape[1])
+        uv = ev.user_vectors(tower, q_cases, served_items, dataset.item_index, qv)
         q_targets: list[str | None] = [c.target for c in q_cases]
-        lists = ev.exact_lists(uv, served_items, q_cases, item_ids, k)
+        served = ev.evaluate_pipelines(
+            q_cases,
+            uv,
+            item_ids,
+            served_items,
+            index,
+            ranker,
+            prof.rerank_n,
+            ev.input_counts(split, "test"),
+        )
         pop = ev.popularity_order(split, "test")[:k]
+        pop_m, _ = ev.with_intervals([pop] * len(q_cases), q_targets)
         result["query_users"] = {
             "users": len(q_cases),
-            "example_query": queries[0],
-            "model": {
-                "recall@20": ev.recall_at_k(lists, q_targets, k),
-                "ndcg@10": ev.ndcg_at_k(lists, q_targets, 10),
-            },
-            "most_popular": {
-                "recall@20": ev.recall_at_k([pop] * len(q_cases), q_targets, k),
-                "ndcg@10": ev.ndcg_at_k([pop] * len(q_cases), q_targets, 10),
-            },
+            "example_query": q_cases[0].query,
+            "model": {m: served["ranked"][m] for m in ("recall@20", "ndcg@10", "ci95")},
+            "recall_only": {m: served["hnsw"][m] for m in ("recall@20", "ndcg@10", "ci95")},
+            "most_popular": {m: pop_m[m] for m in ("recall@20", "ndcg@10", "ci95")},
             "random": {"recall@20": k / n},
         }
     return result
@@ -174,8 +163,8 @@ def write_plots(out_dir: Path, report: dict[str, Any]) -> list[Path]:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     labels = {
         "two_tower": ("transformer fine-tuning InfoNCE", "step"),
-        "head": ("projection head, full-catalog softmax", "epoch"),
-        "ranker": ("ranker BCE", "epoch"),
+        "tower": ("user tower + head, full-catalog softmax", "epoch"),
+        "ranker": ("ranker, listwise softmax over recall's top-N", "epoch"),
     }
     for ax, (name, values) in zip(axes[0], panels, strict=True):
         title, xl = labels.get(name, (name, "step"))

@@ -1,7 +1,7 @@
 """Two-tower fine-tuning of the text encoder (shared weights) with in-batch InfoNCE.
 
 A training pair is (user text, next item text): the user text is built with
-:class:`recstack.text.UserTextSpec` from the titles of the user's previous items (most recent
+:class:`training.user_text.UserTextSpec` from the titles of the user's previous items (most recent
 first), exactly as the recall service builds it online, and the target is the text of the
 item that came next. Both towers are the same transformer (mean pooling + L2
 normalisation, like sentence-transformers), so items and users share one embedding space
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from tqdm import tqdm
 
-from recstack.text import UserTextSpec
 from training.data import Dataset, Split
+from training.user_text import UserTextSpec
 
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -227,6 +227,7 @@ class Env:
         self.bundle = bundle
         self.dim = bundle.dim
         self.version = bundle.version
+        self.features = len(bundle.section("ranker").get("side_features", []))
         catalog = list(bundle.iter_catalog())
         self.item_ids = [it.id for it in catalog]
         self.texts = [it.text for it in catalog]
@@ -503,7 +504,15 @@ def rank_requests(e: Env) -> st.SearchStrategy[Any]:
                     st.floats(width=32, allow_nan=True, allow_infinity=True),
                 )
             ),
-            candidate_features=draw(mostly(st.just(b""), st.binary(max_size=9))),
+            candidate_features=draw(
+                mostly(
+                    st.builds(
+                        lambda seed: _vectors(rows, e.features, seed, 1.0) if e.features else b"",
+                        st.integers(0, 2**32 - 1),
+                    ),
+                    st.one_of(st.just(b""), st.binary(max_size=9)),
+                )
+            ),
         )
 
     return build()

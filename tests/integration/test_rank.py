@@ -2,12 +2,11 @@
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from recstack.v1 import rank_pb2, rank_pb2_grpc
-from recstack.vectors import pack
 from tests.conftest import channel_to
+from tests.unit.test_rank_core import direct_scores, rank_request
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +21,7 @@ def sample(bundle):
     return ids[:20], vectors[:20], vectors[25]
 
 
-def request(bundle, ids, vectors, user, **kw):
-    return rank_pb2.RankRequest(
-        user_vector=pack(user),
-        candidate_ids=ids,
-        candidate_vectors=pack(vectors),
-        embedding_version=kw.pop("version", bundle.version),
-        **kw,
-    )
+request = rank_request
 
 
 def test_scores_sorted_and_equal_direct_onnx(stub, bundle, sample):
@@ -40,12 +32,7 @@ def test_scores_sorted_and_equal_direct_onnx(stub, bundle, sample):
     scores = [i.score for i in resp.items]
     assert scores == sorted(scores, reverse=True)
 
-    spec = bundle.section("ranker")
-    session = ort.InferenceSession(
-        str(bundle.path(spec["model"])), providers=["CPUExecutionProvider"]
-    )
-    users = np.repeat(user[None, :], len(ids), axis=0)
-    direct = session.run([spec["output"]], {"user": users, "item": vectors})[0].reshape(-1)
+    direct = direct_scores(bundle, user, vectors)
     by_id = dict(zip(ids, direct, strict=True))
     for item in resp.items:
         assert item.score == pytest.approx(float(by_id[item.id]), abs=1e-5)

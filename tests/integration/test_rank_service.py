@@ -23,6 +23,7 @@ from tests.unit.test_rank_core import (
     copy_bundle,
     direct_scores,
     feature_bundle,
+    rank_request,
 )
 
 WAIT = 30.0
@@ -35,16 +36,6 @@ RANK_METHOD = "/recstack.v1.RankService/Rank"
 def sample(name, labels=None):
     """A process-wide counter's value now (0 before its first increment)."""
     return REGISTRY.get_sample_value(name, labels or {}) or 0
-
-
-def request(version, ids, vectors, user, **kw):
-    return rank_pb2.RankRequest(
-        user_vector=pack(user),
-        candidate_ids=list(ids),
-        candidate_vectors=pack(vectors),
-        embedding_version=version,
-        **kw,
-    )
 
 
 def started(options: RankOptions, **kw):
@@ -92,7 +83,7 @@ def test_batching_on_and_off_give_identical_results_under_load(bundle, bundle_di
             try:
                 for j in range(t, len(jobs), 16):
                     for name, stub in stubs.items():
-                        out[name, j] = stub.Rank(request(bundle.version, *jobs[j]), timeout=WAIT)
+                        out[name, j] = stub.Rank(rank_request(bundle, *jobs[j]), timeout=WAIT)
             except Exception as exc:  # surfaced by the asserts below
                 errors.append(exc)
 
@@ -132,7 +123,7 @@ def test_full_queue_is_resource_exhausted(bundle, bundle_dir, catalog):
     )
     try:
         stub = rank_pb2_grpc.RankServiceStub(channel_to(running))
-        req = request(bundle.version, ids[:5], vectors[:5], vectors[9])
+        req = rank_request(bundle, ids[:5], vectors[:5], vectors[9])
         armed.set()
         first = stub.Rank.future(req)
         assert held.wait(WAIT), "the first request never reached the ranker"
@@ -169,7 +160,7 @@ def test_request_whose_deadline_passes_in_the_queue(bundle, bundle_dir, catalog)
     )
     try:
         stub = rank_pb2_grpc.RankServiceStub(channel_to(running))
-        req = request(bundle.version, ids[:5], vectors[:5], vectors[9])
+        req = rank_request(bundle, ids[:5], vectors[:5], vectors[9])
         dropped = {"reason": "deadline"}
         dropped_before = sample("recstack_rank_dropped_total", dropped)
         expired = {"method": RANK_METHOD, "code": "DEADLINE_EXCEEDED"}
@@ -204,7 +195,7 @@ def test_request_whose_deadline_passes_in_the_queue(bundle, bundle_dir, catalog)
 def test_diversity_and_feature_validation_over_grpc(rank_server, bundle, catalog):
     ids, vectors = catalog
     stub = rank_pb2_grpc.RankServiceStub(channel_to(rank_server))
-    req = request(bundle.version, ids[:20], vectors[:20], vectors[25])
+    req = rank_request(bundle, ids[:20], vectors[:20], vectors[25])
     plain = stub.Rank(req)
     req.diversity_lambda = 1.0
     assert [i.id for i in stub.Rank(req).items] == [i.id for i in plain.items]
@@ -238,7 +229,7 @@ def test_side_features_over_grpc(bundle_dir, catalog, tmp_path):
         assert list(info.side_features) == list(FEATURES)
         n = 8
         feats = np.random.default_rng(3).random((n, len(FEATURES))).astype(np.float32)
-        req = request(fb.version, ids[:n], vectors[:n], vectors[20], candidate_features=pack(feats))
+        req = rank_request(fb, ids[:n], vectors[:n], vectors[20], candidate_features=pack(feats))
         got = {i.id: i.score for i in stub.Rank(req).items}
         want = vectors[:n] @ vectors[20] + feats @ np.asarray(FEATURE_WEIGHTS, np.float32)
         for k in range(n):
@@ -253,7 +244,7 @@ def test_side_features_over_grpc(bundle_dir, catalog, tmp_path):
         running.stop(0)
 
 
-def test_reload_rpc_and_pointer_watcher_hot_swap(bundle_dir, catalog, tmp_path):
+def test_reload_rpc_and_pointer_watcher_hot_swap(bundle_dir, bundle, catalog, tmp_path):
     ids, vectors = catalog
     root = tmp_path / "bundles"
     root.mkdir()
@@ -275,7 +266,7 @@ def test_reload_rpc_and_pointer_watcher_hot_swap(bundle_dir, catalog, tmp_path):
         # the watcher picks up a new CURRENT by itself
         (root / "CURRENT").write_text("v2\n")
         wait_until(lambda: version() == "v2", "watcher swap to v2")
-        req = request("v2", ids[:5], vectors[:5], vectors[9])
+        req = rank_request(bundle, ids[:5], vectors[:5], vectors[9], version="v2")
         assert stub.Rank(req).bundle_version == "v2"
         req.embedding_version = "v1"
         with pytest.raises(grpc.RpcError) as err:
@@ -316,7 +307,7 @@ def test_reload_rpc_can_be_disabled(bundle_dir):
 def test_batching_metrics_and_provider_are_exported(rank_server, bundle, catalog):
     ids, vectors = catalog
     stub = rank_pb2_grpc.RankServiceStub(channel_to(rank_server))
-    stub.Rank(request(bundle.version, ids[:10], vectors[:10], vectors[3]))
+    stub.Rank(rank_request(bundle, ids[:10], vectors[:10], vectors[3]))
     assert REGISTRY.get_sample_value("recstack_rank_batch_rows_count") >= 1
     assert REGISTRY.get_sample_value("recstack_rank_batch_requests_count") >= 1
     assert REGISTRY.get_sample_value("recstack_rank_queue_delay_seconds_count") >= 1

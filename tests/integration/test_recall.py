@@ -6,6 +6,7 @@ import pytest
 
 from recstack.encoder import TextEncoder
 from recstack.ort import SessionOptions
+from recstack.user_tower import UserTower
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack, unpack_rows, unpack_vector
 from tests.conftest import channel_to
@@ -45,24 +46,30 @@ def test_excluded_ids_never_appear_and_k_is_kept(stub, catalog):
 
 
 def test_text_and_history_queries(stub, bundle, catalog):
-    ids, _ = catalog
+    ids, vectors = catalog
+    encoder = TextEncoder(bundle, SessionOptions(device="cpu"))
+    tower = UserTower(bundle, SessionOptions(device="cpu"))
     by_text = stub.Recall(recall_pb2.RecallRequest(query_text="something to watch", k=8))
     scores = [c.score for c in by_text.candidates]
     assert len(scores) == 8 and scores == sorted(scores, reverse=True)
     qv = unpack_vector(by_text.query_vector, by_text.dim, "q")
-    assert np.linalg.norm(qv) == pytest.approx(1.0, abs=1e-4)
+    # A query-only user is the query text's vector (a search by text).
+    np.testing.assert_allclose(qv, encoder.encode(["something to watch"])[0], atol=1e-5)
 
-    history = ids[:3]
+    history = ids[:3]  # most recent first, as the gateway sends it
     resp = stub.Recall(recall_pb2.RecallRequest(history_item_ids=history, k=5, exclude_ids=history))
     assert len(resp.candidates) == 5 and not {c.id for c in resp.candidates} & set(history)
-    # The served user vector is the bundle's encoder on the bundle's user-text template.
-    titles = {i.id: i.display_title for i in bundle.iter_catalog()}
-    expected = TextEncoder(bundle, SessionOptions(device="cpu")).encode(
-        [bundle.user_text.build([titles[i] for i in history])]
-    )[0]
-    np.testing.assert_allclose(
-        unpack_vector(resp.query_vector, bundle.dim, "q"), expected, atol=1e-5
+    # The served user vector is the bundle's user tower over the history's item vectors
+    # (oldest first): no text encoder involved.
+    expected = tower.encode([vectors[[2, 1, 0]]])[0]
+    got = unpack_vector(resp.query_vector, bundle.dim, "q")
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # History and query: the normalised sum of the two unit vectors.
+    both = stub.Recall(
+        recall_pb2.RecallRequest(history_item_ids=history, query_text="something to watch", k=5)
     )
+    blend = (expected + qv) / np.linalg.norm(expected + qv)
+    np.testing.assert_allclose(unpack_vector(both.query_vector, bundle.dim, "q"), blend, atol=1e-5)
 
 
 def test_omit_vectors(stub):

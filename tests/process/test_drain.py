@@ -27,8 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from recstack.v1 import rank_pb2, rank_pb2_grpc
-from recstack.vectors import l2_normalize, pack
+from recstack.vectors import l2_normalize
 from tests.process.helpers import Proc
+from tests.unit.test_rank_core import rank_request as request_for
 
 pytestmark = pytest.mark.process
 RANK = "recstack.v1.RankService"
@@ -65,11 +66,11 @@ def next_event(events: queue.Queue[tuple[str, object]], what: str) -> tuple[str,
 
 def rank_request(bundle, n: int, seed: int) -> rank_pb2.RankRequest:
     rng = np.random.default_rng(seed)
-    return rank_pb2.RankRequest(
-        user_vector=pack(l2_normalize(rng.standard_normal(bundle.dim))),
-        candidate_ids=[f"s{seed}-c{i}" for i in range(n)],
-        candidate_vectors=pack(l2_normalize(rng.standard_normal((n, bundle.dim)))),
-        embedding_version=bundle.version,
+    return request_for(
+        bundle,
+        [f"s{seed}-c{i}" for i in range(n)],
+        l2_normalize(rng.standard_normal((n, bundle.dim))),
+        l2_normalize(rng.standard_normal(bundle.dim)),
     )
 
 

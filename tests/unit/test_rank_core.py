@@ -23,8 +23,11 @@ from recstack.config import RankOptions
 from recstack.deadline import Deadline
 from recstack.domain import RankQuery
 from recstack.errors import BundleError, FailedPrecondition, InvalidArgument
+from recstack.features import candidate_features
 from recstack.ort import CPU, CUDA, SessionOptions
 from recstack.server import CoreRef
+from recstack.v1 import rank_pb2
+from recstack.vectors import pack
 
 WAIT = 30.0
 HAS_CUDA = CUDA in ort.get_available_providers()
@@ -47,27 +50,34 @@ def copy_bundle(src: Path, dst: Path, *, version: str | None = None) -> Path:
 
 
 def feature_ranker(dim: int, weights=FEATURE_WEIGHTS) -> onnx.ModelProto:
-    """score = sum(user * item) + features @ weights, built with the onnx helper API."""
+    """score = sum(user * item) + features @ weights, built with the onnx helper API (no
+    ``features`` input when ``weights`` is empty)."""
     f = len(weights)
-    w = numpy_helper.from_array(np.asarray(weights, np.float32).reshape(f, 1), "w")
     axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
-    nodes = [
-        helper.make_node("Mul", ["user", "item"], ["prod"]),
-        helper.make_node("ReduceSum", ["prod", "axes"], ["dot"], keepdims=0),
-        helper.make_node("MatMul", ["features", "w"], ["fw"]),
-        helper.make_node("Squeeze", ["fw", "axes"], ["fw1"]),
-        helper.make_node("Add", ["dot", "fw1"], ["score"]),
+    inits = [axes]
+    inputs = [
+        helper.make_tensor_value_info("user", TensorProto.FLOAT, ["n", dim]),
+        helper.make_tensor_value_info("item", TensorProto.FLOAT, ["n", dim]),
     ]
+    nodes = [helper.make_node("Mul", ["user", "item"], ["prod"])]
+    if f:
+        w = numpy_helper.from_array(np.asarray(weights, np.float32).reshape(f, 1), "w")
+        inits.append(w)
+        inputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", f]))
+        nodes += [
+            helper.make_node("ReduceSum", ["prod", "axes"], ["dot"], keepdims=0),
+            helper.make_node("MatMul", ["features", "w"], ["fw"]),
+            helper.make_node("Squeeze", ["fw", "axes"], ["fw1"]),
+            helper.make_node("Add", ["dot", "fw1"], ["score"]),
+        ]
+    else:
+        nodes.append(helper.make_node("ReduceSum", ["prod", "axes"], ["score"], keepdims=0))
     graph = helper.make_graph(
         nodes,
         "feature_ranker",
-        [
-            helper.make_tensor_value_info("user", TensorProto.FLOAT, ["n", dim]),
-            helper.make_tensor_value_info("item", TensorProto.FLOAT, ["n", dim]),
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", f]),
-        ],
+        inputs,
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n"])],
-        [w, axes],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -87,18 +97,73 @@ def feature_bundle(src: Path, dst: Path, features=FEATURES, weights=FEATURE_WEIG
     return dst
 
 
+def plain_bundle(src: Path, dst: Path) -> Path:
+    """The tiny bundle with its ranker swapped for one that declares no side features
+    (score = user . item)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    manifest.pop("files", None)
+    onnx.save(feature_ranker(int(manifest["dim"]), ()), dst / "ranker" / "model.onnx")
+    manifest["ranker"] = {
+        k: v for k, v in manifest["ranker"].items() if k not in ("side_features", "features_input")
+    }
+    manifest["version"] = manifest["version"] + "-plain"
+    write_manifest(dst, manifest)
+    return dst
+
+
+def side_features(bundle: Bundle, user, items) -> np.ndarray | None:
+    """[N, F] features as the gateway computes them (deterministic stand-ins for the
+    popularity and history inputs), or None when the ranker declares none."""
+    names = tuple(bundle.section("ranker").get("side_features", ()))
+    if not names:
+        return None
+    items, user = np.asarray(items, np.float32), np.asarray(user, np.float32)
+    # Malformed vectors (tests of bad input) still get well-formed features, so that the
+    # error a test provokes is the one it names.
+    ok = items.ndim == 2 and items.shape[1:] == user.shape
+    scores = np.nan_to_num(items @ user) if ok else np.zeros(len(items), np.float32)
+    return candidate_features(scores, np.arange(len(items)) % 7, 5, names)
+
+
+def flat_features(bundle: Bundle, user, items) -> np.ndarray | None:
+    f = side_features(bundle, user, items)
+    return None if f is None else f.reshape(-1)
+
+
 def direct_scores(bundle: Bundle, user, items) -> np.ndarray:
     spec = bundle.section("ranker")
     session = ort.InferenceSession(str(bundle.path(spec["model"])), providers=[CPU])
     users = np.repeat(np.asarray(user, np.float32)[None], len(items), axis=0)
-    return session.run([spec["output"]], {"user": users, "item": items})[0].reshape(-1)
+    feeds = {"user": users, "item": np.asarray(items, np.float32)}
+    feats = side_features(bundle, user, items)
+    if feats is not None:
+        feeds[spec.get("features_input", "features")] = feats
+    return session.run([spec["output"]], feeds)[0].reshape(-1)
 
 
 def query(bundle, ids, vectors, user, **kw) -> RankQuery:
+    """A RankQuery; side features as :func:`side_features` unless given explicitly."""
+    if "candidate_features" not in kw:
+        kw["candidate_features"] = flat_features(bundle, user, vectors)
     return RankQuery(
         user_vector=np.asarray(user, np.float32),
         candidate_ids=tuple(ids),
         candidate_vectors=np.asarray(vectors, np.float32),
+        embedding_version=kw.pop("version", bundle.version),
+        **kw,
+    )
+
+
+def rank_request(bundle, ids, vectors, user, **kw):
+    """A rank_pb2.RankRequest; side features as :func:`side_features` unless given."""
+    if "candidate_features" not in kw:
+        flat = flat_features(bundle, user, vectors)
+        kw["candidate_features"] = b"" if flat is None else pack(flat)
+    return rank_pb2.RankRequest(
+        user_vector=pack(user),
+        candidate_ids=list(ids),
+        candidate_vectors=pack(vectors),
         embedding_version=kw.pop("version", bundle.version),
         **kw,
     )
@@ -215,11 +280,12 @@ def test_diversity_lambda_validation_and_mmr_order(bundle, catalog):
 # ---- side features ----
 
 
-def test_features_sent_to_a_ranker_without_side_features(bundle, catalog):
+def test_features_sent_to_a_ranker_without_side_features(bundle_dir, catalog, tmp_path):
     ids, vectors = catalog
-    core = load_core(RankOptions(bundle=str(bundle.root)), SessionOptions("cpu"))
+    plain = Bundle.open(plain_bundle(Path(bundle_dir), tmp_path / "plain"))
+    core = load_core(RankOptions(bundle=str(plain.root)), SessionOptions("cpu"))
     try:
-        q = query(bundle, ids[:3], vectors[:3], vectors[5], candidate_features=np.ones(6, "f4"))
+        q = query(plain, ids[:3], vectors[:3], vectors[5], candidate_features=np.ones(6, "f4"))
         with pytest.raises(InvalidArgument, match="candidate_features") as err:
             core.rank(q, Deadline.none())
         assert err.value.field == "candidate_features"
@@ -292,6 +358,9 @@ def test_io_binding_path_matches_plain_run_on_cpu(bundle, catalog):
         items = vectors[:n] if n <= len(vectors) else np.tile(vectors, (2, 1))[:n]
         users = np.repeat(vectors[-1][None], n, axis=0)
         feeds = {"user": users, "item": np.ascontiguousarray(items)}
+        feats = side_features(bundle, vectors[-1], items)
+        if feats is not None:
+            feeds[spec.get("features_input", "features")] = feats
         np.testing.assert_allclose(bound.run(feeds), plain.run(feeds), atol=1e-6)
     assert not bound.pinned
     bound.close()
@@ -340,7 +409,7 @@ def bundle_root(bundle_dir, tmp_path):
     return root
 
 
-def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog):
+def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, bundle, catalog):
     """The in-flight request is held in v1's batcher until the test releases it (no expiry
     that could let it finish early, and no request deadline that the hold could run out)."""
     ids, vectors = catalog
@@ -364,7 +433,7 @@ def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog
     box = {}
 
     def in_flight():
-        q = RankQuery(vectors[9], tuple(ids[:5]), vectors[:5], "v1")
+        q = query(bundle, ids[:5], vectors[:5], vectors[9], version="v1")
         try:
             box["result"] = old.rank(q, Deadline.none())
         except Exception as exc:  # surfaced by the asserts below
@@ -384,7 +453,7 @@ def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog
         )
         new = ref.get()
         assert new.version == "v2"
-        q2 = RankQuery(vectors[9], tuple(ids[:5]), vectors[:5], "v2")
+        q2 = query(bundle, ids[:5], vectors[:5], vectors[9], version="v2")
         assert new.rank(q2, Deadline.after(WAIT)).bundle_version == "v2"
         assert t.is_alive()  # still running on v1
     finally:
@@ -396,12 +465,12 @@ def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, catalog
     old.batcher._worker.join(WAIT)  # retired in the background once its request finished
     assert not old.batcher._worker.is_alive(), "the old core was never retired"
     with pytest.raises(CoreRetired):
-        old.rank(RankQuery(vectors[9], tuple(ids[:5]), vectors[:5], "v1"), Deadline.none())
+        old.rank(query(bundle, ids[:5], vectors[:5], vectors[9], version="v1"), Deadline.none())
     assert reloader.reload().swapped is False
     reloader.close()
 
 
-def test_bad_bundle_is_refused_and_old_keeps_serving(bundle_root, bundle_dir, catalog):
+def test_bad_bundle_is_refused_and_old_keeps_serving(bundle_root, bundle, bundle_dir, catalog):
     ids, vectors = catalog
     ref: CoreRef[RankCore] = CoreRef("rank")
     reloader = BundleReloader(ref, RankOptions(bundle=str(bundle_root)), SessionOptions("cpu"))
@@ -420,7 +489,7 @@ def test_bad_bundle_is_refused_and_old_keeps_serving(bundle_root, bundle_dir, ca
         reloader.reload(expected_version="v9")
     core = ref.get()
     assert core.version == "v1"
-    q = RankQuery(vectors[9], tuple(ids[:4]), vectors[:4], "v1")
+    q = query(bundle, ids[:4], vectors[:4], vectors[9], version="v1")
     assert core.rank(q, Deadline.none()).bundle_version == "v1"
     assert reloader.reload(expected_version="v2").swapped
     reloader.close()

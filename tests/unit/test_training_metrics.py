@@ -7,17 +7,19 @@ import math
 import numpy as np
 import pytest
 
-from recstack.text import UserTextSpec
 from training.data import Dataset, Interaction, Item, Split
 from training.evaluate import (
     METRIC_NAMES,
     all_metrics,
+    bootstrap_ci,
     eval_cases,
     exact_lists,
     hit_rank,
     most_popular_lists,
     mrr_at_k,
     ndcg_at_k,
+    paired_difference,
+    per_user,
     recall_at_k,
     top_k_from_scores,
 )
@@ -63,18 +65,18 @@ def _dataset() -> tuple[Dataset, Split]:
     return ds, split
 
 
-def test_eval_cases_use_train_and_valid_most_recent_first() -> None:
+def test_eval_cases_use_train_and_valid_oldest_first() -> None:
     ds, split = _dataset()
-    cases = eval_cases(ds, split, UserTextSpec())
+    cases = eval_cases(ds, split)
     assert [c.user_id for c in cases] == ["u1", "u2"]
-    assert cases[0].text == "recently liked: Tc; Tb; Ta"
+    assert cases[0].history == ["a", "b", "c"]
     assert cases[0].seen == {"a", "b", "c"}
     assert cases[0].target == "d"
 
 
 def test_most_popular_excludes_seen_items() -> None:
     ds, split = _dataset()
-    cases = eval_cases(ds, split, UserTextSpec())
+    cases = eval_cases(ds, split)
     lists = most_popular_lists(split, cases, 3)
     # counts over train+valid: a2 b2 c2 f1; ties broken by id
     assert lists[0] == ["f"]
@@ -113,20 +115,53 @@ def test_ties_are_broken_by_catalog_order() -> None:
 
 def test_validation_phase_uses_train_only() -> None:
     ds, split = _dataset()
-    cases = eval_cases(ds, split, UserTextSpec(), phase="valid")
+    cases = eval_cases(ds, split, phase="valid")
     assert [c.user_id for c in cases] == ["u1", "u2"]
-    assert cases[0].text == "recently liked: Tb; Ta"
+    assert cases[0].history == ["a", "b"]
     assert cases[0].seen == {"a", "b"}
     assert cases[0].target == "c"
     with pytest.raises(ValueError):
-        eval_cases(ds, split, UserTextSpec(), phase="train")
+        eval_cases(ds, split, phase="train")
 
 
 def test_exact_lists_exclude_history() -> None:
     ds, split = _dataset()
-    cases = eval_cases(ds, split, UserTextSpec())
+    cases = eval_cases(ds, split)
     items = np.eye(6, dtype=np.float32)
     users = np.stack([items[0] + 0.5 * items[3], items[4]])  # u1 likes a (seen), then d
     lists = exact_lists(users, items, cases, [it.id for it in ds.items], 2)
     assert lists[0][0] == "d" and "a" not in lists[0]
     assert lists[1][0] == "e"
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_users() -> None:
+    rng = np.random.default_rng(0)
+    small = (rng.random(100) < 0.3).astype(float)
+    large = (rng.random(10_000) < 0.3).astype(float)
+    lo, hi = bootstrap_ci(small)
+    assert lo < small.mean() < hi
+    lo2, hi2 = bootstrap_ci(large)
+    assert lo2 < large.mean() < hi2
+    assert hi2 - lo2 < (hi - lo) / 3  # ~1/sqrt(100) narrower
+    assert bootstrap_ci(np.zeros(0)) == [0.0, 0.0]
+
+
+def test_paired_difference_verdicts() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.random(2000)
+    assert paired_difference(base + 0.05, base)["verdict"] == "better"
+    assert paired_difference(base - 0.05, base)["verdict"] == "worse"
+    noisy = base + rng.normal(0, 0.5, size=2000) * 0.01
+    same = paired_difference(noisy, base + 0.0001 * rng.standard_normal(2000))
+    assert same["ci95"][0] <= same["mean"] <= same["ci95"][1]
+    d = paired_difference(np.array([1.0, 0.0]), np.array([0.0, 0.0]))
+    assert d["mean"] == 0.5
+
+
+def test_per_user_values_average_to_the_metric() -> None:
+    ranked = [["x", "t1", "y"], ["t2", "x"], ["a", "b"]]
+    targets: list[str | None] = ["t1", "t2", "t3"]
+    assert per_user(ranked, targets, 10, "ndcg").mean() == pytest.approx(
+        ndcg_at_k(ranked, targets, 10)
+    )
+    assert per_user(ranked, targets, 20, "recall").tolist() == [1.0, 1.0, 0.0]

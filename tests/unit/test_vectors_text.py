@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from recstack.errors import InvalidArgument
-from recstack.text import UserTextSpec
 from recstack.vectors import l2_normalize, pack, unpack_rows, unpack_vector
+from training.user_text import UserTextSpec
 
 
 def test_pack_roundtrip_little_endian():

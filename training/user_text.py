@@ -1,9 +1,9 @@
-"""How items and users become text for the encoder: one definition for training and serving.
+"""User texts for the optional transformer fine-tuning stage (training only).
 
-The item tower encodes an item's text; the user tower encodes a text built from the titles
-of the user's most recent items and/or a free-text query. Training and the recall service
-both call :meth:`UserTextSpec.build`, so the served user vector lives in the space the
-encoder was fine-tuned for.
+``Profile.steps > 0`` first fine-tunes MiniLM with in-batch InfoNCE between a text built
+from the titles of a user's recent items and the next item's text
+(:mod:`training.two_tower`). Serving never builds user texts: the user vector comes from
+the user tower over item vectors (:mod:`recstack.user_tower`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class UserTextSpec:
-    """Template of the user text; stored in the bundle manifest under ``user_text``."""
+    """Template of a fine-tuning user text."""
 
     max_history: int = 10
     history_prefix: str = "recently liked: "
