@@ -75,6 +75,8 @@ class GrpcRecall:
                     unpack_vector(c.vector, dim, "candidates.vector") if c.vector else None,
                     c.title,
                     c.text,
+                    c.because_item_id,
+                    c.because_query,
                 )
                 for c in resp.candidates
             ],

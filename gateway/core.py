@@ -215,7 +215,19 @@ class GatewayCore:
             timings["rank"] = (time.perf_counter() - t0) * 1000
             for s in ranked.items:
                 c = by_id[s.id]
-                items.append(RecommendedItem(s.id, s.score, c.title, c.text, c.score))
+                because = self.catalog.get(c.because_item_id, ("", ""))[0]
+                items.append(
+                    RecommendedItem(
+                        s.id,
+                        s.score,
+                        c.title,
+                        c.text,
+                        c.score,
+                        c.because_item_id,
+                        because,
+                        c.because_query,
+                    )
+                )
         return RecommendResult(
             items,
             recalled.bundle_version,

@@ -35,7 +35,14 @@ class RecommendServicer(gateway_pb2_grpc.RecommendServiceServicer):
         return gateway_pb2.RecommendResponse(
             items=[
                 gateway_pb2.RecommendedItem(
-                    id=i.id, score=i.score, title=i.title, text=i.text, recall_score=i.recall_score
+                    id=i.id,
+                    score=i.score,
+                    title=i.title,
+                    text=i.text,
+                    recall_score=i.recall_score,
+                    because_item_id=i.because_item_id,
+                    because_title=i.because_title,
+                    because_query=i.because_query,
                 )
                 for i in result.items
             ],

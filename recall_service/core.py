@@ -143,8 +143,8 @@ class RecallCore:
 
     def history_vectors(
         self, history_item_ids: Sequence[str], ignore_unknown: bool = False
-    ) -> F32Array:
-        """[n, dim] vectors of the history (given most recent first), oldest row first.
+    ) -> tuple[list[str], F32Array]:
+        """Ids and [n, dim] vectors of the history (given most recent first), oldest first.
 
         Only the tower's ``max_len`` most recent ids are read. Unknown ids are the caller's
         error, unless ``ignore_unknown`` (a stored history may name items deleted since):
@@ -156,8 +156,10 @@ class RecallCore:
         if unknown and not ignore_unknown:
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise InvalidArgument(f"unknown item ids {unknown[:5]}{more}", field="history_item_ids")
-        rows = [v for v in found if v is not None][::-1]
-        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
+        kept = [(i, v) for i, v in zip(recent, found, strict=True) if v is not None][::-1]
+        if not kept:
+            return [], np.zeros((0, self.dim), np.float32)
+        return [i for i, _ in kept], np.stack([v for _, v in kept])
 
     def encode(self, texts: list[str]) -> F32Array:
         with self._encode_lock:
@@ -193,32 +195,64 @@ class RecallCore:
         # One read section: the histories are read from, and searched in, the same state.
         with self.index.lock.read():
             users = [i for i, q in enumerate(queries) if q.query_vector is None]
-            histories = [
-                self.history_vectors(queries[i].history_item_ids, queries[i].ignore_unknown_history)
+            found = {
+                i: self.history_vectors(
+                    queries[i].history_item_ids, queries[i].ignore_unknown_history
+                )
                 for i in users
-            ]
+            }
             if users:
-                vectors[users] = self.tower.encode(histories, [query_vecs.get(i) for i in users])
+                vectors[users] = self.tower.encode(
+                    [found[i][1] for i in users], [query_vecs.get(i) for i in users]
+                )
             for i, q in enumerate(queries):
                 if q.query_vector is not None:
                     vectors[i] = l2_normalize(q.query_vector)
             deadline.check("search")
             hits = self.index.search(vectors, specs, self.options.search_threads)
-            for q, qv, row in zip(queries, vectors, hits, strict=True):
-                candidates = []
-                for label, score in row:
-                    item, vec = self.index.item(label)
-                    candidates.append(
-                        RecallCandidate(
-                            item.id,
-                            score,
-                            None if q.omit_vectors else vec.copy(),
-                            item.title,
-                            item.text,
-                        )
+            for n, (q, qv, row) in enumerate(zip(queries, vectors, hits, strict=True)):
+                items = [self.index.item(label) for label, _ in row]
+                hist_ids, hist = found.get(n, ([], None))
+                because = self._explain(
+                    [vec for _, vec in items], hist_ids, hist, query_vecs.get(n)
+                )
+                candidates = [
+                    RecallCandidate(
+                        item.id,
+                        score,
+                        None if q.omit_vectors else vec.copy(),
+                        item.title,
+                        item.text,
+                        *why,
                     )
+                    for (item, vec), (_, score), why in zip(items, row, because, strict=True)
+                ]
                 results.append(RecallResult(candidates, qv, self.version))
         return results
+
+    @staticmethod
+    def _explain(
+        vectors: list[F32Array],
+        history_ids: list[str],
+        history: F32Array | None,
+        query: F32Array | None,
+    ) -> list[tuple[str, bool]]:
+        """Per candidate: (the most similar history item, whether the query is closer)."""
+        if not vectors or ((history is None or not len(history)) and query is None):
+            return [("", False)] * len(vectors)
+        cands = np.stack(vectors)
+        best_hist = np.full(len(cands), -np.inf, np.float32)
+        best_id = [""] * len(cands)
+        if history is not None and len(history):
+            sims = cands @ history.T
+            arg = sims.argmax(axis=1)
+            best_hist = sims[np.arange(len(cands)), arg]
+            best_id = [history_ids[int(j)] for j in arg]
+        by_query = cands @ query if query is not None else np.full(len(cands), -np.inf)
+        return [
+            ("", True) if by_query[j] > best_hist[j] else (best_id[j], False)
+            for j in range(len(cands))
+        ]
 
     # -- writes --------------------------------------------------------------------------
 

@@ -45,6 +45,8 @@ def _response(result: RecallResult, dim: int) -> recall_pb2.RecallResponse:
                 title=c.title,
                 text=c.text,
                 vector=b"" if c.vector is None else pack(c.vector),
+                because_item_id=c.because_item_id,
+                because_query=c.because_query,
             )
             for c in result.candidates
         ],

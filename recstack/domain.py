@@ -50,6 +50,9 @@ class RecallCandidate:
     vector: F32Array | None
     title: str = ""
     text: str = ""
+    # Explanation: the most similar history item, or the query (because_query).
+    because_item_id: str = ""
+    because_query: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,9 @@ class RecommendedItem:
     title: str
     text: str
     recall_score: float
+    because_item_id: str = ""
+    because_title: str = ""
+    because_query: bool = False
 
 
 @dataclass(frozen=True)

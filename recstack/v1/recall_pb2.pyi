@@ -107,18 +107,22 @@ class ReloadBundleResponse(_message.Message):
     def __init__(self, bundle_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("id", "score", "vector", "title", "text")
+    __slots__ = ("id", "score", "vector", "title", "text", "because_item_id", "because_query")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_QUERY_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     vector: bytes
     title: str
     text: str
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., vector: _Optional[bytes] = ..., title: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    because_item_id: str
+    because_query: bool
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., vector: _Optional[bytes] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., because_item_id: _Optional[str] = ..., because_query: _Optional[bool] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
     __slots__ = ("candidates", "query_vector", "dim", "bundle_version")

@@ -172,3 +172,21 @@ def test_stored_history_naming_a_deleted_item_still_recommends(stub, recall_serv
     with pytest.raises(grpc.RpcError) as err:  # an explicit unknown id is still an error
         stub.Recommend(gateway_pb2.RecommendRequest(history_item_ids=["soon-gone"], k=3))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_each_recommendation_says_which_history_item_supports_it(stub, bundle):
+    ids = [i.id for i in bundle.iter_catalog()]
+    vectors = dict(zip(ids, bundle.load_vectors(), strict=True))
+    titles = {i.id: i.title for i in bundle.iter_catalog()}
+    history = ids[:4]
+    resp = stub.Recommend(gateway_pb2.RecommendRequest(history_item_ids=history, k=5), timeout=10)
+    assert len(resp.items) == 5
+    for item in resp.items:
+        assert not item.because_query
+        assert item.because_item_id in history
+        assert item.because_title == titles[item.because_item_id]
+        sims = {h: float(vectors[item.id] @ vectors[h]) for h in history}
+        assert sims[item.because_item_id] == pytest.approx(max(sims.values()), abs=1e-5)
+    # A query-only request is explained by its query.
+    resp = stub.Recommend(gateway_pb2.RecommendRequest(query_text="space adventure", k=3))
+    assert all(i.because_query and not i.because_item_id for i in resp.items)
