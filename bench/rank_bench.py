@@ -198,7 +198,7 @@ def drive(port: int, bundle: Bundle, clients: int, candidates: int, seconds: flo
         user = vectors[int(rng.integers(len(ids)))]
         names = tuple(bundle.section("ranker").get("side_features", ()))
         feats = (
-            pack(candidate_features(vectors[pick] @ user, np.zeros(candidates), 10, names))
+            pack(candidate_features(vectors[pick] @ user, np.zeros(candidates), 10, names=names))
             if names
             else b""
         )

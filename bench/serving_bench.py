@@ -210,7 +210,8 @@ def end_to_end(bundle: Bundle, requests: int) -> dict[str, Any]:
                 np.asarray([c.score for c in res.candidates]),
                 np.asarray([popularity.get(i, 0) for i in ids]),
                 len(hist),
-                ranker.side_features,
+                np.asarray([c.history_similarity for c in res.candidates]),
+                names=ranker.side_features,
             ).reshape(-1)
             ranker.rank(
                 RankQuery(

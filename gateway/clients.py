@@ -77,6 +77,7 @@ class GrpcRecall:
                     c.text,
                     c.because_item_id,
                     c.because_query,
+                    (c.history_max_similarity, c.history_mean_similarity, c.last_item_similarity),
                 )
                 for c in resp.candidates
             ],

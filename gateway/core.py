@@ -196,6 +196,7 @@ class GatewayCore:
                     np.asarray([c.score for c in recalled.candidates]),
                     np.asarray([pop.get(c.id, 0) for c in recalled.candidates]),
                     len(history),
+                    np.asarray([c.history_similarity for c in recalled.candidates]),
                     self.side_features,
                 ).reshape(-1)
             ranked = self.rank_backend.rank(

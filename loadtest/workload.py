@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from recstack.bundle import Bundle
-from recstack.features import candidate_features
+from recstack.features import candidate_features, history_similarities
 from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
 from recstack.vectors import F32Array, l2_normalize, pack
 
@@ -226,7 +226,13 @@ class Generator:
                     self.data.vectors[rows] @ user,
                     np.asarray([pop.get(i, 0) for i in ids]),
                     len(history),
-                    self.data.side_features,
+                    history_similarities(
+                        self.data.vectors[rows],
+                        self.data.vectors[[self.row[i] for i in history[:50]][::-1]]
+                        if history
+                        else self.data.vectors[:0],
+                    ),
+                    names=self.data.side_features,
                 )
             )
         return rank_pb2.RankRequest(

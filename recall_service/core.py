@@ -51,6 +51,7 @@ from recstack.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from recstack.features import history_similarities
 from recstack.sharding import shard_of
 from recstack.user_tower import UserTower
 from recstack.vectors import F32Array, l2_normalize
@@ -213,9 +214,13 @@ class RecallCore:
             for n, (q, qv, row) in enumerate(zip(queries, vectors, hits, strict=True)):
                 items = [self.index.item(label) for label, _ in row]
                 hist_ids, hist = found.get(n, ([], None))
-                because = self._explain(
-                    [vec for _, vec in items], hist_ids, hist, query_vecs.get(n)
+                cand_vecs = (
+                    np.stack([vec for _, vec in items])
+                    if items
+                    else np.zeros((0, self.dim), np.float32)
                 )
+                because = self._explain(cand_vecs, hist_ids, hist, query_vecs.get(n))
+                sims = history_similarities(cand_vecs, hist if hist is not None else cand_vecs[:0])
                 candidates = [
                     RecallCandidate(
                         item.id,
@@ -224,23 +229,25 @@ class RecallCore:
                         item.title,
                         item.text,
                         *why,
+                        (float(s[0]), float(s[1]), float(s[2])),
                     )
-                    for (item, vec), (_, score), why in zip(items, row, because, strict=True)
+                    for (item, vec), (_, score), why, s in zip(
+                        items, row, because, sims, strict=True
+                    )
                 ]
                 results.append(RecallResult(candidates, qv, self.version))
         return results
 
     @staticmethod
     def _explain(
-        vectors: list[F32Array],
+        cands: F32Array,
         history_ids: list[str],
         history: F32Array | None,
         query: F32Array | None,
     ) -> list[tuple[str, bool]]:
         """Per candidate: (the most similar history item, whether the query is closer)."""
-        if not vectors or ((history is None or not len(history)) and query is None):
-            return [("", False)] * len(vectors)
-        cands = np.stack(vectors)
+        if not len(cands) or ((history is None or not len(history)) and query is None):
+            return [("", False)] * len(cands)
         best_hist = np.full(len(cands), -np.inf, np.float32)
         best_id = [""] * len(cands)
         if history is not None and len(history):

@@ -47,6 +47,9 @@ def _response(result: RecallResult, dim: int) -> recall_pb2.RecallResponse:
                 vector=b"" if c.vector is None else pack(c.vector),
                 because_item_id=c.because_item_id,
                 because_query=c.because_query,
+                history_max_similarity=c.history_similarity[0],
+                history_mean_similarity=c.history_similarity[1],
+                last_item_similarity=c.history_similarity[2],
             )
             for c in result.candidates
         ],

@@ -53,6 +53,8 @@ class RecallCandidate:
     # Explanation: the most similar history item, or the query (because_query).
     because_item_id: str = ""
     because_query: bool = False
+    # (max, mean, most recent) inner product with the history vectors; zeros without.
+    history_similarity: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ Per candidate, in this order (the bundle's ``ranker.side_features``):
   bundle's user histories (``users/history.jsonl``, the counts the gateway's popularity
   fallback uses; items added live have 0); in training, over the input histories;
 - ``history_length``: ``log1p`` of the number of history items the user vector was built
-  from (0 for a query-only user).
+  from (0 for a query-only user);
+- ``history_max_similarity``, ``history_mean_similarity``, ``last_item_similarity``: the
+  candidate's inner product with its closest history item, the mean over the history
+  items, and with the most recent one (item-to-item signals the sequential user vector
+  blurs; 0 without history). Recall computes them (:func:`history_similarities`) from the
+  same history vectors the user tower reads and returns them per candidate.
 
-The gateway computes them from recall's answer, the bundle and the user's profile;
-training computes them the same way for its lists (``training.pipeline``).
+The gateway assembles the features from recall's answer, the bundle and the user's
+profile; training computes them the same way for its lists (``training.pipeline``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import numpy as np
 
 from recstack.vectors import F32Array
 
-RANKER_FEATURES = ("recall_score", "recall_rank", "item_popularity", "history_length")
+SIMILARITIES = ("history_max_similarity", "history_mean_similarity", "last_item_similarity")
+RANKER_FEATURES = (
+    "recall_score",
+    "recall_rank",
+    "item_popularity",
+    "history_length",
+    *SIMILARITIES,
+)
 
 
 def unsupported(names: Sequence[str]) -> list[str]:
@@ -30,19 +42,33 @@ def unsupported(names: Sequence[str]) -> list[str]:
     return [n for n in names if n not in RANKER_FEATURES]
 
 
+def history_similarities(candidates: np.ndarray, history: np.ndarray) -> F32Array:
+    """[N, 3] (max, mean, last) inner products of N candidate vectors with the history
+    vectors [H, D] (oldest row first); zeros when the history is empty."""
+    n = len(candidates)
+    if not len(history) or not n:
+        return np.zeros((n, len(SIMILARITIES)), np.float32)
+    sims = np.asarray(candidates, np.float32) @ np.asarray(history, np.float32).T
+    return np.stack([sims.max(axis=1), sims.mean(axis=1), sims[:, -1]], axis=1).astype(np.float32)
+
+
 def candidate_features(
     recall_scores: np.ndarray,
     popularity_counts: np.ndarray,
     history_length: int,
+    similarities: np.ndarray | None = None,
     names: Sequence[str] = RANKER_FEATURES,
 ) -> F32Array:
-    """[N, len(names)] features of N candidates in recall's order (best first)."""
+    """[N, len(names)] features of N candidates in recall's order (best first);
+    ``similarities`` [N, 3] as :func:`history_similarities` (None: no history)."""
     n = len(recall_scores)
+    sims = np.zeros((n, 3), np.float32) if similarities is None else similarities
     columns = {
         "recall_score": np.asarray(recall_scores, dtype=np.float32),
         "recall_rank": np.log1p(np.arange(n, dtype=np.float32)),
         "item_popularity": np.log1p(np.asarray(popularity_counts, dtype=np.float32)),
         "history_length": np.full(n, np.log1p(np.float32(history_length)), np.float32),
+        **{name: np.asarray(sims[:, j], np.float32) for j, name in enumerate(SIMILARITIES)},
     }
     out = np.empty((n, len(names)), np.float32)
     for j, name in enumerate(names):

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from recstack.features import candidate_features
+from recstack.features import candidate_features, history_similarities
 from training.data import Dataset, Split
 
 KS = (10, 20)
@@ -269,27 +269,42 @@ def rerank_lists(
     item_vecs: np.ndarray,
     item_pos: dict[str, int],
     counts: Counter[str],
+    histories: Sequence[np.ndarray],
     history_lengths: Sequence[int],
 ) -> list[list[str]]:
     """Candidates reordered by the ONNX ranker's score (stable for equal scores), with the
-    side features the gateway sends (:func:`recstack.features.candidate_features`)."""
+    side features the gateway sends (:func:`recstack.features.candidate_features`);
+    ``histories`` are the vectors the user vector was built from (for the similarities)."""
     names = {i.name for i in ranker.get_inputs()}
     out: list[list[str]] = []
-    for vec, (cands, scores), n_hist in zip(user_vecs, recalled, history_lengths, strict=True):
+    for vec, (cands, scores), hist, n_hist in zip(
+        user_vecs, recalled, histories, history_lengths, strict=True
+    ):
         if not cands:
             out.append([])
             continue
+        items = item_vecs[[item_pos[c] for c in cands]]
         feed = {
             "user": np.repeat(vec[None, :], len(cands), axis=0).astype(np.float32),
-            "item": item_vecs[[item_pos[c] for c in cands]],
+            "item": items,
         }
         if "features" in names:
             pops = np.asarray([counts[c] for c in cands])
-            feed["features"] = candidate_features(np.asarray(scores), pops, n_hist)
+            feed["features"] = candidate_features(
+                np.asarray(scores), pops, n_hist, history_similarities(items, hist)
+            )
         ranked = ranker.run(["score"], feed)[0]
         order = np.argsort(-ranked, kind="stable")
         out.append([cands[int(j)] for j in order])
     return out
+
+
+def history_matrix(
+    case: EvalCase, item_vecs: np.ndarray, item_index: dict[str, int], window: int
+) -> np.ndarray:
+    """[n, D] vectors of the case's last ``window`` history items (oldest first)."""
+    rows = [item_index[i] for i in case.history[-window:]]
+    return item_vecs[rows].reshape(len(rows), item_vecs.shape[1])
 
 
 def per_user(
@@ -355,10 +370,12 @@ def evaluate_pipelines(
     rerank_n: int,
     counts: Counter[str] | None = None,
     per_user_out: dict[str, dict[str, np.ndarray]] | None = None,
+    window: int = 50,
 ) -> dict[str, dict[str, Any]]:
     """Metrics (with intervals) of ``exact`` (always), ``hnsw`` (with an index) and
     ``ranked`` (with both; ``counts`` give the popularity feature). ``per_user_out``, when
-    given, receives each pipeline's per-user arrays (for paired comparisons)."""
+    given, receives each pipeline's per-user arrays (for paired comparisons). ``window``:
+    the user tower's history length (the similarity features read the same items)."""
     targets: list[str | None] = [c.target for c in cases]
     k = max(KS)
     out: dict[str, dict[str, Any]] = {}
@@ -381,6 +398,7 @@ def evaluate_pipelines(
                 item_vecs,
                 item_pos,
                 counts or Counter(),
+                [history_matrix(c, item_vecs, item_pos, window) for c in cases],
                 [len(c.history) for c in cases],
             )
             out["ranked"], store["ranked"] = with_intervals(reranked, targets)

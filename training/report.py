@@ -134,6 +134,7 @@ def cold_start(
             ranker,
             prof.rerank_n,
             ev.input_counts(split, "test"),
+            window=prof.tower_max_len,
         )
         pop = ev.popularity_order(split, "test")[:k]
         pop_m, _ = ev.with_intervals([pop] * len(q_cases), q_targets)

@@ -71,6 +71,10 @@ class TowerConfig:
     temperature: float = 1.0  # logits = h . (P item) / T; the tower learns its own scale
     train_head: bool = True  # train the encoder's projection head W jointly
     head_lr: float = 3e-4
+    # Share of each step's target positions scored against the catalog (a fresh uniform
+    # draw every step). The full-catalog logits dominate a step's cost; scoring a third of
+    # the positions cuts it ~3x, and over epochs every position still gets its turn.
+    position_fraction: float = 1.0
 
 
 class _Block(nn.Module):
@@ -124,9 +128,14 @@ class UserTower(nn.Module):
 
     def forward_all(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-slot states ``h`` [B, L, d]; slot j's score of item v is ``h_j . proj(v)``."""
-        length = history.shape[1]
+        return self.forward_projected(self.proj(history), mask)
+
+    def forward_projected(self, projected: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_all` on already projected slots ``proj(history)`` [B, L, d]
+        (training projects the catalog once per step and gathers: L*B/N times cheaper)."""
+        length = projected.shape[1]
         pos = self.pos.weight[self.config.max_len - length :]
-        x = self.drop(self.proj(history) + pos[None]) * mask[..., None]
+        x = self.drop(projected + pos[None]) * mask[..., None]
         # Keys in empty slots are masked. A query in an empty slot sees only masked keys:
         # its (finite, since NEG is finite) output is garbage, is never used, and never
         # reaches a real slot, whose attention masks every empty key.
@@ -254,13 +263,15 @@ def train_tower(
         total, batches = 0.0, 0
         for s in range(0, len(perm), config.batch_size):
             b = perm[s : s + config.batch_size]
-            items = _unit(body @ head)
+            projected = model.proj(_unit(body @ head))  # [N, d]: every item, once
             x, y = inputs[b], t_mapped[b]
             mask = (x >= 0).to(torch.float32)
-            hist = items[x.clamp(min=0)] * mask[..., None]
-            states = model.forward_all(hist, mask)
+            states = model.forward_projected(projected[x.clamp(min=0)], mask)
             keep = y >= 0
-            logits = states[keep] @ model.proj(items[cat]).T / config.temperature
+            if config.position_fraction < 1.0:
+                draw = torch.rand(keep.shape, generator=gen) < config.position_fraction
+                keep = keep & draw
+            logits = states[keep] @ projected[cat].T / config.temperature
             loss = F.cross_entropy(logits, y[keep])
             optim.zero_grad(set_to_none=True)
             loss.backward()

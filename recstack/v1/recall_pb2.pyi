@@ -107,7 +107,7 @@ class ReloadBundleResponse(_message.Message):
     def __init__(self, bundle_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("id", "score", "vector", "title", "text", "because_item_id", "because_query")
+    __slots__ = ("id", "score", "vector", "title", "text", "because_item_id", "because_query", "history_max_similarity", "history_mean_similarity", "last_item_similarity")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,9 @@ class Candidate(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     BECAUSE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     BECAUSE_QUERY_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_MAX_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_MEAN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    LAST_ITEM_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     vector: bytes
@@ -122,7 +125,10 @@ class Candidate(_message.Message):
     text: str
     because_item_id: str
     because_query: bool
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., vector: _Optional[bytes] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., because_item_id: _Optional[str] = ..., because_query: _Optional[bool] = ...) -> None: ...
+    history_max_similarity: float
+    history_mean_similarity: float
+    last_item_similarity: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., vector: _Optional[bytes] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., because_item_id: _Optional[str] = ..., because_query: _Optional[bool] = ..., history_max_similarity: _Optional[float] = ..., history_mean_similarity: _Optional[float] = ..., last_item_similarity: _Optional[float] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
     __slots__ = ("candidates", "query_vector", "dim", "bundle_version")

@@ -64,6 +64,13 @@ def test_text_and_history_queries(stub, bundle, catalog):
     expected = tower.encode([vectors[[2, 1, 0]]])[0]
     got = unpack_vector(resp.query_vector, bundle.dim, "q")
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Per candidate, its similarities to the history (the ranker's side features).
+    index = {i: n for n, i in enumerate(ids)}
+    for c in resp.candidates:
+        sims = vectors[[2, 1, 0]] @ vectors[index[c.id]]
+        assert c.history_max_similarity == pytest.approx(float(sims.max()), abs=1e-5)
+        assert c.history_mean_similarity == pytest.approx(float(sims.mean()), abs=1e-5)
+        assert c.last_item_similarity == pytest.approx(float(sims[-1]), abs=1e-5)
     # History and query: the normalised sum of the two unit vectors.
     both = stub.Recall(
         recall_pb2.RecallRequest(history_item_ids=history, query_text="something to watch", k=5)

@@ -161,3 +161,25 @@ def test_popularity_needs_data(tmp_path):
     core = GatewayCore(backend, backend, EventStore(f"sqlite:///{tmp_path}/e.db"), GatewayOptions())
     with pytest.raises(FailedPrecondition, match="--bundle"):
         core.recommend(RecommendQuery(user_id="nobody"), Deadline.after(5))
+
+
+def test_side_features_sent_in_the_rankers_order(tmp_path):
+    backend = Catalog()
+    events = EventStore(f"sqlite:///{tmp_path}/e.db", [("u1", ["i11", "i10"]), ("u2", ["i5"])])
+    names = ("history_length", "item_popularity", "recall_rank", "recall_score")
+    core = GatewayCore(backend, backend, events, GatewayOptions(), side_features=names)
+    core.recommend(RecommendQuery(user_id="u1", k=3, candidate_count=4), Deadline.after(5))
+    query = backend.ranks[0][0]
+    assert query.candidate_features is not None
+    feats = query.candidate_features.reshape(len(query.candidate_ids), len(names))
+    np.testing.assert_allclose(feats[:, 0], np.log1p(2))  # two history items
+    pops = [events.popularity.get(i, 0) for i in query.candidate_ids]
+    np.testing.assert_allclose(feats[:, 1], np.log1p(pops))
+    np.testing.assert_allclose(feats[:, 2], np.log1p(np.arange(4)))
+    np.testing.assert_allclose(feats[:, 3], 1.0)  # the fake recall's scores
+    # No side features declared: none sent. Unknown names: refused at start-up.
+    plain = GatewayCore(backend, backend, events, GatewayOptions())
+    plain.recommend(RecommendQuery(user_id="u1", k=3), Deadline.after(5))
+    assert backend.ranks[-1][0].candidate_features is None
+    with pytest.raises(FailedPrecondition, match="side features"):
+        GatewayCore(backend, backend, events, GatewayOptions(), side_features=("age",))

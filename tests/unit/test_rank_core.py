@@ -23,7 +23,7 @@ from recstack.config import RankOptions
 from recstack.deadline import Deadline
 from recstack.domain import RankQuery
 from recstack.errors import BundleError, FailedPrecondition, InvalidArgument
-from recstack.features import candidate_features
+from recstack.features import candidate_features, history_similarities
 from recstack.ort import CPU, CUDA, SessionOptions
 from recstack.server import CoreRef
 from recstack.v1 import rank_pb2
@@ -123,7 +123,8 @@ def side_features(bundle: Bundle, user, items) -> np.ndarray | None:
     # error a test provokes is the one it names.
     ok = items.ndim == 2 and items.shape[1:] == user.shape
     scores = np.nan_to_num(items @ user) if ok else np.zeros(len(items), np.float32)
-    return candidate_features(scores, np.arange(len(items)) % 7, 5, names)
+    sims = history_similarities(items, items[:3]) if ok else None
+    return candidate_features(scores, np.arange(len(items)) % 7, 5, sims, names=names)
 
 
 def flat_features(bundle: Bundle, user, items) -> np.ndarray | None:
