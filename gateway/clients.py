@@ -64,6 +64,7 @@ class GrpcRecall:
             min_sequence=query.min_sequence,
             exact=query.exact,
             ignore_unknown_history=query.ignore_unknown_history,
+            user_prior=query.user_prior,
         )
         resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
         dim = resp.dim

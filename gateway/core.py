@@ -180,6 +180,7 @@ class GatewayCore:
                 filters=q.filters,
                 # A stored profile may name items deleted since; explicit ids must exist.
                 ignore_unknown_history=stored,
+                user_prior=True,
             ),
             deadline.budget(self.options.recall_share),
         )

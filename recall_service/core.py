@@ -204,7 +204,9 @@ class RecallCore:
             }
             if users:
                 vectors[users] = self.tower.encode(
-                    [found[i][1] for i in users], [query_vecs.get(i) for i in users]
+                    [found[i][1] for i in users],
+                    [query_vecs.get(i) for i in users],
+                    [queries[i].user_prior for i in users],
                 )
             for i, q in enumerate(queries):
                 if q.query_vector is not None:

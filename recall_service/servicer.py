@@ -33,6 +33,7 @@ def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> Rec
         min_sequence=request.min_sequence,
         exact=request.exact,
         ignore_unknown_history=request.ignore_unknown_history,
+        user_prior=request.user_prior,
     )
 
 

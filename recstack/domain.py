@@ -39,6 +39,8 @@ class RecallQuery:
     min_sequence: int = 0
     exact: bool = False
     ignore_unknown_history: bool = False
+    # Query-only: blend in the bundle's prior user vector (a new user, not a search).
+    user_prior: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,12 @@ the bundle's ``prior`` vector (``user/prior.npy``: the normalised mean of the tr
 users' vectors, "the average user").
 
 A free-text query, when given, is encoded by the text encoder into the same space as the
-items. A query-only user *is* that vector (a search: the items whose text is closest); a
-user with both gets the normalised sum of the two unit vectors, "what they would pick next"
-and "what they ask for now", weighted equally. No transformer runs over text for a
+items. A query-only request is that vector (a search: the items whose text is closest),
+or, for a *new user* (``user_prior``), ``normalize(query + w * prior)`` with the weight
+``w`` chosen at build time on validation (``user.query_prior_weight``): a popularity-like
+prior that a short genre phrase alone lacks. A user with both history and query gets the
+normalised sum of the two unit vectors, "what they would pick next" and "what they ask for
+now", weighted equally. No transformer runs over text for a
 history-only request; the tower is a few small matmuls.
 
 Training (``training.evaluate``) and the recall service both call :meth:`UserTower.encode`,
@@ -61,12 +64,17 @@ class UserTower:
         if prior.shape != (self.dim,) or not np.isfinite(prior).all():
             raise BundleError(f"bundle {bundle.version}: user prior has shape {prior.shape}")
         self.prior = l2_normalize(prior.astype(np.float32))
+        self.query_prior_weight = float(spec.get("query_prior_weight", 0.0))
 
     def encode(
-        self, histories: Sequence[F32Array], queries: Sequence[F32Array | None] | None = None
+        self,
+        histories: Sequence[F32Array],
+        queries: Sequence[F32Array | None] | None = None,
+        user_prior: Sequence[bool] | None = None,
     ) -> F32Array:
         """Unit user vectors [B, D]. Each history is [n_i, D], oldest row first; each query
-        (optional) a unit [D] vector. Neither: the prior (see the module docstring)."""
+        (optional) a unit [D] vector; ``user_prior[b]``: a query-only row is a new user.
+        Neither history nor query: the prior (see the module docstring)."""
         out = np.empty((len(histories), self.dim), np.float32)
         out[:] = self.prior
         real = [b for b, h in enumerate(histories) if len(h)]
@@ -75,6 +83,12 @@ class UserTower:
             feed = {self.input_names[0]: hist, self.input_names[1]: mask}
             out[real] = l2_normalize(self.session.run([self.output], feed)[0])
         for b, q in enumerate(queries or ()):
-            if q is not None:
-                out[b] = l2_normalize(out[b] + q) if len(histories[b]) else q
+            if q is None:
+                continue
+            if len(histories[b]):
+                out[b] = l2_normalize(out[b] + q)
+            elif user_prior is not None and user_prior[b] and self.query_prior_weight:
+                out[b] = l2_normalize(q + self.query_prior_weight * self.prior)
+            else:
+                out[b] = q
         return out

@@ -162,15 +162,41 @@ def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[Eval
     return cases
 
 
+def _genres(meta: dict[str, Any]) -> list[str]:
+    g = meta.get("genres")
+    if isinstance(g, list):
+        return [str(x) for x in g]
+    t = meta.get("topic")
+    return [str(t)] if t else []
+
+
+def query_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[EvalCase]:
+    """Query-only users: each user with a held-out item of ``phase``, served as new from a
+    query made of the genre (``metadata.genres`` or ``topic``) they watched most in train;
+    nothing excluded. Users whose train items have no genre are left out."""
+    held = split.test if phase == "test" else split.valid
+    cases = []
+    for user in sorted(held):
+        counts: Counter[str] = Counter()
+        for i in split.train[user]:
+            counts.update(_genres(dataset.items[dataset.item_index[i]].metadata))
+        if counts:
+            genre = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+            cases.append(EvalCase(user, [], set(), held[user], query=genre))
+    return cases
+
+
 def user_vectors(
     tower: Any,
     cases: Sequence[EvalCase],
     item_vecs: np.ndarray,
     item_index: dict[str, int],
     query_vecs: np.ndarray | None = None,
+    user_prior: bool = True,
 ) -> np.ndarray:
     """The served user vectors: ``tower.encode`` over each history's item vectors (most
-    recent ``tower.max_len``) and, if given, the case's query vector."""
+    recent ``tower.max_len``) and, if given, the case's query vector (``user_prior``: as
+    the gateway's Recommend asks for it)."""
     out = []
     dim = item_vecs.shape[1]
     for s in range(0, len(cases), 512):
@@ -180,7 +206,7 @@ def user_vectors(
             for c in chunk
         ]
         queries = None if query_vecs is None else list(query_vecs[s : s + 512])
-        out.append(tower.encode(histories, queries))
+        out.append(tower.encode(histories, queries, [user_prior] * len(chunk)))
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 

@@ -491,6 +491,11 @@ def _build_into(
             )
             prior = user_vectors(tw.model, [r for r in tower_rows if r], item_vecs).mean(axis=0)
             np.save(work / user_spec["prior"], prior.astype(np.float32), allow_pickle=False)
+
+        with timer.stage("query_prior", "new users' query + prior weight, chosen on validation"):
+            user_spec["query_prior_weight"], prior_curve = _choose_query_prior(
+                dataset, split, encoder, item_vecs, work, version, user_spec, ort_options
+            )
             tower = UserTower(_staging_bundle(work, version, {"user": user_spec}), ort_options)
 
         with timer.stage("build_index", "HNSW"):
@@ -607,6 +612,8 @@ def _build_into(
         "tower_valid_curve": tw.valid_curve,
         "tower_final_loss": round(tw.losses[-1], 4) if tw.losses else None,
         "tower_sequences": len(windows.inputs),
+        "query_prior_weight": user_spec["query_prior_weight"],
+        "query_prior_valid_recall@20": prior_curve,
         "ranker_epochs": prof.ranker_epochs,
         "ranker_final_loss": round(rk.losses[-1], 4) if rk.losses else None,
         "ranker_lists": rk.lists,
@@ -679,6 +686,43 @@ def _build_into(
     write_manifest(work, manifest)
     # Fail the build, not the first service start, if anything does not verify.
     Bundle.open(work)
+
+
+QUERY_PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _choose_query_prior(
+    dataset: Dataset,
+    split: Split,
+    encoder: TextEncoder,
+    item_vecs: np.ndarray,
+    work: Path,
+    version: str,
+    user_spec: dict[str, Any],
+    ort_options: SessionOptions,
+) -> tuple[float, list[tuple[float, float]]]:
+    """The weight of the prior in a new user's query vector with the best validation
+    Recall@20 (exact search) among :data:`QUERY_PRIOR_WEIGHTS`; 0 when the data has no
+    genres to build validation queries from. Returns it and the (weight, Recall@20) curve."""
+    from training import evaluate as ev
+
+    cases = ev.query_cases(dataset, split, "valid")
+    if not cases:
+        return 0.0, []
+    item_ids = [it.id for it in dataset.items]
+    queries = ev.encode_texts(encoder, [c.query for c in cases], DIM)
+    targets: list[str | None] = [c.target for c in cases]
+    curve = []
+    for w in QUERY_PRIOR_WEIGHTS:
+        tower = UserTower(
+            _staging_bundle(work, version, {"user": {**user_spec, "query_prior_weight": w}}),
+            ort_options,
+        )
+        uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index, queries)
+        lists = ev.exact_lists(uv, item_vecs, cases, item_ids, 20)
+        curve.append((w, ev.recall_at_k(lists, targets, 20)))
+    best = max(curve, key=lambda wr: (wr[1], -wr[0]))[0]
+    return best, curve
 
 
 def _int8_report(

@@ -20,7 +20,6 @@ most-popular and random.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,6 @@ import numpy as np
 
 from training import evaluate as ev
 from training.data import Dataset, Split
-
-
-def _genres(meta: dict[str, Any]) -> list[str]:
-    g = meta.get("genres")
-    if isinstance(g, list):
-        return [str(x) for x in g]
-    t = meta.get("topic")
-    return [str(t)] if t else []
 
 
 def cold_start(
@@ -112,15 +103,7 @@ def cold_start(
             )
 
     # Query-only users.
-    q_cases: list[ev.EvalCase] = []
-    for user in sorted(split.test):
-        counts: Counter[str] = Counter()
-        for i in split.train[user]:
-            counts.update(_genres(dataset.items[dataset.item_index[i]].metadata))
-        if not counts:
-            continue
-        genre = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-        q_cases.append(ev.EvalCase(user, [], set(), split.test[user], query=genre))
+    q_cases = ev.query_cases(dataset, split, "test")
     if q_cases:
         qv = ev.encode_texts(served_encoder, [c.query for c in q_cases], served_items.shape[1])
         uv = ev.user_vectors(tower, q_cases, served_items, dataset.item_index, qv)
@@ -144,6 +127,7 @@ def cold_start(
             "model": {m: served["ranked"][m] for m in ("recall@20", "ndcg@10", "ci95")},
             "recall_only": {m: served["hnsw"][m] for m in ("recall@20", "ndcg@10", "ci95")},
             "most_popular": {m: pop_m[m] for m in ("recall@20", "ndcg@10", "ci95")},
+            "query_prior_weight": tower.query_prior_weight,
             "random": {"recall@20": k / n},
         }
     return result

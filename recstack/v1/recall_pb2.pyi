@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecallRequest(_message.Message):
-    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact", "ignore_unknown_history")
+    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact", "ignore_unknown_history", "user_prior")
     QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class RecallRequest(_message.Message):
     MIN_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     IGNORE_UNKNOWN_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    USER_PRIOR_FIELD_NUMBER: _ClassVar[int]
     query_text: str
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     query_vector: bytes
@@ -28,7 +29,8 @@ class RecallRequest(_message.Message):
     min_sequence: int
     exact: bool
     ignore_unknown_history: bool
-    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ..., ignore_unknown_history: _Optional[bool] = ...) -> None: ...
+    user_prior: bool
+    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ..., ignore_unknown_history: _Optional[bool] = ..., user_prior: _Optional[bool] = ...) -> None: ...
 
 class MetadataFilter(_message.Message):
     __slots__ = ("field", "any_of", "min", "max")
