@@ -4,9 +4,10 @@ Per candidate, in this order (the bundle's ``ranker.side_features``):
 
 - ``recall_score``: the candidate's inner product with the user vector (from recall);
 - ``recall_rank``: ``log1p`` of its 0-based position in recall's answer;
-- ``item_popularity``: ``log1p`` of the item's interaction count: in serving, over the
-  bundle's user histories (``users/history.jsonl``, the counts the gateway's popularity
-  fallback uses; items added live have 0); in training, over the input histories;
+- ``item_popularity``: ``log1p`` of how many users interacted with the item: in serving,
+  over the bundle's user histories (``users/history.jsonl``, the counts the gateway's
+  popularity fallback uses; items added live have 0); in training, over the input
+  histories;
 - ``history_length``: ``log1p`` of the number of history items the user vector was built
   from (0 for a query-only user);
 - ``history_max_similarity``, ``history_mean_similarity``, ``last_item_similarity``: the

@@ -223,12 +223,14 @@ def mean_vectors(
 
 
 def input_counts(split: Split, phase: str = "test") -> Counter[str]:
-    """Interaction counts over every user's input history for ``phase``."""
+    """Per item, how many users have it in their input history for ``phase`` (a user
+    counts once, as the gateway's popularity counts its seed profiles)."""
     counts: Counter[str] = Counter()
     for user, seq in split.train.items():
-        counts.update(seq)
+        items = set(seq)
         if phase == "test" and user in split.valid:
-            counts[split.valid[user]] += 1
+            items.add(split.valid[user])
+        counts.update(items)
     return counts
 
 

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -229,16 +228,6 @@ def _train_rows(dataset: Dataset, split: Split, holdout: int) -> list[list[int]]
     return out
 
 
-def _counts(split: Split, phase: str) -> Counter[str]:
-    """Interaction counts over every user's input history for ``phase``."""
-    counts: Counter[str] = Counter()
-    for user, seq in split.train.items():
-        counts.update(seq)
-        if phase == "test" and user in split.valid:
-            counts[split.valid[user]] += 1
-    return counts
-
-
 def _ranker_lists(
     dataset: Dataset,
     split: Split,
@@ -256,7 +245,7 @@ def _ranker_lists(
     """
     from training import evaluate as ev
 
-    counts = _counts(split, "valid")
+    counts = ev.input_counts(split, "valid")
     item_ids = [it.id for it in dataset.items]
     cases = []
     for user in sorted(split.train):

@@ -1,0 +1,117 @@
+"""The evaluation's served path is what the running servers serve.
+
+``training.evaluate`` scores a user with the bundle's ONNX tower, HNSW index and ONNX
+ranker with the gateway's side features; here the same users go through real recall, rank
+and gateway servers (private ones: the session servers' catalogs are changed by other
+tests), and both must return the same top-10.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import hnswlib
+import numpy as np
+import pytest
+
+from recstack.bundle import Bundle
+from recstack.config import GatewayOptions, RankOptions, ServerOptions
+from recstack.ort import CPU, SessionOptions, create_session
+from recstack.server import RunningServer
+from recstack.user_tower import UserTower
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.conftest import recall_options
+
+READY_S = 120.0
+K = 10
+CANDIDATES = 40
+
+
+@pytest.fixture(scope="module")
+def servers(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    from gateway.server import serve as serve_gateway
+    from rank_service.server import serve as serve_rank
+    from recall_service.server import serve as serve_recall
+
+    started: list[RunningServer] = []
+    try:
+        recall = serve_recall(
+            ServerOptions(port=0),
+            recall_options(bundle_dir, tmp_path_factory.mktemp("served-recall")),
+        )
+        started.append(recall)
+        rank = serve_rank(
+            ServerOptions(port=0), RankOptions(bundle=str(bundle_dir), max_candidates=100)
+        )
+        started.append(rank)
+        recall.wait_ready(READY_S)
+        rank.wait_ready(READY_S)
+        gateway = serve_gateway(
+            ServerOptions(port=0),
+            GatewayOptions(
+                recall_address=f"127.0.0.1:{recall.port}",
+                rank_address=f"127.0.0.1:{rank.port}",
+                bundle=str(bundle_dir),
+                state_dir=str(tmp_path_factory.mktemp("served-gateway")),
+                max_candidates=100,
+            ),
+        )
+        started.append(gateway)
+        gateway.wait_ready(READY_S)
+        yield gateway.port
+    finally:
+        for s in reversed(started):
+            s.stop(0)
+
+
+def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, bundle: Bundle):
+    from training import evaluate as ev
+
+    options = SessionOptions(device="cpu")
+    tower = UserTower(bundle, options)
+    ranker, provider = create_session(bundle.path(bundle.section("ranker")["model"]), options)
+    assert provider == CPU
+    spec = bundle.section("index")
+    index = hnswlib.Index(space="ip", dim=bundle.dim)
+    index.load_index(str(bundle.path(spec["path"])))
+    index.set_ef(int(spec["ef_search"]))
+    item_ids = [it.id for it in bundle.iter_catalog()]
+    item_pos = {i: n for n, i in enumerate(item_ids)}
+    vectors = bundle.load_vectors()
+    histories = list(bundle.iter_user_histories())
+    # The gateway's popularity feature counts every bundle history (its seed profiles).
+    counts = Counter(i for _, items in histories for i in dict.fromkeys(items))
+
+    sample = histories[:: max(1, len(histories) // 12)]
+    # Histories in the bundle are most recent first; evaluation cases are oldest first.
+    cases = [
+        ev.EvalCase(user, list(dict.fromkeys(items))[::-1], set(items), items[0])
+        for user, items in sample
+    ]
+    uv = ev.user_vectors(tower, cases, vectors, item_pos)
+    recalled = ev.recall_lists(index, uv, cases, item_ids, CANDIDATES)
+    expected = ev.rerank_lists(
+        ranker,
+        uv,
+        recalled,
+        vectors,
+        item_pos,
+        counts,
+        [ev.history_matrix(c, vectors, item_pos, tower.max_len) for c in cases],
+        [len(c.history) for c in cases],
+    )
+    stub = gateway_pb2_grpc.RecommendServiceStub(grpc.insecure_channel(f"127.0.0.1:{servers}"))
+    for case, want in zip(cases, expected, strict=True):
+        resp = stub.Recommend(
+            gateway_pb2.RecommendRequest(
+                history_item_ids=case.history[::-1], k=K, candidate_count=CANDIDATES
+            ),
+            timeout=30,
+        )
+        got = [i.id for i in resp.items]
+        assert got == want[:K], (case.user_id, got, want[:K])
+        assert not set(got) & case.seen
+    assert np.isfinite(uv).all()
