@@ -512,6 +512,7 @@ def _build_into(
             ranker_diff = check_ranker_parity(rk.model, ranker_path, DIM, seed=seed)
 
         results: dict[str, Any] = {}
+        per_user_served: dict[str, Any] = {}
         with timer.stage("evaluate", "ONNX tower + HNSW + ONNX ranker, valid and test"):
             ranker_session, _ = create_session(ranker_path, ort_options)
             for phase in ("valid", "test"):
@@ -537,6 +538,12 @@ def _build_into(
                     [c.target for c in cases],
                 )
                 res["users"] = len(cases)
+                # Per-user served NDCG@10, so that a later bundle can be compared *paired*
+                # with this one on the same users (``evaluate.paired_difference``).
+                per_user_served[phase] = {
+                    "users": [c.user_id for c in cases],
+                    "ndcg@10": [round(float(x), 6) for x in arrays["ranked"]["ndcg@10"]],
+                }
                 res["paired"] = {
                     f"ranked_vs_{other}": {
                         m: ev.paired_difference(arrays["ranked"][m], arrays[other][m])
@@ -625,6 +632,7 @@ def _build_into(
             "intervals over users"
         ),
         "results": results,
+        "per_user_served": per_user_served,
         "cold_start": cold,
         "int8": int8_report,
         "training": training,
