@@ -77,7 +77,8 @@ class BundleData:
     vectors: F32Array
     histories: list[tuple[str, list[str]]]
     side_features: tuple[str, ...] = ()  # what the bundle's ranker declares
-    popularity: dict[str, int] | None = None  # interaction counts (the gateway's)
+    popularity: dict[str, int] | None = None  # users per item, as the gateway counts
+    history_window: int = 50  # history items the user tower (and its features) read
 
     @classmethod
     def load(cls, bundle: Bundle) -> BundleData:
@@ -105,6 +106,7 @@ class BundleData:
             histories,
             tuple(bundle.section("ranker").get("side_features", ())),
             popularity,
+            int(bundle.section("user")["max_len"]),
         )
 
 
@@ -218,20 +220,17 @@ class Generator:
         features = b""
         if self.data.side_features:
             # What the gateway would send for these candidates (recall's order: by score).
-            order = np.argsort(-(self.data.vectors[rows] @ user), kind="stable")
-            rows, ids = rows[order], [ids[int(j)] for j in order]
+            scores = self.data.vectors[rows] @ user
+            order = np.argsort(-scores, kind="stable")
+            rows, ids, scores = rows[order], [ids[int(j)] for j in order], scores[order]
             pop = self.data.popularity or {}
+            window = [self.row[i] for i in history[: self.data.history_window]][::-1]
             features = pack(
                 candidate_features(
-                    self.data.vectors[rows] @ user,
+                    scores,
                     np.asarray([pop.get(i, 0) for i in ids]),
                     len(history),
-                    history_similarities(
-                        self.data.vectors[rows],
-                        self.data.vectors[[self.row[i] for i in history[:50]][::-1]]
-                        if history
-                        else self.data.vectors[:0],
-                    ),
+                    history_similarities(self.data.vectors[rows], self.data.vectors[window]),
                     names=self.data.side_features,
                 )
             )

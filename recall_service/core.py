@@ -51,7 +51,7 @@ from recstack.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from recstack.features import history_similarities
+from recstack.features import summarize_similarities
 from recstack.sharding import shard_of
 from recstack.user_tower import UserTower
 from recstack.vectors import F32Array, l2_normalize
@@ -215,14 +215,17 @@ class RecallCore:
             hits = self.index.search(vectors, specs, self.options.search_threads)
             for n, (q, qv, row) in enumerate(zip(queries, vectors, hits, strict=True)):
                 items = [self.index.item(label) for label, _ in row]
-                hist_ids, hist = found.get(n, ([], None))
+                hist_ids, hist = found.get(n, ([], np.zeros((0, self.dim), np.float32)))
                 cand_vecs = (
                     np.stack([vec for _, vec in items])
                     if items
                     else np.zeros((0, self.dim), np.float32)
                 )
-                because = self._explain(cand_vecs, hist_ids, hist, query_vecs.get(n))
-                sims = history_similarities(cand_vecs, hist if hist is not None else cand_vecs[:0])
+                # One candidate-by-history product serves the explanation and the
+                # ranker's similarity features.
+                by_history = cand_vecs @ hist.T
+                because = self._explain(cand_vecs, by_history, hist_ids, query_vecs.get(n))
+                sims = summarize_similarities(by_history)
                 candidates = [
                     RecallCandidate(
                         item.id,
@@ -243,19 +246,20 @@ class RecallCore:
     @staticmethod
     def _explain(
         cands: F32Array,
+        by_history: F32Array,
         history_ids: list[str],
-        history: F32Array | None,
         query: F32Array | None,
     ) -> list[tuple[str, bool]]:
-        """Per candidate: (the most similar history item, whether the query is closer)."""
-        if not len(cands) or ((history is None or not len(history)) and query is None):
+        """Per candidate: (the most similar history item, whether the query is closer);
+        ``by_history`` [N, H] are the candidates' inner products with the history."""
+        has_history = by_history.shape[1] > 0
+        if not len(cands) or (not has_history and query is None):
             return [("", False)] * len(cands)
         best_hist = np.full(len(cands), -np.inf, np.float32)
         best_id = [""] * len(cands)
-        if history is not None and len(history):
-            sims = cands @ history.T
-            arg = sims.argmax(axis=1)
-            best_hist = sims[np.arange(len(cands)), arg]
+        if has_history:
+            arg = by_history.argmax(axis=1)
+            best_hist = by_history[np.arange(len(cands)), arg]
             best_id = [history_ids[int(j)] for j in arg]
         by_query = cands @ query if query is not None else np.full(len(cands), -np.inf)
         return [

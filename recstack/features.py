@@ -43,14 +43,21 @@ def unsupported(names: Sequence[str]) -> list[str]:
     return [n for n in names if n not in RANKER_FEATURES]
 
 
+def summarize_similarities(sims: np.ndarray) -> F32Array:
+    """[N, 3] (max, mean, last) of an [N, H] candidate-by-history inner-product matrix
+    (history oldest column first); zeros when H = 0."""
+    if sims.shape[1] == 0 or not len(sims):
+        return np.zeros((len(sims), len(SIMILARITIES)), np.float32)
+    out = np.stack([sims.max(axis=1), sims.mean(axis=1), sims[:, -1]], axis=1)
+    return out.astype(np.float32)
+
+
 def history_similarities(candidates: np.ndarray, history: np.ndarray) -> F32Array:
-    """[N, 3] (max, mean, last) inner products of N candidate vectors with the history
-    vectors [H, D] (oldest row first); zeros when the history is empty."""
-    n = len(candidates)
-    if not len(history) or not n:
-        return np.zeros((n, len(SIMILARITIES)), np.float32)
-    sims = np.asarray(candidates, np.float32) @ np.asarray(history, np.float32).T
-    return np.stack([sims.max(axis=1), sims.mean(axis=1), sims[:, -1]], axis=1).astype(np.float32)
+    """:func:`summarize_similarities` of N candidate vectors against the history vectors
+    [H, D] (oldest row first)."""
+    cands = np.asarray(candidates, np.float32)
+    hist = np.asarray(history, np.float32).reshape(len(history), cands.shape[-1])
+    return summarize_similarities(cands.reshape(len(cands), -1) @ hist.T)
 
 
 def candidate_features(

@@ -29,7 +29,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,18 +82,8 @@ class Profile:
     logq_correction: bool = True
     max_pairs_per_user: int | None = None
     max_history: int = 10  # titles in a fine-tuning user text
-    # User tower (training.tower.TowerConfig) + the encoder's projection head.
-    tower_max_len: int = 50
-    tower_d: int = 64
-    tower_layers: int = 2
-    tower_heads: int = 2
-    tower_dropout: float = 0.2
-    tower_epochs: int = 20
-    tower_batch: int = 256
-    tower_lr: float = 3e-3
-    tower_temperature: float = 1.0
-    tower_train_head: bool = True
-    tower_head_lr: float = 3e-4
+    # User tower + the encoder's projection head.
+    tower: TowerConfig = field(default_factory=TowerConfig)
     validate_every: int = 5
     # The cold-start protocol re-trains the tower without the cold items: for this many
     # epochs (at most the warm model's best), to keep the build inside its time budget.
@@ -110,21 +100,6 @@ class Profile:
     cold_fraction: float = 0.05
     int8: bool = False
 
-    def tower_config(self, epochs: int | None = None) -> TowerConfig:
-        return TowerConfig(
-            max_len=self.tower_max_len,
-            d_model=self.tower_d,
-            layers=self.tower_layers,
-            heads=self.tower_heads,
-            dropout=self.tower_dropout,
-            epochs=self.tower_epochs if epochs is None else epochs,
-            batch_size=self.tower_batch,
-            lr=self.tower_lr,
-            temperature=self.tower_temperature,
-            train_head=self.tower_train_head,
-            head_lr=self.tower_head_lr,
-        )
-
 
 PROFILES: dict[str, Profile] = {
     # Integration tests on the synthetic dataset: exercises every stage in seconds.
@@ -136,11 +111,7 @@ PROFILES: dict[str, Profile] = {
         max_length=32,
         warmup_steps=0,
         freeze_layers=4,
-        tower_max_len=8,
-        tower_d=32,
-        tower_layers=1,
-        tower_epochs=6,
-        tower_batch=32,
+        tower=TowerConfig(max_len=8, d_model=32, layers=1, epochs=6, batch_size=32),
         cold_epochs=3,
         validate_every=3,
         ranker_holdout=1,
@@ -168,8 +139,7 @@ PROFILES: dict[str, Profile] = {
         max_length=128,
         warmup_steps=100,
         freeze_layers=0,
-        tower_d=128,
-        tower_epochs=60,
+        tower=TowerConfig(d_model=128, epochs=60),
         cold_epochs=30,
         ranker_epochs=10,
         ranker_hidden=(256, 64),
@@ -260,9 +230,9 @@ def _ranker_lists(
     for case, vec, (ids, scores) in zip(cases, uv, recalled, strict=True):
         if case.target not in ids or len(ids) < prof.rerank_n:
             continue
-        users.append(vec)
-        cands.append([dataset.item_index[i] for i in ids])
         rows = [dataset.item_index[i] for i in ids]
+        users.append(vec)
+        cands.append(rows)
         history = ev.history_matrix(case, item_vecs, dataset.item_index, tower.max_len)
         feats.append(
             candidate_features(
@@ -360,7 +330,7 @@ def _build_into(
         dataset = load_dataset(data_dir, name=dataset_name)
         split = leave_last_out(dataset)
         tower_rows = _train_rows(dataset, split, prof.ranker_holdout)
-        windows = make_windows(tower_rows, prof.tower_max_len)
+        windows = make_windows(tower_rows, prof.tower.max_len)
         if not len(windows.inputs):
             raise DataError(
                 f"{data_dir}: no training sequences (need users with at least 2 train "
@@ -405,9 +375,9 @@ def _build_into(
         "prior": "user/prior.npy",
         "inputs": [HISTORY_INPUT, MASK_INPUT],
         "output": USER_OUTPUT,
-        "max_len": prof.tower_max_len,
-        "d_model": prof.tower_d,
-        "layers": prof.tower_layers,
+        "max_len": prof.tower.max_len,
+        "d_model": prof.tower.d_model,
+        "layers": prof.tower.layers,
     }
     ort_options = SessionOptions(device="cpu", intra_op_threads=os.cpu_count() or 1)
     body_dir = work.parent / f"{work.name}.body"
@@ -429,16 +399,15 @@ def _build_into(
             lists = ev.exact_lists(uv, vecs, valid_cases, item_ids, 10)
             return ev.ndcg_at_k(lists, valid_targets, 10)
 
-        tower_config = prof.tower_config()
         with timer.stage(
             "train_tower",
-            f"{tower_config.epochs} epochs over {len(windows.inputs)} sequences, "
+            f"{prof.tower.epochs} epochs over {len(windows.inputs)} sequences, "
             "full-catalog softmax at every position",
         ):
             tw = train_tower(
                 body_items,
                 windows,
-                tower_config,
+                prof.tower,
                 seed=seed,
                 validate=validate,
                 validate_every=prof.validate_every,
@@ -529,7 +498,7 @@ def _build_into(
                     prof.rerank_n,
                     ev.input_counts(split, phase),
                     arrays,
-                    prof.tower_max_len,
+                    prof.tower.max_len,
                 )
                 res["most_popular"] = ev.baseline_most_popular(split, cases, phase, arrays)
                 zs = ev.mean_vectors(cases, body_items, dataset.item_index)
@@ -603,7 +572,7 @@ def _build_into(
         "profile": prof.name,
         "seed": seed,
         "steps": prof.steps,
-        "tower": asdict(tower_config),
+        "tower": asdict(prof.tower),
         "tower_best_epoch": tw.best_epoch,
         "tower_valid_curve": tw.valid_curve,
         "tower_final_loss": round(tw.losses[-1], 4) if tw.losses else None,

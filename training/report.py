@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def cold_start(
         [r for r in seq if r not in cold_idx]
         for seq in _train_rows(dataset, split, prof.ranker_holdout)
     ]
-    windows = make_windows(rows, prof.tower_max_len)
+    windows = make_windows(rows, prof.tower.max_len)
     catalog = np.asarray([j for j in range(n) if j not in cold_idx], dtype=np.int64)
     result: dict[str, Any] = {
         "cold_items": len(cold_ids),
@@ -70,7 +71,7 @@ def cold_start(
         cold = train_tower(
             body_items,
             windows,
-            prof.tower_config(epochs=max(1, epochs)),
+            replace(prof.tower, epochs=max(1, epochs)),
             seed=seed,
             catalog=catalog,
             progress=progress,
@@ -117,7 +118,7 @@ def cold_start(
             ranker,
             prof.rerank_n,
             ev.input_counts(split, "test"),
-            window=prof.tower_max_len,
+            window=prof.tower.max_len,
         )
         pop = ev.popularity_order(split, "test")[:k]
         pop_m, _ = ev.with_intervals([pop] * len(q_cases), q_targets)
