@@ -55,9 +55,9 @@ def summarize_similarities(sims: np.ndarray) -> F32Array:
 def history_similarities(candidates: np.ndarray, history: np.ndarray) -> F32Array:
     """:func:`summarize_similarities` of N candidate vectors against the history vectors
     [H, D] (oldest row first)."""
-    cands = np.asarray(candidates, np.float32)
-    hist = np.asarray(history, np.float32).reshape(len(history), cands.shape[-1])
-    return summarize_similarities(cands.reshape(len(cands), -1) @ hist.T)
+    cands = np.asarray(candidates, np.float32)  # [N, D], N may be 0
+    hist = np.asarray(history, np.float32).reshape(-1, cands.shape[-1])
+    return summarize_similarities(cands @ hist.T)
 
 
 def candidate_features(
