@@ -49,7 +49,7 @@ def encoder_bench(bundle: Bundle, budget_s: float) -> list[dict[str, Any]]:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from training.two_tower import base_model_dir, set_offline
+    from training.base_encoder import base_model_dir, set_offline
 
     set_offline()
 

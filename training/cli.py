@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also write encoder/model.int8.onnx (dynamic quantization) and measure it",
     )
     b.add_argument(
-        "--fine-tune-steps",
+        "--fine-tune-layers",
         type=int,
         default=None,
-        help="also fine-tune the transformer (two-tower, in-batch InfoNCE) for N steps before "
-        "training the head (default: the profile's; quick/full use 0, see "
+        help="fine-tune the encoder's top N transformer layers jointly with the user tower "
+        "(0: frozen encoder, only its projection head trained; default: the profile's, see "
         "docs/model-quality.md)",
     )
     b.add_argument("--quiet", action="store_true", help="no progress output")
@@ -84,8 +85,8 @@ def _resolve_data(arg: str, cache: Path) -> tuple[Path, str]:
     return path, path.resolve().name
 
 
-def _reusable(out: Path, profile: str, seed: int, data_dir: Path, steps: int = 0) -> Path | None:
-    """The CURRENT bundle if built from the same profile, seed, fine-tuning steps and data."""
+def _reusable(out: Path, profile: str, seed: int, data_dir: Path, layers: int) -> Path | None:
+    """The CURRENT bundle if built from the same profile, seed, fine-tuned layers and data."""
     from recstack.bundle import Bundle
     from recstack.errors import BundleError
 
@@ -100,7 +101,7 @@ def _reusable(out: Path, profile: str, seed: int, data_dir: Path, steps: int = 0
     same = (
         training.get("profile") == profile
         and training.get("seed") == seed
-        and int(training.get("steps") or 0) == steps
+        and training.get("finetune_layers") == layers
         and bundle.manifest.get("dataset", {}).get("fingerprint") == fingerprint
     )
     return bundle.root if same else None
@@ -141,17 +142,23 @@ def _summary(bundle_dir: Path, seconds: float) -> str:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from training.base_encoder import BASE_LAYERS
     from training.pipeline import PROFILES, build_bundle, profile_with
 
     start = time.perf_counter()
     data_dir, name = _resolve_data(args.data, args.cache)
-    profile = (
-        profile_with(args.profile, steps=args.fine_tune_steps)
-        if args.fine_tune_steps is not None
-        else PROFILES[args.profile]
-    )
+    profile = PROFILES[args.profile]
+    if args.fine_tune_layers is not None:
+        if not 0 <= args.fine_tune_layers <= BASE_LAYERS:
+            raise UsageError(
+                f"--fine-tune-layers {args.fine_tune_layers}: must be 0..{BASE_LAYERS}"
+            )
+        tower = replace(profile.tower, finetune_layers=args.fine_tune_layers)
+        profile = profile_with(args.profile, tower=tower)
     if args.reuse:
-        existing = _reusable(args.out, args.profile, args.seed, data_dir, profile.steps)
+        existing = _reusable(
+            args.out, args.profile, args.seed, data_dir, profile.tower.finetune_layers
+        )
         if existing is not None:
             print(f"reusing {existing}: same profile, seed and data fingerprint")
             print(_summary(existing, time.perf_counter() - start))

@@ -170,18 +170,26 @@ def _genres(meta: dict[str, Any]) -> list[str]:
     return [str(t)] if t else []
 
 
+def top_genre(dataset: Dataset, items: Sequence[str]) -> str | None:
+    """The genre (``metadata.genres`` or ``topic``) most frequent among ``items`` (ties by
+    name); None when they have none. The query a query-only user is simulated with."""
+    counts: Counter[str] = Counter()
+    for i in items:
+        counts.update(_genres(dataset.items[dataset.item_index[i]].metadata))
+    if not counts:
+        return None
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
 def query_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[EvalCase]:
     """Query-only users: each user with a held-out item of ``phase``, served as new from a
-    query made of the genre (``metadata.genres`` or ``topic``) they watched most in train;
-    nothing excluded. Users whose train items have no genre are left out."""
+    query made of the genre they watched most in train (:func:`top_genre`); nothing
+    excluded. Users whose train items have no genre are left out."""
     held = split.test if phase == "test" else split.valid
     cases = []
     for user in sorted(held):
-        counts: Counter[str] = Counter()
-        for i in split.train[user]:
-            counts.update(_genres(dataset.items[dataset.item_index[i]].metadata))
-        if counts:
-            genre = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        genre = top_genre(dataset, split.train[user])
+        if genre is not None:
             cases.append(EvalCase(user, [], set(), held[user], query=genre))
     return cases
 

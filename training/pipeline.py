@@ -41,6 +41,7 @@ from recstack.encoder import TextEncoder
 from recstack.features import RANKER_FEATURES, candidate_features, history_similarities
 from recstack.ort import SessionOptions, create_session
 from recstack.user_tower import UserTower
+from training.base_encoder import BASE_MODEL_NAME
 from training.data import DataError, Dataset, Split, leave_last_out, load_dataset
 from training.ranker import (
     FEATURES_INPUT,
@@ -54,8 +55,6 @@ from training.ranker import (
     train_ranker,
 )
 from training.tower import HISTORY_INPUT, MASK_INPUT, USER_OUTPUT, TowerConfig
-from training.two_tower import BASE_MODEL_NAME, TwoTowerConfig
-from training.user_text import UserTextSpec
 
 DIM = 384
 HNSW_M = 16
@@ -70,19 +69,8 @@ class Profile:
     """How much work a build does; ``tiny`` is for tests, ``quick`` for a few minutes' run."""
 
     name: str
-    # Optional transformer fine-tuning before the tower (in-batch InfoNCE of a user text
-    # of recent titles against the next item's text); 0 steps keeps the base encoder.
-    steps: int
-    batch_size: int
-    lr: float
-    max_length: int
-    warmup_steps: int
-    freeze_layers: int
-    temperature: float = 0.05
-    logq_correction: bool = True
-    max_pairs_per_user: int | None = None
-    max_history: int = 10  # titles in a fine-tuning user text
-    # User tower + the encoder's projection head.
+    max_length: int = 128  # encoder tokens per item text
+    # User tower + the encoder's projection head + its fine-tuned top layers.
     tower: TowerConfig = field(default_factory=TowerConfig)
     validate_every: int = 5
     # The cold-start protocol re-trains the tower without the cold items: for this many
@@ -105,13 +93,10 @@ PROFILES: dict[str, Profile] = {
     # Integration tests on the synthetic dataset: exercises every stage in seconds.
     "tiny": Profile(
         "tiny",
-        steps=2,
-        batch_size=16,
-        lr=1e-4,
         max_length=32,
-        warmup_steps=0,
-        freeze_layers=4,
-        tower=TowerConfig(max_len=8, d_model=32, layers=1, epochs=6, batch_size=32),
+        tower=TowerConfig(
+            max_len=8, d_model=32, layers=1, epochs=6, batch_size=32, finetune_items=16
+        ),
         cold_epochs=3,
         validate_every=3,
         ranker_holdout=1,
@@ -121,24 +106,10 @@ PROFILES: dict[str, Profile] = {
         cold_fraction=0.1,
     ),
     # ML-100K in a few minutes on 2 CPU cores.
-    "quick": Profile(
-        "quick",
-        steps=0,
-        batch_size=32,
-        lr=3e-4,
-        max_length=128,
-        warmup_steps=4,
-        freeze_layers=3,
-    ),
+    "quick": Profile("quick"),
     # Longer tower training and a larger ranker budget.
     "full": Profile(
         "full",
-        steps=0,
-        batch_size=64,
-        lr=1e-4,
-        max_length=128,
-        warmup_steps=100,
-        freeze_layers=0,
         tower=TowerConfig(d_model=128, epochs=60),
         cold_epochs=30,
         ranker_epochs=10,
@@ -205,26 +176,40 @@ def _ranker_lists(
     item_vecs: np.ndarray,
     index: Any,
     prof: Profile,
+    encoder: TextEncoder,
 ) -> tuple[RankerLists, int]:
-    """Listwise examples at each user's last ``ranker_holdout`` train positions.
+    """Listwise examples at each user's last ``ranker_holdout`` train positions, plus one
+    query-only list per user (the request a new user makes).
 
     History = the train items before the position; candidates = the HNSW top-N of the
     served user vector with the history excluded (as recall serves them); features as the
-    gateway computes them. Returns the lists that contain their target, and how many
+    gateway computes them. A query-only list is the user at the first of those positions
+    served as new, from the genre they watched most before it
+    (:func:`training.evaluate.top_genre`, as the query-user protocol asks), nothing
+    excluded: without it the ranker never sees ``history_length`` 0 and has no reason to
+    lean on popularity there. Returns the lists that contain their target, and how many
     positions were tried.
     """
     from training import evaluate as ev
 
     counts = ev.input_counts(split, "valid")
     item_ids = [it.id for it in dataset.items]
-    cases = []
+    cases, q_cases = [], []
     for user in sorted(split.train):
         seq = split.train[user]
-        for t in range(max(1, len(seq) - prof.ranker_holdout), len(seq)):
+        first = max(1, len(seq) - prof.ranker_holdout)
+        for t in range(first, len(seq)):
             cases.append(ev.EvalCase(user, list(seq[:t]), set(seq[:t]), seq[t]))
+        genre = ev.top_genre(dataset, seq[:first])
+        if genre is not None and first < len(seq):
+            q_cases.append(ev.EvalCase(user, [], set(), seq[first], query=genre))
     if not cases:
         raise DataError("no ranker training positions (need users with 2+ train items)")
     uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index)
+    if q_cases:
+        queries = ev.encode_texts(encoder, [c.query for c in q_cases], item_vecs.shape[1])
+        qv = ev.user_vectors(tower, q_cases, item_vecs, dataset.item_index, queries)
+        cases, uv = cases + q_cases, np.concatenate([uv, qv])
     recalled = ev.recall_lists(index, uv, cases, item_ids, prof.rerank_n)
     users, cands, feats, target = [], [], [], []
     for case, vec, (ids, scores) in zip(cases, uv, recalled, strict=True):
@@ -306,21 +291,23 @@ def _build_into(
     import hnswlib
 
     from training import evaluate as ev
+    from training.base_encoder import embed_eval, load_base, seed_everything
     from training.export import (
         append_head,
         check_encoder_parity,
         export_encoder,
         quantize_int8,
     )
+    from training.finetune import CachedTop
     from training.report import cold_start, write_plots
     from training.tower import (
         check_tower_parity,
         export_tower,
         make_windows,
+        popularity_prior,
         train_tower,
         user_vectors,
     )
-    from training.two_tower import build_pairs, load_base, seed_everything, train_two_tower
 
     timer = _Timer(progress)
     started = time.perf_counter()
@@ -338,29 +325,8 @@ def _build_into(
             )
     item_ids = [it.id for it in dataset.items]
 
-    tt_losses: list[float] = []
-    if prof.steps > 0:
-        with timer.stage("fine_tune", f"{prof.steps} steps x {prof.batch_size} pairs"):
-            pairs = build_pairs(
-                dataset, split, UserTextSpec(max_history=prof.max_history), prof.max_pairs_per_user
-            )
-            if len(pairs) < 2:
-                raise DataError(f"{data_dir}: only {len(pairs)} training pairs")
-            tt_config = TwoTowerConfig(
-                steps=prof.steps,
-                batch_size=prof.batch_size,
-                lr=prof.lr,
-                temperature=prof.temperature,
-                max_length=prof.max_length,
-                warmup_steps=prof.warmup_steps,
-                freeze_layers=prof.freeze_layers,
-                logq_correction=prof.logq_correction,
-            )
-            tt = train_two_tower(pairs, tt_config, seed=seed, progress=progress)
-            model, tokenizer, tt_losses = tt.model, tt.tokenizer, tt.losses
-    else:
-        model, tokenizer = load_base()
-        model.eval()
+    model, tokenizer = load_base()
+    model.eval()
 
     encoder_spec: dict[str, Any] = {
         "model": "encoder/model.onnx",
@@ -380,174 +346,182 @@ def _build_into(
         "layers": prof.tower.layers,
     }
     ort_options = SessionOptions(device="cpu", intra_op_threads=os.cpu_count() or 1)
-    body_dir = work.parent / f"{work.name}.body"
-    shutil.rmtree(body_dir, ignore_errors=True)
     valid_cases = ev.eval_cases(dataset, split, "valid")
     valid_targets: list[str | None] = [c.target for c in valid_cases]
     valid_rows = [[dataset.item_index[i] for i in c.history] for c in valid_cases]
-    try:
-        with timer.stage("export_body", "optimum ONNX export of the transformer"):
-            export_encoder(model, tokenizer, body_dir / "encoder")
-            body = TextEncoder(
-                _staging_bundle(body_dir, version, {"encoder": encoder_spec}), ort_options
-            )
-        with timer.stage("encode_items", f"{len(dataset.items)} item texts, encoder body"):
-            body_items = ev.encode_texts(body, [it.text for it in dataset.items], DIM)
+    texts = [it.text for it in dataset.items]
+    top: Any = None  # a training.finetune.CachedTop when the encoder is fine-tuned
+    layers = prof.tower.finetune_layers
+    with timer.stage(
+        "encode_items",
+        f"{len(texts)} item texts, torch"
+        + (f" (lower layers cached for fine-tuning the top {layers})" if layers else ""),
+    ):
+        if layers:
+            top = CachedTop.build(model, tokenizer, texts, layers, prof.max_length)
+            body_items = top.all_vectors().numpy()
+        else:
+            body_items = embed_eval(model, tokenizer, texts, prof.max_length).numpy()
 
-        def validate(tower_model: Any, vecs: np.ndarray) -> float:
-            uv = user_vectors(tower_model, valid_rows, vecs)
-            lists = ev.exact_lists(uv, vecs, valid_cases, item_ids, 10)
-            return ev.ndcg_at_k(lists, valid_targets, 10)
+    def validate(tower_model: Any, vecs: np.ndarray) -> float:
+        uv = user_vectors(tower_model, valid_rows, vecs)
+        lists = ev.exact_lists(uv, vecs, valid_cases, item_ids, 10)
+        return ev.ndcg_at_k(lists, valid_targets, 10)
 
-        with timer.stage(
-            "train_tower",
-            f"{prof.tower.epochs} epochs over {len(windows.inputs)} sequences, "
-            "full-catalog softmax at every position",
-        ):
-            tw = train_tower(
-                body_items,
-                windows,
-                prof.tower,
-                seed=seed,
-                validate=validate,
-                validate_every=prof.validate_every,
-                progress=progress,
-            )
+    with timer.stage(
+        "train_tower",
+        f"{prof.tower.epochs} epochs over {len(windows.inputs)} sequences, "
+        "full-catalog softmax at every position"
+        + (f", encoder's top {layers} layers fine-tuned" if layers else ""),
+    ):
+        tw = train_tower(
+            body_items,
+            windows,
+            prof.tower,
+            seed=seed,
+            validate=validate,
+            validate_every=prof.validate_every,
+            progress=progress,
+            encoder_top=top,
+        )
+    served_model = top.merged_model() if top is not None else model
 
-        with timer.stage("export_encoder", "head appended + parity check"):
-            (work / "encoder").mkdir()
-            shutil.copyfile(body_dir / "encoder" / "model.onnx", work / "encoder" / "model.onnx")
-            shutil.copyfile(
-                body_dir / "encoder" / "tokenizer.json", work / "encoder" / "tokenizer.json"
-            )
-            append_head(work / "encoder" / "model.onnx", tw.head)
-            encoder = TextEncoder(
-                _staging_bundle(work, version, {"encoder": encoder_spec}), ort_options
-            )
-            sample = [it.text for it in dataset.items[: prof.parity_texts]]
-            encoder_diff = check_encoder_parity(
-                model, tokenizer, encoder, sample, prof.max_length, head=tw.head
-            )
+    with timer.stage("export_encoder", "optimum ONNX export, head appended, parity check"):
+        export_encoder(served_model, tokenizer, work / "encoder")
+        append_head(work / "encoder" / "model.onnx", tw.head)
+        encoder = TextEncoder(
+            _staging_bundle(work, version, {"encoder": encoder_spec}), ort_options
+        )
+        sample = texts[: prof.parity_texts]
+        encoder_diff = check_encoder_parity(
+            served_model, tokenizer, encoder, sample, prof.max_length, head=tw.head
+        )
 
-        with timer.stage("encode_catalog", f"{len(dataset.items)} items, serving encoder"):
-            item_vecs = ev.encode_texts(encoder, [it.text for it in dataset.items], DIM)
-            (work / "items").mkdir()
-            np.save(work / "items" / "vectors.npy", item_vecs, allow_pickle=False)
-            _write_jsonl(
-                work / "items" / "catalog.jsonl",
-                [
-                    {"id": it.id, "title": it.title, "text": it.text, "metadata": it.metadata}
-                    for it in dataset.items
-                ],
-            )
+    with timer.stage("encode_catalog", f"{len(dataset.items)} items, serving encoder"):
+        item_vecs = ev.encode_texts(encoder, [it.text for it in dataset.items], DIM)
+        (work / "items").mkdir()
+        np.save(work / "items" / "vectors.npy", item_vecs, allow_pickle=False)
+        _write_jsonl(
+            work / "items" / "catalog.jsonl",
+            [
+                {"id": it.id, "title": it.title, "text": it.text, "metadata": it.metadata}
+                for it in dataset.items
+            ],
+        )
 
-        with timer.stage("export_tower", "torch.onnx + parity check + prior"):
-            export_tower(tw.model, work / user_spec["model"])
-            sample_rows = valid_rows[: max(prof.parity_texts, 2)]
-            tower_diff = check_tower_parity(
-                tw.model, work / user_spec["model"], item_vecs, sample_rows
-            )
-            prior = user_vectors(tw.model, [r for r in tower_rows if r], item_vecs).mean(axis=0)
-            np.save(work / user_spec["prior"], prior.astype(np.float32), allow_pickle=False)
+    with timer.stage("export_tower", "torch.onnx + parity check + prior"):
+        export_tower(tw.model, work / user_spec["model"])
+        sample_rows = valid_rows[: max(prof.parity_texts, 2)]
+        tower_diff = check_tower_parity(tw.model, work / user_spec["model"], item_vecs, sample_rows)
+        counts = ev.input_counts(split, "valid")
+        prior = popularity_prior(item_vecs, np.asarray([counts[i] for i in item_ids]))
+        np.save(work / user_spec["prior"], prior, allow_pickle=False)
 
-        with timer.stage("query_prior", "new users' query + prior weight, chosen on validation"):
-            user_spec["query_prior_weight"], prior_curve = _choose_query_prior(
-                dataset, split, encoder, item_vecs, work, version, user_spec, ort_options
-            )
-            tower = UserTower(_staging_bundle(work, version, {"user": user_spec}), ort_options)
+    with timer.stage("query_prior", "new users' query + prior weight, chosen on validation"):
+        user_spec["query_prior_weight"], prior_curve = _choose_query_prior(
+            dataset, split, encoder, item_vecs, work, version, user_spec, ort_options
+        )
+        tower = UserTower(_staging_bundle(work, version, {"user": user_spec}), ort_options)
 
-        with timer.stage("build_index", "HNSW"):
-            index = hnswlib.Index(space="ip", dim=DIM)
-            index.init_index(
-                max_elements=len(item_vecs),
-                M=HNSW_M,
-                ef_construction=HNSW_EF_CONSTRUCTION,
-                random_seed=seed,
-            )
-            # One insertion thread keeps the graph (and so its checksum) reproducible for
-            # small catalogs; large ones use every core.
-            threads = 1 if len(item_vecs) <= 20_000 else -1
-            index.add_items(item_vecs, np.arange(len(item_vecs)), num_threads=threads)
-            index.set_ef(HNSW_EF_SEARCH)
-            (work / "index").mkdir()
-            index.save_index(str(work / "index" / "hnsw.bin"))
+    with timer.stage("build_index", "HNSW"):
+        index = hnswlib.Index(space="ip", dim=DIM)
+        index.init_index(
+            max_elements=len(item_vecs),
+            M=HNSW_M,
+            ef_construction=HNSW_EF_CONSTRUCTION,
+            random_seed=seed,
+        )
+        # One insertion thread keeps the graph (and so its checksum) reproducible for
+        # small catalogs; large ones use every core.
+        threads = 1 if len(item_vecs) <= 20_000 else -1
+        index.add_items(item_vecs, np.arange(len(item_vecs)), num_threads=threads)
+        index.set_ef(HNSW_EF_SEARCH)
+        (work / "index").mkdir()
+        index.save_index(str(work / "index" / "hnsw.bin"))
 
-        with timer.stage("ranker", "lists from recall's top-N, train + ONNX export + parity"):
-            seed_everything(seed)
-            lists, positions = _ranker_lists(dataset, split, tower, item_vecs, index, prof)
-            r_config = RankerConfig(epochs=prof.ranker_epochs, hidden=prof.ranker_hidden)
-            rk = train_ranker(lists, item_vecs, r_config, seed=seed, progress=progress)
-            ranker_path = export_ranker(rk.model, work / "ranker" / "model.onnx", DIM)
-            ranker_diff = check_ranker_parity(rk.model, ranker_path, DIM, seed=seed)
+    with timer.stage("ranker", "lists from recall's top-N, train + ONNX export + parity"):
+        seed_everything(seed)
+        lists, positions = _ranker_lists(dataset, split, tower, item_vecs, index, prof, encoder)
+        r_config = RankerConfig(epochs=prof.ranker_epochs, hidden=prof.ranker_hidden)
+        rk = train_ranker(lists, item_vecs, r_config, seed=seed, progress=progress)
+        ranker_path = export_ranker(rk.model, work / "ranker" / "model.onnx", DIM)
+        ranker_diff = check_ranker_parity(rk.model, ranker_path, DIM, seed=seed)
 
-        results: dict[str, Any] = {}
-        per_user_served: dict[str, Any] = {}
-        with timer.stage("evaluate", "ONNX tower + HNSW + ONNX ranker, valid and test"):
-            ranker_session, _ = create_session(ranker_path, ort_options)
-            for phase in ("valid", "test"):
-                cases = ev.eval_cases(dataset, split, phase)
-                uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index)
-                arrays: dict[str, dict[str, np.ndarray]] = {}
-                res: dict[str, Any] = ev.evaluate_pipelines(
-                    cases,
-                    uv,
-                    item_ids,
-                    item_vecs,
-                    index,
-                    ranker_session,
-                    prof.rerank_n,
-                    ev.input_counts(split, phase),
-                    arrays,
-                    prof.tower.max_len,
-                )
-                res["most_popular"] = ev.baseline_most_popular(split, cases, phase, arrays)
-                zs = ev.mean_vectors(cases, body_items, dataset.item_index)
-                res["zero_shot"], arrays["zero_shot"] = ev.with_intervals(
-                    ev.exact_lists(zs, body_items, cases, item_ids, 20),
-                    [c.target for c in cases],
-                )
-                res["users"] = len(cases)
-                # Per-user served NDCG@10, so that a later bundle can be compared *paired*
-                # with this one on the same users (``evaluate.paired_difference``).
-                per_user_served[phase] = {
-                    "users": [c.user_id for c in cases],
-                    "ndcg@10": [round(float(x), 6) for x in arrays["ranked"]["ndcg@10"]],
-                }
-                res["paired"] = {
-                    f"ranked_vs_{other}": {
-                        m: ev.paired_difference(arrays["ranked"][m], arrays[other][m])
-                        for m in ("ndcg@10", "recall@20")
-                    }
-                    for other in ("hnsw", "most_popular", "zero_shot")
-                }
-                results[phase] = res
-
-        with timer.stage("cold_start", "held-out items: tower re-trained without them"):
-            cold = cold_start(
-                dataset,
-                split,
-                prof,
-                body_items,
-                encoder,
+    results: dict[str, Any] = {}
+    per_user_served: dict[str, Any] = {}
+    with timer.stage("evaluate", "ONNX tower + HNSW + ONNX ranker, valid and test"):
+        ranker_session, _ = create_session(ranker_path, ort_options)
+        for phase in ("valid", "test"):
+            cases = ev.eval_cases(dataset, split, phase)
+            uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index)
+            arrays: dict[str, dict[str, np.ndarray]] = {}
+            res: dict[str, Any] = ev.evaluate_pipelines(
+                cases,
+                uv,
+                item_ids,
                 item_vecs,
-                tower,
                 index,
                 ranker_session,
-                min(tw.best_epoch, prof.cold_epochs),
-                seed,
-                progress,
+                prof.rerank_n,
+                ev.input_counts(split, phase),
+                arrays,
+                prof.tower.max_len,
             )
+            res["most_popular"] = ev.baseline_most_popular(split, cases, phase, arrays)
+            zs = ev.mean_vectors(cases, body_items, dataset.item_index)
+            res["zero_shot"], arrays["zero_shot"] = ev.with_intervals(
+                ev.exact_lists(zs, body_items, cases, item_ids, 20),
+                [c.target for c in cases],
+            )
+            res["users"] = len(cases)
+            # Per-user served NDCG@10, so that a later bundle can be compared *paired*
+            # with this one on the same users (``evaluate.paired_difference``).
+            per_user_served[phase] = {
+                "users": [c.user_id for c in cases],
+                "ndcg@10": [round(float(x), 6) for x in arrays["ranked"]["ndcg@10"]],
+            }
+            res["paired"] = {
+                f"ranked_vs_{other}": {
+                    m: ev.paired_difference(arrays["ranked"][m], arrays[other][m])
+                    for m in ("ndcg@10", "recall@20")
+                }
+                for other in ("hnsw", "most_popular", "zero_shot")
+            }
+            results[phase] = res
 
-        int8_report: dict[str, Any] | None = None
-        if int8 or prof.int8:
-            with timer.stage("int8", "dynamic quantization + speed/quality vs fp32"):
-                quantize_int8(work / "encoder" / "model.onnx", work / "encoder" / "model.int8.onnx")
-                encoder_spec["int8_model"] = "encoder/model.int8.onnx"
-                int8_report = _int8_report(
-                    work, version, encoder_spec, encoder, dataset, split, tower, ort_options
-                )
-    finally:
-        shutil.rmtree(body_dir, ignore_errors=True)
+    with timer.stage("cold_start", "held-out items: tower (+ encoder) re-trained without them"):
+        cold = cold_start(
+            dataset,
+            split,
+            prof,
+            body_items,
+            encoder,
+            item_vecs,
+            tower,
+            index,
+            ranker_session,
+            min(tw.best_epoch, prof.cold_epochs),
+            seed,
+            progress,
+            encoder_top=None if top is None else top.fresh_copy(),
+        )
+
+    int8_report: dict[str, Any] | None = None
+    if int8 or prof.int8:
+        with timer.stage("int8", "per-channel dynamic int8, speed/quality vs fp32, torch"):
+            quantize_int8(work / "encoder" / "model.onnx", work / "encoder" / "model.int8.onnx")
+            encoder_spec["int8_model"] = "encoder/model.int8.onnx"
+            int8_report = _int8_report(
+                work,
+                version,
+                encoder_spec,
+                encoder,
+                dataset,
+                split,
+                tower,
+                ort_options,
+                (model, tokenizer, tw.head),
+            )
 
     histories = [
         {"user_id": u, "items": dataset.sequence(u)[::-1]}
@@ -571,7 +545,7 @@ def _build_into(
     training = {
         "profile": prof.name,
         "seed": seed,
-        "steps": prof.steps,
+        "finetune_layers": prof.tower.finetune_layers,
         "tower": asdict(prof.tower),
         "tower_best_epoch": tw.best_epoch,
         "tower_valid_curve": tw.valid_curve,
@@ -606,7 +580,7 @@ def _build_into(
         "int8": int8_report,
         "training": training,
         "profile": asdict(prof),
-        "losses": {"two_tower": tt_losses, "tower": tw.losses, "ranker": rk.losses},
+        "losses": {"tower": tw.losses, "ranker": rk.losses},
     }
     write_plots(work / "report", report)
     (work / "report" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -654,7 +628,7 @@ def _build_into(
     Bundle.open(work)
 
 
-QUERY_PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+QUERY_PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 def _choose_query_prior(
@@ -700,10 +674,15 @@ def _int8_report(
     split: Split,
     tower: UserTower,
     ort_options: SessionOptions,
+    torch_encoder: tuple[Any, Any, np.ndarray],
 ) -> dict[str, Any]:
     """Exact-search test metrics (item vectors from each encoder, the same tower) and
-    encode time of int8 vs fp32, measured in one run."""
+    encode time of int8 vs fp32 ONNX vs torch eager (``torch_encoder`` = model,
+    tokenizer, head: the torch reference of the served vectors), measured in one run."""
+    import torch
+
     from training import evaluate as ev
+    from training.export import embed_with_head
 
     int8_spec = {**encoder_spec, "model": encoder_spec["int8_model"]}
     int8 = TextEncoder(_staging_bundle(work, version, {"encoder": int8_spec}), ort_options)
@@ -736,6 +715,23 @@ def _int8_report(
     out["speedup_batch"] = round(i8["item_texts_per_s"] / f32["item_texts_per_s"], 2)
     out["speedup_single"] = round(f32["single_text_ms"] / i8["single_text_ms"], 2)
     out["ndcg@10_change"] = i8["ndcg@10"] - f32["ndcg@10"]
+    model, tokenizer, head = torch_encoder
+    max_length = int(encoder_spec["max_length"])
+    with torch.inference_mode():
+        embed_with_head(model, tokenizer, texts[:8], max_length, head)  # warm-up
+        t0 = time.perf_counter()
+        for s in range(0, len(texts), 256):
+            embed_with_head(model, tokenizer, texts[s : s + 256], max_length, head)
+        seconds = time.perf_counter() - t0
+        one = [time.perf_counter()]
+        for text in texts[:50]:
+            embed_with_head(model, tokenizer, [text], max_length, head)
+            one.append(time.perf_counter())
+    out["torch_eager"] = {
+        "item_texts_per_s": round(len(texts) / seconds, 1),
+        "single_text_ms": round(1000 * float(np.median(np.diff(one))), 2),
+    }
+    out["ndcg@10_relative_change"] = out["ndcg@10_change"] / max(f32["ndcg@10"], 1e-12)
     out["bytes"] = {
         "fp32": (work / encoder_spec["model"]).stat().st_size,
         "int8": (work / encoder_spec["int8_model"]).stat().st_size,

@@ -45,6 +45,7 @@ def cold_start(
     seed: int,
     progress: bool = False,
     k: int = 20,
+    encoder_top: Any = None,
 ) -> dict[str, Any]:
     from training.pipeline import _train_rows
     from training.tower import make_windows, train_tower, user_vectors
@@ -75,6 +76,7 @@ def cold_start(
             seed=seed,
             catalog=catalog,
             progress=progress,
+            encoder_top=encoder_top,
         )
         # Held-out events on cold items: (history before it, target).
         cases: list[ev.EvalCase] = []
@@ -148,8 +150,7 @@ def write_plots(out_dir: Path, report: dict[str, Any]) -> list[Path]:
     panels = [(n, v) for n, v in losses.items() if v]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     labels = {
-        "two_tower": ("transformer fine-tuning InfoNCE", "step"),
-        "tower": ("user tower + head, full-catalog softmax", "epoch"),
+        "tower": ("user tower + head + encoder top, full-catalog softmax", "epoch"),
         "ranker": ("ranker, listwise softmax over recall's top-N", "epoch"),
     }
     for ax, (name, values) in zip(axes[0], panels, strict=True):

@@ -42,12 +42,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from training.finetune import CachedTop
 
 HISTORY_INPUT = "history"
 MASK_INPUT = "mask"
@@ -78,6 +82,12 @@ class TowerConfig:
     # draw every step). The full-catalog logits dominate a step's cost; scoring a third of
     # the positions cuts it ~3x, and over epochs every position still gets its turn.
     position_fraction: float = 1.0
+    # Fine-tuning the encoder's top layers jointly (``training.finetune``; 0 = frozen
+    # encoder): how many layers, their learning rate, catalog rows refreshed per step.
+    finetune_layers: int = 0
+    finetune_lr: float = 2e-5
+    finetune_items: int = 128
+    finetune_start: int = 0  # epochs trained with the encoder frozen before it joins
 
 
 class _Block(nn.Module):
@@ -207,6 +217,8 @@ class TowerResult:
     model: UserTower
     head: np.ndarray  # [in_dim, dim] encoder projection (identity when not trained)
     item_vectors: np.ndarray  # normalize(body @ head), what the serving encoder gives
+    # [N, D] the encoder body's vectors at the end (the fine-tuned encoder's, when it was).
+    body_items: np.ndarray | None = None
     losses: list[float] = field(default_factory=list)
     valid_curve: list[tuple[int, float]] = field(default_factory=list)
     best_epoch: int = 0
@@ -227,25 +239,42 @@ def train_tower(
     validate: Callable[[UserTower, np.ndarray], float] | None = None,
     validate_every: int = 5,
     progress: bool = True,
+    encoder_top: CachedTop | None = None,
 ) -> TowerResult:
-    """Train tower (+ head) with full-catalog softmax at every position.
+    """Train tower (+ head, + the encoder's top layers) with full-catalog
+    softmax at every position.
 
     ``body_items`` [N, D] are the encoder body's item vectors. ``catalog`` (item rows,
     default all) is what the softmax ranks over: items outside it are unknown at training
     time (cold-start protocol). ``validate(model, item_vectors) -> score`` is called every
     ``validate_every`` epochs; the weights of the best-scoring epoch are kept.
+    ``encoder_top`` (trained in place; its rows are ``body_items``' rows) fine-tunes the
+    encoder's top layers jointly (:mod:`training.finetune`); ``body_items`` is then only
+    the starting cache.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     dim = body_items.shape[1]
     model = UserTower(dim, config)
-    body = torch.from_numpy(np.ascontiguousarray(body_items, np.float32))
+    body = torch.from_numpy(np.array(body_items, np.float32))  # a copy: the cache mutates
     head = nn.Parameter(torch.eye(dim), requires_grad=config.train_head)
-    params = [{"params": model.parameters(), "lr": config.lr}]
+    params: list[dict[str, Any]] = [{"params": model.parameters(), "lr": config.lr}]
     if config.train_head:
         params.append({"params": [head], "lr": config.head_lr})
-    optim = torch.optim.AdamW(params, weight_decay=config.weight_decay)
     n_items = len(body)
+    if encoder_top is not None:
+        if len(encoder_top.states) != n_items:
+            raise ValueError("encoder_top rows do not match body_items")
+        params.append({"params": encoder_top.parameters(), "lr": config.finetune_lr})
+    optim = torch.optim.AdamW(params, weight_decay=config.weight_decay)
+
+    def items_from(text_body: torch.Tensor) -> torch.Tensor:
+        return _unit(text_body @ head)
+
+    def exact_body() -> None:
+        if encoder_top is not None:
+            body[:] = encoder_top.all_vectors()
+
     cat = torch.arange(n_items) if catalog is None else torch.from_numpy(np.asarray(catalog))
     remap = torch.full((n_items,), -1, dtype=torch.int64)
     remap[cat] = torch.arange(len(cat))
@@ -255,18 +284,34 @@ def train_tower(
     if bool(((targets >= 0) & (t_mapped < 0)).any()):
         raise ValueError("a training target is outside the training catalog")
     result = TowerResult(model, np.eye(dim, dtype=np.float32), body_items.copy())
-    best_state: dict[str, torch.Tensor] | None = None
-    best_head = head.detach().clone()
+
+    def snapshot() -> dict[str, dict[str, torch.Tensor]]:
+        parts = {"tower": model.state_dict(), "head": {"head": head}}
+        if encoder_top is not None:
+            parts["encoder"] = encoder_top.state_dict()
+        return {k: {n: t.detach().clone() for n, t in v.items()} for k, v in parts.items()}
+
+    best_state: dict[str, dict[str, torch.Tensor]] | None = None
     best = -math.inf
     start = time.perf_counter()
     bar = tqdm(range(config.epochs), desc="user tower", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
+        tuning = encoder_top is not None and epoch >= config.finetune_start
         perm = torch.randperm(len(inputs), generator=gen)
         total, batches = 0.0, 0
         for s in range(0, len(perm), config.batch_size):
             b = perm[s : s + config.batch_size]
-            projected = model.proj(_unit(body @ head))  # [N, d]: every item, once
+            rows = None
+            if encoder_top is None or not tuning:
+                projected = model.proj(items_from(body))  # [N, d]: every item, once
+            else:
+                # Fresh (differentiable) vectors for a sample of the catalog, the cached
+                # ones for the rest; the cache takes the fresh values after the step.
+                pick = torch.randperm(len(cat), generator=gen)[: config.finetune_items]
+                rows = cat[pick]
+                fresh = encoder_top(rows)
+                projected = model.proj(items_from(body.index_copy(0, rows, fresh)))
             x, y = inputs[b], t_mapped[b]
             mask = (x >= 0).to(torch.float32)
             states = model.forward_projected(projected[x.clamp(min=0)], mask)
@@ -279,6 +324,8 @@ def train_tower(
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
+            if rows is not None:
+                body[rows] = fresh.detach()
             total += float(loss.detach())
             batches += 1
         result.losses.append(total / max(1, batches))
@@ -286,22 +333,27 @@ def train_tower(
         last = epoch + 1 == config.epochs
         if validate is not None and ((epoch + 1) % validate_every == 0 or last):
             model.eval()
+            exact_body()
             with torch.no_grad():
-                vecs = _unit(body @ head).numpy()
+                vecs = items_from(body).numpy()
             score = validate(model, vecs)
             result.valid_curve.append((epoch + 1, score))
             if score > best:
                 best, result.best_epoch = score, epoch + 1
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best_head = head.detach().clone()
+                best_state = snapshot()
     if best_state is not None:
-        model.load_state_dict(best_state)
-        head = nn.Parameter(best_head)
+        model.load_state_dict(best_state["tower"])
+        with torch.no_grad():
+            head.copy_(best_state["head"]["head"])
+        if encoder_top is not None:
+            encoder_top.load_state_dict(best_state["encoder"])
     else:
         result.best_epoch = config.epochs
     model.eval()
+    exact_body()
     with torch.no_grad():
         result.head = head.detach().numpy().astype(np.float32)
+        result.body_items = body.numpy().astype(np.float32)
         result.item_vectors = _unit(body @ head).numpy().astype(np.float32)
     result.seconds = time.perf_counter() - start
     return result
@@ -319,6 +371,30 @@ def user_vectors(
         for i in range(0, len(rows), 512)
     ]
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.dim))
+
+
+def popularity_prior(
+    item_vectors: np.ndarray, counts: np.ndarray, steps: int = 300, lr: float = 0.05
+) -> np.ndarray:
+    """The one user vector that best explains how often each item was chosen:
+    ``argmax_p sum_i counts_i * log softmax(V p)_i`` (full batch Adam from 0, so
+    deterministic). Ranking the catalog by ``p . item`` is most-popular as closely as the
+    embedding space can express it (the mean of the users' vectors is much further from
+    it); serving gives it to users with neither history nor query, and blends it into new
+    users' query vectors."""
+    vecs = torch.from_numpy(np.ascontiguousarray(item_vectors, np.float32))
+    weights = torch.from_numpy(np.asarray(counts, np.float32))
+    if vecs.shape[0] != weights.shape[0] or float(weights.sum()) <= 0:
+        raise ValueError("popularity_prior needs one positive count per item row")
+    weights = weights / weights.sum()
+    p = torch.zeros(vecs.shape[1], requires_grad=True)
+    optim = torch.optim.Adam([p], lr=lr)
+    for _ in range(steps):
+        loss = -(weights * F.log_softmax(vecs @ p, dim=0)).sum()
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+    return p.detach().numpy().astype(np.float32)
 
 
 # ---------------------------------------------------------------- export

@@ -7,11 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from training.export import append_head, quantize_int8
-from training.two_tower import HeadConfig, train_head
 
 DIM = 16
 
@@ -69,49 +67,3 @@ def test_int8_parity_within_tolerance(tmp_path: Path) -> None:
     a /= np.linalg.norm(a, axis=1, keepdims=True)
     b /= np.linalg.norm(b, axis=1, keepdims=True)
     assert float(np.min(np.sum(a * b, axis=1))) > 0.99
-
-
-def _toy_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    items = rng.standard_normal((30, DIM)).astype(np.float32)
-    positives = rng.integers(0, 30, size=120)
-    users = items[positives] + 0.3 * rng.standard_normal((120, DIM)).astype(np.float32)
-    return users, np.arange(120), positives, items
-
-
-def test_head_learns_and_is_deterministic() -> None:
-    users, idx, pos, items = _toy_data()
-    cfg = HeadConfig(epochs=6, batch_size=32, lr=1e-2, temperature=0.1, out_dim=DIM)
-    a = train_head(users, idx, pos, items, cfg, seed=3)
-    b = train_head(users, idx, pos, items, cfg, seed=3)
-    assert a.losses[-1] < a.losses[0]
-    np.testing.assert_array_equal(a.weight, b.weight)
-    assert a.losses == b.losses
-    small = train_head(users, idx, pos, items, HeadConfig(epochs=1, out_dim=4), seed=0)
-    assert small.weight.shape == (DIM, 4)
-
-
-def test_head_identity_decay_keeps_w_near_identity() -> None:
-    users, idx, pos, items = _toy_data()
-    free = HeadConfig(epochs=6, batch_size=32, lr=1e-2, temperature=0.1, out_dim=DIM)
-    tied = HeadConfig(
-        epochs=6, batch_size=32, lr=1e-2, temperature=0.1, out_dim=DIM, identity_decay=1.0
-    )
-    a = train_head(users, idx, pos, items, free, seed=3)
-    b = train_head(users, idx, pos, items, tied, seed=3)
-    eye = np.eye(DIM, dtype=np.float32)
-    assert np.linalg.norm(b.weight - eye) < np.linalg.norm(a.weight - eye)
-
-
-def test_head_catalog_excludes_unknown_items() -> None:
-    users, idx, pos, items = _toy_data()
-    cfg = HeadConfig(epochs=2, batch_size=32, lr=1e-2, temperature=0.1, out_dim=DIM)
-    unknown = {0, 1, 2}
-    keep = np.asarray([e for e in range(len(pos)) if int(pos[e]) not in unknown])
-    catalog = np.asarray([j for j in range(len(items)) if j not in unknown])
-    head = train_head(users, idx[keep], pos[keep], items, cfg, seed=0, catalog=catalog)
-    assert head.weight.shape == (DIM, DIM)
-    assert head.losses[-1] < head.losses[0]
-    # A positive outside the catalog is a caller error, not a silent wrong label.
-    with pytest.raises(ValueError, match="outside the training catalog"):
-        train_head(users, idx, pos, items, cfg, seed=0, catalog=catalog)

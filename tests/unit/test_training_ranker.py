@@ -19,7 +19,6 @@ from training.ranker import (
     export_ranker,
     train_ranker,
 )
-from training.two_tower import info_nce
 
 DIM = 16
 
@@ -88,15 +87,3 @@ def test_listwise_ranker_learns_a_toy_signal_and_exports_with_features(tmp_path:
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["user", "item", "features"]
     assert check_ranker_parity(res.model, path, DIM, n=9) <= 1e-5
-
-
-def test_info_nce_masks_duplicate_targets() -> None:
-    u = torch.eye(3)
-    i = torch.eye(3)
-    # Rows 0 and 1 share a target id: each must not count the other as a negative.
-    masked = info_nce(u, i, ["a", "a", "b"], temperature=1.0)
-    plain = info_nce(u, i, ["a", "c", "b"], temperature=1.0)
-    assert float(masked) < float(plain)
-    log_q = torch.log(torch.tensor([0.5, 0.25, 0.25]))
-    corrected = info_nce(u, i, ["a", "c", "b"], temperature=1.0, log_q=log_q)
-    assert torch.isfinite(corrected)

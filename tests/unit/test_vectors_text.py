@@ -3,7 +3,6 @@ import pytest
 
 from recstack.errors import InvalidArgument
 from recstack.vectors import l2_normalize, pack, unpack_rows, unpack_vector
-from training.user_text import UserTextSpec
 
 
 def test_pack_roundtrip_little_endian():
@@ -33,11 +32,3 @@ def test_l2_normalize_rows_and_zero():
     out = l2_normalize(x)
     np.testing.assert_allclose(out[0], [0.6, 0.8], rtol=1e-6)
     np.testing.assert_array_equal(out[1], [0.0, 0.0])
-
-
-def test_user_text_template():
-    spec = UserTextSpec(max_history=2)
-    assert spec.build(["A", "B", "C"]) == "recently liked: A; B"
-    assert spec.build([], " jazz ") == "looking for: jazz"
-    assert spec.build(["A"], "jazz") == "looking for: jazz | recently liked: A"
-    assert UserTextSpec.from_dict({**spec.to_dict(), "unknown": 1}) == spec
