@@ -1,0 +1,77 @@
+"""Global time split: the cut, the future cases, the popularity baselines from the past."""
+
+from __future__ import annotations
+
+import pytest
+
+from training import timesplit as ts
+from training.data import DataError, Dataset, Interaction, Item
+
+DAY = ts.DAY_S
+
+
+def _dataset(rows: list[tuple[str, str, int]]) -> Dataset:
+    items = sorted({i for _, i, _ in rows})
+    by_user: dict[str, list[Interaction]] = {}
+    for u, i, t in sorted(rows, key=lambda r: (r[0], r[2])):
+        by_user.setdefault(u, []).append(Interaction(u, i, t))
+    return Dataset("toy", [Item(i, i, i) for i in items], by_user, "f")
+
+
+ROWS = [
+    # u1: active before and after the cut (day 10)
+    ("u1", "a", 1 * DAY),
+    ("u1", "b", 2 * DAY),
+    ("u1", "b2", 11 * DAY),  # first new item after the cut
+    ("u1", "c", 12 * DAY),
+    # u2: only before
+    ("u2", "a", 3 * DAY),
+    ("u2", "c", 9 * DAY),
+    # u3: only after: no history, not a case
+    ("u3", "c", 13 * DAY),
+    # u4: repeats a history item after the cut, then a new one
+    ("u4", "c", 8 * DAY),
+    ("u4", "c", 11 * DAY),
+    ("u4", "a", 12 * DAY),
+]
+
+
+def test_cut_and_future_cases() -> None:
+    ds = _dataset(ROWS)
+    assert ts.cut_time(ds, 0.5) == 11 * DAY  # 10 stamps: the 6th, half are before it
+    cut = 10 * DAY
+    cases = ts.future_cases(ds, cut)
+    assert [(c.user_id, c.history, c.target) for c in cases] == [
+        ("u1", ["a", "b"], "b2"),
+        ("u4", ["c"], "a"),  # the repeat of c is skipped: it is in the history
+    ]
+    assert cases[0].seen == {"a", "b"}
+    assert ts.future_cases(ds, cut, until=11 * DAY) == []
+    assert all(x.timestamp < cut for x in ts.past(ds, cut))
+    with pytest.raises(ValueError, match="quantile"):
+        ts.cut_time(ds, 1.0)
+    with pytest.raises(DataError):
+        ts.cut_time(_dataset([("u", "a", 1)]), 0.5)
+
+
+def test_popularity_counts_users_once_and_recent_windows() -> None:
+    ds = _dataset(ROWS)
+    before = ts.past(ds, 10 * DAY)
+    assert ts.popularity(before) == {"a": 2, "b": 1, "c": 2}
+    assert ts.popularity(before, since=8 * DAY) == {"c": 2}
+    order = ts._order(ts.popularity(before), [it.id for it in ds.items])
+    cases = ts.future_cases(ds, 10 * DAY)
+    lists = ts.popularity_lists(ts.popularity(before, since=8 * DAY), order, cases, 2)
+    # recent first (c), then ties by all-time order; seen items never appear
+    assert lists == [["c", "b2"], ["a", "b"]]
+
+
+def test_recent_window_is_chosen_on_the_validation_cut() -> None:
+    rows = [(f"w{n}", "old", DAY) for n in range(5)]  # popular long ago
+    rows += [(f"v{n}", "new", 19 * DAY) for n in range(2)]  # popular just before the cut
+    rows += [(f"v{n}", "h", DAY) for n in range(2, 5)]
+    rows += [(f"v{n}", "new" if n >= 2 else "x", 21 * DAY) for n in range(5)]
+    ds = _dataset(rows)
+    best, curve = ts.choose_recent_window(ds, 20 * DAY, 30 * DAY, (3, 60))
+    assert best == 3
+    assert dict(curve)[3] > dict(curve)[60]
