@@ -5,14 +5,15 @@ inputs ``history`` [B, L, D] (item vectors, right-aligned: the most recent in sl
 empty slots zero) and ``mask`` [B, L] (1 = real slot), and output ``user`` [B, D].
 
 A user with no usable history and no query (e.g. every stored item was deleted since) gets
-the bundle's ``prior`` vector (``user/prior.npy``: the normalised mean of the training
-users' vectors, "the average user").
+the bundle's ``prior`` vector (``user/prior.npy``, normalised at load: the one user vector
+that best explains how often each item was chosen, ``training.tower.popularity_prior``;
+ranking by it is most-popular as closely as the vector space can express).
 
 A free-text query, when given, is encoded by the text encoder into the same space as the
 items. A query-only request is that vector (a search: the items whose text is closest),
 or, for a *new user* (``user_prior``), ``normalize(query + w * prior)`` with the weight
-``w`` chosen at build time on validation (``user.query_prior_weight``): a popularity-like
-prior that a short genre phrase alone lacks. A user with both history and query gets the
+``w`` chosen at build time on validation (``user.query_prior_weight``): the popularity
+that a short genre phrase alone lacks. A user with both history and query gets the
 normalised sum of the two unit vectors, "what they would pick next" and "what they ask for
 now", weighted equally. No transformer runs over text for a
 history-only request; the tower is a few small matmuls.

@@ -95,7 +95,13 @@ PROFILES: dict[str, Profile] = {
         "tiny",
         max_length=32,
         tower=TowerConfig(
-            max_len=8, d_model=32, layers=1, epochs=6, batch_size=32, finetune_items=16
+            max_len=8,
+            d_model=32,
+            layers=1,
+            epochs=6,
+            batch_size=32,
+            finetune_items=16,
+            finetune_start=3,
         ),
         cold_epochs=3,
         validate_every=3,
@@ -110,7 +116,7 @@ PROFILES: dict[str, Profile] = {
     # Longer tower training and a larger ranker budget.
     "full": Profile(
         "full",
-        tower=TowerConfig(d_model=128, epochs=60),
+        tower=TowerConfig(d_model=128, epochs=60, finetune_start=30),
         cold_epochs=30,
         ranker_epochs=10,
         ranker_hidden=(256, 64),

@@ -72,7 +72,12 @@ def cold_start(
         cold = train_tower(
             body_items,
             windows,
-            replace(prof.tower, epochs=max(1, epochs)),
+            # The encoder joins after the same share of the (shorter) run as in the build.
+            replace(
+                prof.tower,
+                epochs=max(1, epochs),
+                finetune_start=prof.tower.finetune_start * max(1, epochs) // prof.tower.epochs,
+            ),
             seed=seed,
             catalog=catalog,
             progress=progress,

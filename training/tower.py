@@ -74,10 +74,6 @@ class TowerConfig:
     epochs: int = 20
     batch_size: int = 256
     lr: float = 3e-3
-    # Learning rates decay to 0 along a cosine over the run (after a linear warm-up over
-    # the first ``warmup_epochs``); False keeps them constant.
-    cosine: bool = False
-    warmup_epochs: float = 1.0
     weight_decay: float = 0.0
     temperature: float = 1.0  # logits = h . (P item) / T; the tower learns its own scale
     train_head: bool = True  # train the encoder's projection head W jointly
@@ -87,11 +83,14 @@ class TowerConfig:
     # the positions cuts it ~3x, and over epochs every position still gets its turn.
     position_fraction: float = 1.0
     # Fine-tuning the encoder's top layers jointly (``training.finetune``; 0 = frozen
-    # encoder): how many layers, their learning rate, catalog rows refreshed per step.
-    finetune_layers: int = 0
-    finetune_lr: float = 2e-5
+    # encoder): how many layers, their learning rate, catalog rows refreshed per step, and
+    # how many epochs the tower trains over the frozen encoder before the layers join
+    # (chosen on validation, docs/model-quality.md: joining from the start, or at 2e-5,
+    # scored lower).
+    finetune_layers: int = 1
+    finetune_lr: float = 1e-5
     finetune_items: int = 128
-    finetune_start: int = 0  # epochs trained with the encoder frozen before it joins
+    finetune_start: int = 10
 
 
 class _Block(nn.Module):
@@ -271,17 +270,6 @@ def train_tower(
             raise ValueError("encoder_top rows do not match body_items")
         params.append({"params": encoder_top.parameters(), "lr": config.finetune_lr})
     optim = torch.optim.AdamW(params, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(windows.inputs) / config.batch_size))
-    total_steps = max(1, config.epochs * steps_per_epoch)
-    warmup = config.warmup_epochs * steps_per_epoch
-
-    def lr_factor(step: int) -> float:
-        if not config.cosine:
-            return 1.0
-        ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optim, lr_factor)
 
     def items_from(text_body: torch.Tensor) -> torch.Tensor:
         return _unit(text_body @ head)
@@ -339,7 +327,6 @@ def train_tower(
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
-            schedule.step()
             if rows is not None:
                 body[rows] = fresh.detach()
             total += float(loss.detach())

@@ -96,7 +96,14 @@ def test_cached_top_layers_give_the_encoders_vectors_and_train_only_the_top() ->
 
     vecs = top.all_vectors().numpy()
     w = make_windows([[0, 1, 2, 0, 1, 2, 0, 1]] * 4, TINY.max_len)
-    cfg = replace(TINY, train_head=False, finetune_layers=2, finetune_lr=1e-3, finetune_items=2)
+    cfg = replace(
+        TINY,
+        train_head=False,
+        finetune_layers=2,
+        finetune_lr=1e-3,
+        finetune_items=2,
+        finetune_start=1,
+    )
     result = train_tower(vecs, w, cfg, seed=0, progress=False, encoder_top=top)
     merged = top.merged_model()
     tuned = embed_eval(merged, tokenizer, texts, 32).numpy()
