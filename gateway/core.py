@@ -34,7 +34,7 @@ from recstack.domain import (
     RecommendResult,
 )
 from recstack.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from recstack.features import RANKER_FEATURES, candidate_features, unsupported
+from recstack.features import RANKER_FEATURES, RECENCY, candidate_features, unsupported
 
 log = logging.getLogger(__name__)
 POPULARITY = "popularity"
@@ -71,9 +71,13 @@ class GatewayCore:
         catalog: Mapping[str, tuple[str, str]] | None = None,
         catalog_version: str = "",
         side_features: Sequence[str] = (),
+        recency: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """``side_features``: the names the ranker declares (rank GetInfo), in its order;
-        each must be one :func:`recstack.features.candidate_features` computes."""
+        each must be one :func:`recstack.features.candidate_features` computes.
+        ``recency``: item id -> interaction counts per recency window (the bundle's,
+        :func:`recstack.features.load_recency`); required when the ranker declares
+        recency features."""
         self.recall_backend = recall
         self.rank_backend = rank
         self.events = events
@@ -88,6 +92,14 @@ class GatewayCore:
                 field="side_features",
             )
         self.side_features = tuple(side_features)
+        self.recency = dict(recency or {})
+        if not self.recency and any(n in RECENCY for n in self.side_features):
+            raise FailedPrecondition(
+                "the ranker declares recency features but the gateway's bundle has no "
+                "recency counts (ranker.recency)",
+                field="side_features",
+            )
+        self._no_recency = np.zeros(len(RECENCY), np.float32)
 
     def _history(self, q: RecommendQuery) -> tuple[tuple[str, ...], bool]:
         """The user's history (explicit first, then stored) and whether any was stored."""
@@ -199,6 +211,10 @@ class GatewayCore:
                     len(history),
                     np.asarray([c.history_similarity for c in recalled.candidates]),
                     self.side_features,
+                    # Items added live have no counts in the bundle: 0 interactions.
+                    np.stack(
+                        [self.recency.get(c.id, self._no_recency) for c in recalled.candidates]
+                    ),
                 ).reshape(-1)
             ranked = self.rank_backend.rank(
                 RankQuery(

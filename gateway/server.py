@@ -23,6 +23,7 @@ from recstack.auth import channel_credentials
 from recstack.bundle import Bundle
 from recstack.client import open_channel
 from recstack.config import GatewayOptions, ServerOptions
+from recstack.features import load_recency
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -73,6 +74,7 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
         seed = bundle.iter_user_histories() if bundle is not None else ()
         events = state["events"] = EventStore(dsn, seed, max_batch=options.max_events)
         catalog, version = catalog_from_bundle(bundle)
+        recency = load_recency(bundle) if bundle is not None else {}
         for channel in recall_channels:
             wait_serving(channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
         wait_serving(rank_channel, RANK_SERVICE, DOWNSTREAM_WAIT_S)
@@ -81,7 +83,9 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
         )
         rank = GrpcRank(rank_channel)
         side_features = rank.side_features(DOWNSTREAM_WAIT_S)
-        ref.set(GatewayCore(recall, rank, events, options, catalog, version, side_features))
+        ref.set(
+            GatewayCore(recall, rank, events, options, catalog, version, side_features, recency)
+        )
 
     def close() -> None:
         if "events" in state:

@@ -14,7 +14,12 @@ Per candidate, in this order (the bundle's ``ranker.side_features``):
   candidate's inner product with its closest history item, the mean over the history
   items, and with the most recent one (item-to-item signals the sequential user vector
   blurs; 0 without history). Recall computes them (:func:`history_similarities`) from the
-  same history vectors the user tower reads and returns them per candidate.
+  same history vectors the user tower reads and returns them per candidate;
+- ``item_recent_1d``, ``item_recent_7d``, ``item_recent_30d``: ``log1p`` of the item's
+  interactions in the 1, 7 and 30 days before the request (:data:`RECENCY_WINDOWS_S`): in
+  training, before each list's own time (``training.recency``); in serving, the bundle's
+  counts as of its data's end (``items/recent.npy``, :func:`load_recency`; items added live
+  have 0), what the global time split evaluates.
 
 The gateway assembles the features from recall's answer, the bundle and the user's
 profile; training computes them the same way for its lists (``training.pipeline``).
@@ -23,18 +28,27 @@ profile; training computes them the same way for its lists (``training.pipeline`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recstack.errors import BundleError
 from recstack.vectors import F32Array
 
+if TYPE_CHECKING:
+    from recstack.bundle import Bundle
+
+DAY_S = 86_400
 SIMILARITIES = ("history_max_similarity", "history_mean_similarity", "last_item_similarity")
+RECENCY_WINDOWS_S = (DAY_S, 7 * DAY_S, 30 * DAY_S)
+RECENCY = ("item_recent_1d", "item_recent_7d", "item_recent_30d")
 RANKER_FEATURES = (
     "recall_score",
     "recall_rank",
     "item_popularity",
     "history_length",
     *SIMILARITIES,
+    *RECENCY,
 )
 
 
@@ -66,19 +80,49 @@ def candidate_features(
     history_length: int,
     similarities: np.ndarray | None = None,
     names: Sequence[str] = RANKER_FEATURES,
+    recent_counts: np.ndarray | None = None,
 ) -> F32Array:
     """[N, len(names)] features of N candidates in recall's order (best first);
-    ``similarities`` [N, 3] as :func:`history_similarities` (None: no history)."""
+    ``similarities`` [N, 3] as :func:`history_similarities` (None: no history);
+    ``recent_counts`` [N, 3] interactions per :data:`RECENCY_WINDOWS_S` (None: none)."""
     n = len(recall_scores)
     sims = np.zeros((n, 3), np.float32) if similarities is None else similarities
+    recent = (
+        np.zeros((n, len(RECENCY)), np.float32)
+        if recent_counts is None
+        else np.log1p(np.asarray(recent_counts, np.float32).reshape(n, len(RECENCY)))
+    )
     columns = {
         "recall_score": np.asarray(recall_scores, dtype=np.float32),
         "recall_rank": np.log1p(np.arange(n, dtype=np.float32)),
         "item_popularity": np.log1p(np.asarray(popularity_counts, dtype=np.float32)),
         "history_length": np.full(n, np.log1p(np.float32(history_length)), np.float32),
         **{name: np.asarray(sims[:, j], np.float32) for j, name in enumerate(SIMILARITIES)},
+        **{name: recent[:, j] for j, name in enumerate(RECENCY)},
     }
     out = np.empty((n, len(names)), np.float32)
     for j, name in enumerate(names):
         out[:, j] = columns[name]
     return out
+
+
+def load_recency(bundle: Bundle) -> dict[str, F32Array]:
+    """Item id -> its interaction counts per :data:`RECENCY_WINDOWS_S` as of the bundle's
+    data end (``ranker.recency``); empty when the bundle has none. Raises BundleError if
+    the file does not match the catalog or the windows differ from this code's."""
+    spec = bundle.section("ranker").get("recency")
+    if not spec:
+        return {}
+    if tuple(spec.get("windows_s", ())) != RECENCY_WINDOWS_S:
+        raise BundleError(
+            f"bundle {bundle.version}: recency windows {spec.get('windows_s')} differ from "
+            f"{list(RECENCY_WINDOWS_S)}"
+        )
+    counts = np.load(bundle.path(spec["counts"]), allow_pickle=False)
+    ids = [it.id for it in bundle.iter_catalog()]
+    if counts.shape != (len(ids), len(RECENCY_WINDOWS_S)) or not np.isfinite(counts).all():
+        raise BundleError(
+            f"bundle {bundle.version}: {spec['counts']} has shape {counts.shape}, expected "
+            f"({len(ids)}, {len(RECENCY_WINDOWS_S)})"
+        )
+    return {i: counts[n].astype(np.float32) for n, i in enumerate(ids)}

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +146,7 @@ class EvalCase:
     seen: set[str]
     target: str
     query: str = ""
+    time: int = 0  # when the request is made: the newest history item's timestamp
 
 
 def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[EvalCase]:
@@ -158,7 +159,8 @@ def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[Eval
         before = list(split.train[user])
         if phase == "test":
             before.append(split.valid[user])
-        cases.append(EvalCase(user, before, set(before), held[user]))
+        when = dataset.user_interactions[user][len(before) - 1].timestamp
+        cases.append(EvalCase(user, before, set(before), held[user], time=when))
     return cases
 
 
@@ -190,7 +192,9 @@ def query_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[Eva
     for user in sorted(held):
         genre = top_genre(dataset, split.train[user])
         if genre is not None:
-            cases.append(EvalCase(user, [], set(), held[user], query=genre))
+            n = len(split.train[user]) + (1 if phase == "test" else 0)
+            when = dataset.user_interactions[user][n - 1].timestamp
+            cases.append(EvalCase(user, [], set(), held[user], query=genre, time=when))
     return cases
 
 
@@ -307,14 +311,17 @@ def rerank_lists(
     counts: Counter[str],
     histories: Sequence[np.ndarray],
     history_lengths: Sequence[int],
+    recent: Sequence[np.ndarray | None] | None = None,
 ) -> list[list[str]]:
     """Candidates reordered by the ONNX ranker's score (stable for equal scores), with the
     side features the gateway sends (:func:`recstack.features.candidate_features`);
-    ``histories`` are the vectors the user vector was built from (for the similarities)."""
+    ``histories`` are the vectors the user vector was built from (for the similarities);
+    ``recent[b]`` the catalog's [N_items, 3] recency counts at case b's time (or None)."""
     names = {i.name for i in ranker.get_inputs()}
     out: list[list[str]] = []
-    for vec, (cands, scores), hist, n_hist in zip(
-        user_vecs, recalled, histories, history_lengths, strict=True
+    recents = list(recent) if recent is not None else [None] * len(recalled)
+    for vec, (cands, scores), hist, n_hist, counts_now in zip(
+        user_vecs, recalled, histories, history_lengths, recents, strict=True
     ):
         if not cands:
             out.append([])
@@ -326,8 +333,13 @@ def rerank_lists(
         }
         if "features" in names:
             pops = np.asarray([counts[c] for c in cands])
+            rows = [item_pos[c] for c in cands]
             feed["features"] = candidate_features(
-                np.asarray(scores), pops, n_hist, history_similarities(items, hist)
+                np.asarray(scores),
+                pops,
+                n_hist,
+                history_similarities(items, hist),
+                recent_counts=None if counts_now is None else counts_now[rows],
             )
         ranked = ranker.run(["score"], feed)[0]
         order = np.argsort(-ranked, kind="stable")
@@ -407,11 +419,13 @@ def evaluate_pipelines(
     counts: Counter[str] | None = None,
     per_user_out: dict[str, dict[str, np.ndarray]] | None = None,
     window: int = 50,
+    recency: Callable[[int], np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics (with intervals) of ``exact`` (always), ``hnsw`` (with an index) and
     ``ranked`` (with both; ``counts`` give the popularity feature). ``per_user_out``, when
     given, receives each pipeline's per-user arrays (for paired comparisons). ``window``:
-    the user tower's history length (the similarity features read the same items)."""
+    the user tower's history length (the similarity features read the same items).
+    ``recency(time)``: the catalog's [N_items, 3] recency counts at a case's time."""
     targets: list[str | None] = [c.target for c in cases]
     k = max(KS)
     out: dict[str, dict[str, Any]] = {}
@@ -436,6 +450,7 @@ def evaluate_pipelines(
                 counts or Counter(),
                 [history_matrix(c, item_vecs, item_pos, window) for c in cases],
                 [len(c.history) for c in cases],
+                None if recency is None else [recency(c.time) for c in cases],
             )
             out["ranked"], store["ranked"] = with_intervals(reranked, targets)
     return out

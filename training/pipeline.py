@@ -38,7 +38,12 @@ import numpy as np
 
 from recstack.bundle import Bundle, write_manifest
 from recstack.encoder import TextEncoder
-from recstack.features import RANKER_FEATURES, candidate_features, history_similarities
+from recstack.features import (
+    RANKER_FEATURES,
+    RECENCY_WINDOWS_S,
+    candidate_features,
+    history_similarities,
+)
 from recstack.ort import SessionOptions, create_session
 from recstack.user_tower import UserTower
 from training.base_encoder import BASE_MODEL_NAME
@@ -54,6 +59,7 @@ from training.ranker import (
     export_ranker,
     train_ranker,
 )
+from training.recency import RecentCounts
 from training.tower import HISTORY_INPUT, MASK_INPUT, USER_OUTPUT, TowerConfig
 
 DIM = 384
@@ -62,6 +68,7 @@ HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 64
 EVAL_K = 10
 RERANK_N = 100
+RECENT_COUNTS = "items/recent.npy"
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,7 @@ def _ranker_lists(
     index: Any,
     prof: Profile,
     encoder: TextEncoder,
+    recency: RecentCounts,
 ) -> tuple[RankerLists, int]:
     """Listwise examples at each user's last ``ranker_holdout`` train positions, plus one
     query-only list per user (the request a new user makes).
@@ -193,8 +201,9 @@ def _ranker_lists(
     served as new, from the genre they watched most before it
     (:func:`training.evaluate.top_genre`, as the query-user protocol asks), nothing
     excluded: without it the ranker never sees ``history_length`` 0 and has no reason to
-    lean on popularity there. Returns the lists that contain their target, and how many
-    positions were tried.
+    lean on popularity there. Recency counts are taken at each list's own time (its newest
+    history item's). Returns the lists that contain their target, and how many positions
+    were tried.
     """
     from training import evaluate as ev
 
@@ -203,12 +212,15 @@ def _ranker_lists(
     cases, q_cases = [], []
     for user in sorted(split.train):
         seq = split.train[user]
+        stamps = [x.timestamp for x in dataset.user_interactions[user]]
         first = max(1, len(seq) - prof.ranker_holdout)
         for t in range(first, len(seq)):
-            cases.append(ev.EvalCase(user, list(seq[:t]), set(seq[:t]), seq[t]))
+            cases.append(ev.EvalCase(user, list(seq[:t]), set(seq[:t]), seq[t], time=stamps[t - 1]))
         genre = ev.top_genre(dataset, seq[:first])
         if genre is not None and first < len(seq):
-            q_cases.append(ev.EvalCase(user, [], set(), seq[first], query=genre))
+            q_cases.append(
+                ev.EvalCase(user, [], set(), seq[first], query=genre, time=stamps[first - 1])
+            )
     if not cases:
         raise DataError("no ranker training positions (need users with 2+ train items)")
     uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index)
@@ -231,6 +243,7 @@ def _ranker_lists(
                 np.asarray([counts[i] for i in ids]),
                 len(case.history),
                 history_similarities(item_vecs[rows], history),
+                recent_counts=recency.at(case.time)[rows],
             )
         )
         target.append(ids.index(case.target))
@@ -447,7 +460,11 @@ def _build_into(
 
     with timer.stage("ranker", "lists from recall's top-N, train + ONNX export + parity"):
         seed_everything(seed)
-        lists, positions = _ranker_lists(dataset, split, tower, item_vecs, index, prof, encoder)
+        recency = RecentCounts(dataset)
+        lists, positions = _ranker_lists(
+            dataset, split, tower, item_vecs, index, prof, encoder, recency
+        )
+        np.save(work / RECENT_COUNTS, recency.snapshot(), allow_pickle=False)
         r_config = RankerConfig(epochs=prof.ranker_epochs, hidden=prof.ranker_hidden)
         rk = train_ranker(lists, item_vecs, r_config, seed=seed, progress=progress)
         ranker_path = export_ranker(rk.model, work / "ranker" / "model.onnx", DIM)
@@ -472,6 +489,7 @@ def _build_into(
                 ev.input_counts(split, phase),
                 arrays,
                 prof.tower.max_len,
+                recency.at,
             )
             res["most_popular"] = ev.baseline_most_popular(split, cases, phase, arrays)
             zs = ev.mean_vectors(cases, body_items, dataset.item_index)
@@ -510,6 +528,7 @@ def _build_into(
             seed,
             progress,
             encoder_top=None if top is None else top.fresh_copy(),
+            recency=recency.at,
         )
 
     int8_report: dict[str, Any] | None = None
@@ -611,6 +630,12 @@ def _build_into(
             "fusion": list(FUSION),
             "side_features": list(RANKER_FEATURES),
             "features_input": FEATURES_INPUT,
+            # Served recency counts: as of the training data's newest interaction.
+            "recency": {
+                "counts": RECENT_COUNTS,
+                "windows_s": list(RECENCY_WINDOWS_S),
+                "as_of": recency.latest,
+            },
         },
         "items": {
             "catalog": "items/catalog.jsonl",

@@ -46,6 +46,7 @@ def cold_start(
     progress: bool = False,
     k: int = 20,
     encoder_top: Any = None,
+    recency: Any = None,
 ) -> dict[str, Any]:
     from training.pipeline import _train_rows
     from training.tower import make_windows, train_tower, user_vectors
@@ -126,6 +127,7 @@ def cold_start(
             prof.rerank_n,
             ev.input_counts(split, "test"),
             window=prof.tower.max_len,
+            recency=recency,
         )
         pop = ev.popularity_order(split, "test")[:k]
         pop_m, _ = ev.with_intervals([pop] * len(q_cases), q_targets)

@@ -85,7 +85,7 @@ def future_cases(dataset: Dataset, cut: int, until: int | None = None) -> list[e
             and x.item_id not in seen
         ]
         if after:
-            cases.append(ev.EvalCase(user, history, seen, after[0]))
+            cases.append(ev.EvalCase(user, history, seen, after[0], time=cut))
     return cases
 
 
@@ -152,6 +152,7 @@ def evaluate_bundle_on_future(
     from recstack.bundle import Bundle
     from recstack.ort import SessionOptions, create_session
     from recstack.user_tower import UserTower
+    from training.recency import RecentCounts
 
     bundle = Bundle.open(bundle_root)
     options = SessionOptions(device="cpu")
@@ -171,8 +172,20 @@ def evaluate_bundle_on_future(
     uv = ev.user_vectors(tower, cases, item_vecs, item_index)
     arrays: dict[str, dict[str, np.ndarray]] = {}
     rerank_n = int(bundle.manifest["training"]["rerank_n"])
+    # Recency at the cut from the whole dataset: only interactions before it count.
+    recent = RecentCounts(dataset).at(cut)
     res: dict[str, Any] = ev.evaluate_pipelines(
-        cases, uv, item_ids, item_vecs, index, ranker, rerank_n, counts, arrays, tower.max_len
+        cases,
+        uv,
+        item_ids,
+        item_vecs,
+        index,
+        ranker,
+        rerank_n,
+        counts,
+        arrays,
+        tower.max_len,
+        lambda _time: recent,
     )
     order = _order(counts, item_ids)
     targets: list[str | None] = [c.target for c in cases]

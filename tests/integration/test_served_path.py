@@ -19,6 +19,7 @@ import pytest
 
 from recstack.bundle import Bundle
 from recstack.config import GatewayOptions, RankOptions, ServerOptions
+from recstack.features import load_recency
 from recstack.ort import CPU, SessionOptions, create_session
 from recstack.server import RunningServer
 from recstack.user_tower import UserTower
@@ -91,6 +92,10 @@ def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, bundle
         ev.EvalCase(user, list(dict.fromkeys(items))[::-1], set(items), items[0])
         for user, items in sample
     ]
+    # The gateway serves the bundle's recency counts (as of its data's end) to everyone.
+    recency = load_recency(bundle)
+    snapshot = np.stack([recency[i] for i in item_ids])
+    assert snapshot.sum() > 0
     uv = ev.user_vectors(tower, cases, vectors, item_pos)
     recalled = ev.recall_lists(index, uv, cases, item_ids, CANDIDATES)
     expected = ev.rerank_lists(
@@ -102,6 +107,7 @@ def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, bundle
         counts,
         [ev.history_matrix(c, vectors, item_pos, tower.max_len) for c in cases],
         [len(c.history) for c in cases],
+        [snapshot] * len(cases),
     )
     stub = gateway_pb2_grpc.RecommendServiceStub(grpc.insecure_channel(f"127.0.0.1:{servers}"))
     for case, want in zip(cases, expected, strict=True):
