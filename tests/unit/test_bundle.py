@@ -98,3 +98,27 @@ def test_unlisted_path_is_refused(tmp_path):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="neither a bundle"):
         Bundle.open(tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3, 3), (2, 2)])
+def test_recency_counts_are_checked_against_the_catalog(tmp_path, shape):
+    from recstack.features import RECENCY_WINDOWS_S, load_recency
+
+    d = make_bundle(tmp_path)
+    assert load_recency(Bundle.open(d)) == {}  # no recency section: no counts
+    counts = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    np.save(d / "items" / "recent.npy", counts)
+    manifest = json.loads((d / MANIFEST).read_text())
+    spec = {"counts": "items/recent.npy", "windows_s": list(RECENCY_WINDOWS_S), "as_of": 1}
+    manifest["ranker"] = {"recency": spec}
+    write_manifest(d, {k: v for k, v in manifest.items() if k != "files"})
+    if shape == (2, 3):
+        got = load_recency(Bundle.open(d))
+        assert sorted(got) == ["a", "b"] and got["b"].tolist() == [3, 4, 5]
+    else:
+        with pytest.raises(BundleError, match="recent.npy has shape"):
+            load_recency(Bundle.open(d))
+    manifest["ranker"]["recency"]["windows_s"] = [1, 2, 3]
+    write_manifest(d, {k: v for k, v in manifest.items() if k != "files"})
+    with pytest.raises(BundleError, match="recency windows"):
+        load_recency(Bundle.open(d))

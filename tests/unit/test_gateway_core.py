@@ -183,3 +183,25 @@ def test_side_features_sent_in_the_rankers_order(tmp_path):
     assert backend.ranks[-1][0].candidate_features is None
     with pytest.raises(FailedPrecondition, match="side features"):
         GatewayCore(backend, backend, events, GatewayOptions(), side_features=("age",))
+
+
+def test_recency_features_come_from_the_bundle_counts(tmp_path):
+    from recstack.features import RECENCY
+
+    backend = Catalog()
+    events = EventStore(f"sqlite:///{tmp_path}/e.db", [("u1", ["i11", "i10"])])
+    names = ("recall_score", *RECENCY)
+    counts = {"i3": np.array([1.0, 5.0, 9.0], np.float32)}
+    core = GatewayCore(
+        backend, backend, events, GatewayOptions(), side_features=names, recency=counts
+    )
+    core.recommend(RecommendQuery(user_id="u1", k=3, candidate_count=4), Deadline.after(5))
+    query = backend.ranks[0][0]
+    assert query.candidate_features is not None
+    feats = query.candidate_features.reshape(len(query.candidate_ids), len(names))
+    for cid, row in zip(query.candidate_ids, feats, strict=True):
+        want = np.log1p(counts[cid]) if cid in counts else np.zeros(3)
+        np.testing.assert_allclose(row[1:], want, rtol=1e-6)  # unknown items: no interactions
+    # A ranker that wants recency with a bundle that has none is refused at start-up.
+    with pytest.raises(FailedPrecondition, match="recency"):
+        GatewayCore(backend, backend, events, GatewayOptions(), side_features=names)

@@ -75,3 +75,19 @@ def test_recent_window_is_chosen_on_the_validation_cut() -> None:
     best, curve = ts.choose_recent_window(ds, 20 * DAY, 30 * DAY, (3, 60))
     assert best == 3
     assert dict(curve)[3] > dict(curve)[60]
+
+
+def test_recent_counts_only_count_the_window_strictly_before_now() -> None:
+    from training.recency import RecentCounts
+
+    ds = _dataset(ROWS)
+    rec = RecentCounts(ds, windows_s=(DAY, 5 * DAY))
+    rows = {it.id: n for n, it in enumerate(ds.items)}
+    at = rec.at(11 * DAY)  # u1's b2 and u4's repeat of c are *at* 11d: not counted
+    assert at[rows["c"]].tolist() == [0, 2]  # 9d (u2) and 8d (u4) fall in the 5-day window
+    assert at[rows["b2"]].tolist() == [0, 0]
+    assert rec.at(11 * DAY + 1)[rows["b2"]].tolist() == [1, 1]
+    assert rec.latest == 13 * DAY
+    # As of just after the newest interaction (13d): c at 13d in the last day; 9d, 11d,
+    # 12d and 13d in the last five (8d is outside).
+    assert rec.snapshot()[rows["c"]].tolist() == [1, 4]
