@@ -252,10 +252,8 @@ def popularity_order(split: Split, phase: str = "test") -> list[str]:
     return [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def most_popular_lists(
-    split: Split, cases: Sequence[EvalCase], k: int, phase: str = "test"
-) -> list[list[str]]:
-    order = popularity_order(split, phase)
+def unseen_lists(order: Sequence[str], cases: Sequence[EvalCase], k: int) -> list[list[str]]:
+    """Per case, the first ``k`` ids of one global ``order`` that the case has not seen."""
     out = []
     for case in cases:
         lst: list[str] = []
@@ -266,6 +264,12 @@ def most_popular_lists(
                     break
         out.append(lst)
     return out
+
+
+def most_popular_lists(
+    split: Split, cases: Sequence[EvalCase], k: int, phase: str = "test"
+) -> list[list[str]]:
+    return unseen_lists(popularity_order(split, phase), cases, k)
 
 
 def exact_lists(

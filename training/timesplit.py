@@ -105,16 +105,7 @@ def popularity_lists(
     """Top-``k`` unseen items by ``counts`` (ties: all-time ``order``)."""
     rank = {i: n for n, i in enumerate(order)}
     ranked = sorted(order, key=lambda i: (-counts.get(i, 0), rank[i]))
-    out = []
-    for case in cases:
-        lst: list[str] = []
-        for i in ranked:
-            if i not in case.seen:
-                lst.append(i)
-                if len(lst) == k:
-                    break
-        out.append(lst)
-    return out
+    return ev.unseen_lists(ranked, cases, k)
 
 
 def _order(counts: Counter[str], item_ids: Sequence[str]) -> list[str]:
