@@ -8,8 +8,8 @@
    ef_construction and ef_search, same clustered vectors and queries, with recall@10
    against exact search alongside (faiss is optional: ``pip install faiss-cpu``).
 3. **End to end**: Recommend over gRPC through real recall, rank and gateway servers
-   (p50/p99) vs the floor = the sum of the same stages run in process (encode the user
-   text, HNSW search, rank the candidates) for the same requests.
+   (p50/p99) vs the floor = the gateway's core over in-process recall and rank
+   (``gateway.local``: the same stages, no RPC) for the same requests.
 
 Usage: ``python -m bench.serving_bench [--bundle bundles] [--out FILE]``.
 """
@@ -21,7 +21,6 @@ import json
 import platform
 import tempfile
 import time
-from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ import numpy as np
 from bench.common import clustered, ensure_bundle, median_ms, percentile_ms
 from recstack.bundle import Bundle
 from recstack.encoder import TextEncoder
-from recstack.features import candidate_features
 from recstack.ort import SessionOptions
 from recstack.vectors import l2_normalize
 
@@ -150,7 +148,6 @@ def end_to_end(bundle: Bundle, requests: int) -> dict[str, Any]:
     from rank_service.server import serve as serve_rank
     from recall_service.server import serve as serve_recall
     from recstack.config import GatewayOptions, RankOptions, RecallOptions, ServerOptions
-    from recstack.domain import RankQuery, RecallQuery
     from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
     users = [u for u, _ in bundle.iter_user_histories()][:requests]
@@ -181,50 +178,41 @@ def end_to_end(bundle: Bundle, requests: int) -> dict[str, Any]:
             t = time.perf_counter()
             stub.Recommend(gateway_pb2.RecommendRequest(user_id=u, k=10), timeout=30)
             rpc.append(time.perf_counter() - t)
-        # The floor: the same stages in process, no RPCs, no batching, same cores.
+        # The floor: the gateway's own core over in-process recall and rank (the stages
+        # the three servers run, same bundle, same options), no RPCs.
+        from gateway.core import GatewayCore, catalog_from_bundle
+        from gateway.events import EventStore
+        from gateway.local import LocalRank, LocalRecall
         from recall_service.replica import Replica
+        from recstack.deadline import Deadline
+        from recstack.domain import RecommendQuery
+        from recstack.features import load_recency
 
         replica = Replica(
             RecallOptions(bundle=str(bundle.root), state_dir=f"{tmp}/floor", bundle_poll_s=0),
-            SessionOptions(device="cpu"),
+            SessionOptions(),
         )
         replica.load()
-        core = replica.ref.get()
-        ranker = RankCore(
-            bundle,
-            RankOptions(bundle=str(bundle.root), batching=False),
-            SessionOptions(device="cpu"),
+        ranker = RankCore(bundle, RankOptions(bundle=str(bundle.root)), SessionOptions())
+        events = EventStore(f"sqlite:///{tmp}/floor/events.db", bundle.iter_user_histories())
+        catalog, version = catalog_from_bundle(bundle)
+        floor_core = GatewayCore(
+            LocalRecall(replica),
+            LocalRank(ranker),
+            events,
+            GatewayOptions(bundle=str(bundle.root)),
+            catalog,
+            version,
+            ranker.side_features,
+            load_recency(bundle),
         )
-        histories = dict(bundle.iter_user_histories())
-        popularity = Counter(i for items in histories.values() for i in items)
         floor = []
         for u in users:
-            hist = tuple(dict.fromkeys(histories[u]))
             t = time.perf_counter()
-            res = core.recall(
-                RecallQuery(k=100, history_item_ids=hist[:200], exclude_ids=hist), _no_deadline()
-            )
-            ids = tuple(c.id for c in res.candidates)
-            vecs = np.stack([c.vector for c in res.candidates if c.vector is not None])
-            feats = candidate_features(
-                np.asarray([c.score for c in res.candidates]),
-                np.asarray([popularity.get(i, 0) for i in ids]),
-                len(hist),
-                np.asarray([c.history_similarity for c in res.candidates]),
-                names=ranker.side_features,
-            ).reshape(-1)
-            ranker.rank(
-                RankQuery(
-                    res.query_vector,
-                    ids,
-                    vecs,
-                    res.bundle_version,
-                    top_k=10,
-                    candidate_features=feats if ranker.side_features else None,
-                ),
-                _no_deadline(),
-            )
+            floor_core.recommend(RecommendQuery(user_id=u, k=10), Deadline.after(30))
             floor.append(time.perf_counter() - t)
+        ranker.retire(5)
+        events.close()
         replica.close()
         gateway.stop(0)
         rank.stop(0)

@@ -7,25 +7,28 @@ sees e.g. INVALID_ARGUMENT naming ``history_item_ids`` rather than a generic fai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
 
 from recstack.domain import (
+    ItemDetails,
+    ItemsResult,
     RankQuery,
     RankResult,
-    RecallCandidate,
     RecallQuery,
     RecallResult,
     ScoredItem,
 )
 from recstack.errors import RecstackError, Unavailable, error_for_kind
-from recstack.pbconv import filters_to_pb
+from recstack.pbconv import filters_to_pb, recall_result_from_pb
 from recstack.server import FIELD_METADATA_KEY, KIND_FOR_STATUS
+from recstack.sharding import shard_of
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
-from recstack.vectors import pack, unpack_vector
+from recstack.vectors import pack
 
 R = TypeVar("R")
 
@@ -65,25 +68,24 @@ class GrpcRecall:
             exact=query.exact,
             ignore_unknown_history=query.ignore_unknown_history,
             user_prior=query.user_prior,
+            exclude_history=query.exclude_history,
+            include_details=query.include_details,
         )
         resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
-        dim = resp.dim
-        return RecallResult(
-            candidates=[
-                RecallCandidate(
-                    c.id,
-                    c.score,
-                    unpack_vector(c.vector, dim, "candidates.vector") if c.vector else None,
-                    c.title,
-                    c.text,
-                    c.because_item_id,
-                    c.because_query,
-                    (c.history_max_similarity, c.history_mean_similarity, c.last_item_similarity),
+        return recall_result_from_pb(resp)
+
+    def get_items(self, ids: Sequence[str], timeout: float | None) -> ItemsResult:
+        request = recall_pb2.GetItemsRequest(ids=ids)
+        resp = relay_errors("recall", lambda: self.stub.GetItems(request, timeout=timeout))
+        return ItemsResult(
+            [
+                ItemDetails(
+                    it.id, it.title, it.text, json.loads(it.metadata_json or "{}"), it.written
                 )
-                for c in resp.candidates
+                for it in resp.items
             ],
-            query_vector=unpack_vector(resp.query_vector, dim, "query_vector"),
-            bundle_version=resp.bundle_version,
+            tuple(resp.missing_ids),
+            resp.bundle_version,
         )
 
 
@@ -151,13 +153,36 @@ class ShardedRecall:
         if not results:
             assert first_error is not None
             raise first_error
-        versions = {r.bundle_version for r in results}
-        if len(versions) > 1:
-            raise Unavailable(
-                f"recall shards serve different bundle versions {sorted(versions)}"
-                " (a rollout is in progress); retry shortly"
-            )
-        merged = sorted((c for r in results for c in r.candidates), key=lambda c: -c.score)
-        return RecallResult(
-            merged[: query.k], results[0].query_vector, results[0].bundle_version, tuple(missing)
+        _same_version(r.bundle_version for r in results)
+        return RecallResult.concat(results, query.k, tuple(missing))
+
+    def get_items(self, ids: Sequence[str], timeout: float | None) -> ItemsResult:
+        """Each id asked of the shard that owns it (in parallel); results in ``ids`` order."""
+        if len(self.shards) == 1:
+            return self.shards[0].get_items(ids, timeout)
+        owned: dict[int, list[str]] = {}
+        for i in ids:
+            owned.setdefault(shard_of(i, len(self.shards)), []).append(i)
+        futures = {
+            s: self._pool.submit(self.shards[s].get_items, part, timeout)
+            for s, part in owned.items()
+        }
+        results = {s: f.result() for s, f in futures.items()}
+        version = _same_version(r.bundle_version for r in results.values())
+        found = {it.id: it for r in results.values() for it in r.items}
+        return ItemsResult(
+            [found[i] for i in ids if i in found],
+            tuple(i for i in ids if i not in found),
+            version,
         )
+
+
+def _same_version(versions: Iterable[str]) -> str:
+    """The one bundle version all shards answered with; Unavailable during a rollout."""
+    distinct = sorted(set(versions))
+    if len(distinct) > 1:
+        raise Unavailable(
+            f"recall shards serve different bundle versions {distinct}"
+            " (a rollout is in progress); retry shortly"
+        )
+    return distinct[0]

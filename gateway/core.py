@@ -25,6 +25,7 @@ from recstack.bundle import Bundle
 from recstack.config import GatewayOptions
 from recstack.deadline import Deadline
 from recstack.domain import (
+    ItemsResult,
     RankQuery,
     RankResult,
     RecallQuery,
@@ -44,6 +45,8 @@ class RecallBackend(Protocol):
     """Something that answers a recall within ``timeout`` seconds (None = unbounded)."""
 
     def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult: ...
+
+    def get_items(self, ids: Sequence[str], timeout: float | None) -> ItemsResult: ...
 
 
 class RankBackend(Protocol):
@@ -183,12 +186,15 @@ class GatewayCore:
     ) -> RecommendResult:
         deadline.check("recall")
         t0 = time.perf_counter()
+        cut = self.options.max_history
         recalled = self.recall_backend.recall(
             RecallQuery(
                 k=n,
                 query_text=q.query_text,
-                history_item_ids=history[: self.options.max_history],
-                exclude_ids=() if q.include_seen else history,
+                history_item_ids=history[:cut],
+                # Seen items: recall drops the history it was sent, and the rest here.
+                exclude_ids=() if q.include_seen else history[cut:],
+                exclude_history=not q.include_seen,
                 filters=q.filters,
                 # A stored profile may name items deleted since; explicit ids must exist.
                 ignore_unknown_history=stored,
@@ -197,55 +203,45 @@ class GatewayCore:
             deadline.budget(self.options.recall_share),
         )
         timings["recall"] = (time.perf_counter() - t0) * 1000
-        by_id = {c.id: c for c in recalled.candidates}
         items: list[RecommendedItem] = []
-        if recalled.candidates:
+        if len(recalled):
+            assert recalled.vectors is not None  # the gateway never asks omit_vectors
             deadline.check("rank")
             t0 = time.perf_counter()
-            features = None
-            if self.side_features:
-                pop = self.events.popularity
-                features = candidate_features(
-                    np.asarray([c.score for c in recalled.candidates]),
-                    np.asarray([pop.get(c.id, 0) for c in recalled.candidates]),
-                    len(history),
-                    np.asarray([c.history_similarity for c in recalled.candidates]),
-                    self.side_features,
-                    # Items added live have no counts in the bundle: 0 interactions.
-                    np.stack(
-                        [self.recency.get(c.id, self._no_recency) for c in recalled.candidates]
-                    ),
-                ).reshape(-1)
             ranked = self.rank_backend.rank(
                 RankQuery(
                     user_vector=recalled.query_vector,
-                    candidate_ids=tuple(by_id),
-                    candidate_vectors=np.stack(
-                        [c.vector for c in recalled.candidates if c.vector is not None]
-                    ),
+                    candidate_ids=tuple(recalled.ids),
+                    # Recall's [N, dim] block as it arrived (no per-row work here).
+                    candidate_vectors=recalled.vectors,
                     embedding_version=recalled.bundle_version,
                     top_k=k,
                     diversity_lambda=q.diversity_lambda,
-                    candidate_features=features,
+                    candidate_features=self._features(recalled, len(history)),
                 ),
                 deadline.budget(),
             )
             timings["rank"] = (time.perf_counter() - t0) * 1000
-            for s in ranked.items:
-                c = by_id[s.id]
-                because = self.catalog.get(c.because_item_id, ("", ""))[0]
+            t0 = time.perf_counter()
+            row = {item_id: i for i, item_id in enumerate(recalled.ids)}
+            picked = [row[s.id] for s in ranked.items]
+            details = self._details(recalled, picked, deadline)
+            for s, i in zip(ranked.items, picked, strict=True):
+                because_id = recalled.because_item_ids[i]
+                title, text = details[i]
                 items.append(
                     RecommendedItem(
                         s.id,
                         s.score,
-                        c.title,
-                        c.text,
-                        c.score,
-                        c.because_item_id,
-                        because,
-                        c.because_query,
+                        title,
+                        text,
+                        float(recalled.scores[i]),
+                        because_id,
+                        self.catalog.get(because_id, ("", ""))[0] if because_id else "",
+                        recalled.because_query[i],
                     )
                 )
+            timings["details"] = (time.perf_counter() - t0) * 1000
         return RecommendResult(
             items,
             recalled.bundle_version,
@@ -253,6 +249,47 @@ class GatewayCore:
             timings,
             missing_shards=recalled.missing_shards,
         )
+
+    def _features(self, recalled: RecallResult, history_length: int) -> np.ndarray | None:
+        """The ranker's declared side features of recall's candidates, flat [N * F]."""
+        if not self.side_features:
+            return None
+        pop = self.events.popularity
+        recency = self.recency
+        return candidate_features(
+            recalled.scores,
+            np.fromiter((pop.get(i, 0) for i in recalled.ids), np.float32, len(recalled)),
+            history_length,
+            recalled.similarities,
+            self.side_features,
+            # Items added live have no counts in the bundle: 0 interactions.
+            np.stack([recency.get(i, self._no_recency) for i in recalled.ids]),
+        ).reshape(-1)
+
+    def _details(
+        self, recalled: RecallResult, rows: list[int], deadline: Deadline
+    ) -> dict[int, tuple[str, str]]:
+        """(title, text) of the chosen rows of recall's answer: from the gateway's bundle
+        catalog when recall serves the same bundle and the item was not written since;
+        otherwise (live writes, a rollout, no bundle here) asked of recall in one call."""
+        out: dict[int, tuple[str, str]] = {}
+        ask: list[int] = []
+        same = recalled.bundle_version == self.catalog_version
+        for i in rows:
+            known = self.catalog.get(recalled.ids[i]) if same else None
+            if recalled.titles:
+                out[i] = (recalled.titles[i], recalled.texts[i])
+            elif known is not None and not recalled.written[i]:
+                out[i] = known
+            else:
+                ask.append(i)
+        if ask:
+            deadline.check("details")
+            got = self.recall_backend.get_items([recalled.ids[i] for i in ask], deadline.budget())
+            by_id = {it.id: (it.title, it.text) for it in got.items}
+            # An item deleted between the recall and now keeps its place, without details.
+            out.update({i: by_id.get(recalled.ids[i], ("", "")) for i in ask})
+        return out
 
     def record_events(self, events: list[Event]) -> int:
         return self.events.record(events)

@@ -71,7 +71,7 @@ def check_target(address: str, *, allow_remote: bool, allowed_hosts: Iterable[st
 
 def _empty(service: str, response: Any) -> bool:
     if service == "recall":
-        return len(response.candidates) == 0
+        return len(response.ids) == 0
     return len(response.items) == 0
 
 

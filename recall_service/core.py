@@ -41,7 +41,7 @@ from recstack import metrics
 from recstack.bundle import Bundle
 from recstack.config import RecallOptions
 from recstack.deadline import Deadline
-from recstack.domain import RecallCandidate, RecallInfo, RecallQuery, RecallResult
+from recstack.domain import ItemDetails, ItemsResult, RecallInfo, RecallQuery, RecallResult
 from recstack.encoder import TextEncoder
 from recstack.errors import (
     BundleError,
@@ -183,7 +183,8 @@ class RecallCore:
         for q in queries:
             self.validate(q)
             predicate = compile_filters(q.filters, self.index.metadata_fields)
-            specs.append(SearchSpec(q.k, q.exclude_ids, predicate, q.exact))
+            exclude = (*q.exclude_ids, *q.history_item_ids) if q.exclude_history else q.exclude_ids
+            specs.append(SearchSpec(q.k, exclude, predicate, q.exact))
         wait_for = max((q.min_sequence for q in queries), default=0)
         if wait_for:
             self.wait_applied(wait_for, deadline)
@@ -213,35 +214,58 @@ class RecallCore:
                     vectors[i] = l2_normalize(q.query_vector)
             deadline.check("search")
             hits = self.index.search(vectors, specs, self.options.search_threads)
-            for n, (q, qv, row) in enumerate(zip(queries, vectors, hits, strict=True)):
-                items = [self.index.item(label) for label, _ in row]
+            for n, (q, qv, (labels, scores)) in enumerate(zip(queries, vectors, hits, strict=True)):
                 hist_ids, hist = found.get(n, ([], np.zeros((0, self.dim), np.float32)))
-                cand_vecs = (
-                    np.stack([vec for _, vec in items])
-                    if items
-                    else np.zeros((0, self.dim), np.float32)
-                )
+                cand_vecs = self.index.rows(labels)
                 # One candidate-by-history product serves the explanation and the
                 # ranker's similarity features.
                 by_history = cand_vecs @ hist.T
-                because = self._explain(cand_vecs, by_history, hist_ids, query_vecs.get(n))
-                sims = summarize_similarities(by_history)
-                candidates = [
-                    RecallCandidate(
-                        item.id,
-                        score,
-                        None if q.omit_vectors else vec.copy(),
-                        item.title,
-                        item.text,
-                        *why,
-                        (float(s[0]), float(s[1]), float(s[2])),
+                because, because_query = self._explain(
+                    cand_vecs, by_history, hist_ids, query_vecs.get(n)
+                )
+                details = (
+                    [self.index.item(lab) for lab in labels.tolist()] if q.include_details else []
+                )
+                results.append(
+                    RecallResult(
+                        self.index.ids(labels),
+                        scores,
+                        None if q.omit_vectors else cand_vecs,
+                        summarize_similarities(by_history),
+                        because,
+                        because_query,
+                        self.index.written(labels),
+                        qv,
+                        self.version,
+                        [it.title for it in details],
+                        [it.text for it in details],
                     )
-                    for (item, vec), (_, score), why, s in zip(
-                        items, row, because, sims, strict=True
-                    )
-                ]
-                results.append(RecallResult(candidates, qv, self.version))
+                )
         return results
+
+    def get_items(self, ids: Sequence[str]) -> ItemsResult:
+        """The catalog entries of ``ids`` as served now (request order), and the unknown ids."""
+        if len(ids) > self.options.max_batch:
+            raise ResourceExhausted(
+                f"{len(ids)} ids exceeds the limit of {self.options.max_batch}", field="ids"
+            )
+        for i, item_id in enumerate(ids):
+            if not item_id:
+                raise InvalidArgument("must not be empty", field=f"ids[{i}]")
+        items: list[ItemDetails] = []
+        missing: list[str] = []
+        with self.index.lock.read():
+            for item_id in ids:
+                it = self.index.lookup(item_id)
+                if it is None:
+                    missing.append(item_id)
+                else:
+                    items.append(
+                        ItemDetails(
+                            it.id, it.title, it.text, it.metadata, self.index.is_written(it.id)
+                        )
+                    )
+        return ItemsResult(items, tuple(missing), self.version)
 
     @staticmethod
     def _explain(
@@ -249,23 +273,23 @@ class RecallCore:
         by_history: F32Array,
         history_ids: list[str],
         query: F32Array | None,
-    ) -> list[tuple[str, bool]]:
-        """Per candidate: (the most similar history item, whether the query is closer);
-        ``by_history`` [N, H] are the candidates' inner products with the history."""
+    ) -> tuple[list[str], list[bool]]:
+        """Per candidate: the most similar history item ("" if none or the query is closer)
+        and whether the query is closer; ``by_history`` [N, H] are the candidates' inner
+        products with the history."""
+        n = len(cands)
         has_history = by_history.shape[1] > 0
-        if not len(cands) or (not has_history and query is None):
-            return [("", False)] * len(cands)
-        best_hist = np.full(len(cands), -np.inf, np.float32)
-        best_id = [""] * len(cands)
+        if not n or (not has_history and query is None):
+            return [""] * n, [False] * n
+        best_hist = np.full(n, -np.inf, np.float32)
+        best_id = [""] * n
         if has_history:
             arg = by_history.argmax(axis=1)
-            best_hist = by_history[np.arange(len(cands)), arg]
-            best_id = [history_ids[int(j)] for j in arg]
-        by_query = cands @ query if query is not None else np.full(len(cands), -np.inf)
-        return [
-            ("", True) if by_query[j] > best_hist[j] else (best_id[j], False)
-            for j in range(len(cands))
-        ]
+            best_hist = by_history[np.arange(n), arg]
+            best_id = [history_ids[j] for j in arg.tolist()]
+        by_query = cands @ query if query is not None else np.full(n, -np.inf)
+        closer = (by_query > best_hist).tolist()
+        return ["" if c else b for c, b in zip(closer, best_id, strict=True)], closer
 
     # -- writes --------------------------------------------------------------------------
 
@@ -458,7 +482,7 @@ class RecallCore:
                 RecallQuery(k=1, query_vector=vec, omit_vectors=True),
                 Deadline.none(),
             )
-            if not got.candidates or abs(got.candidates[0].score - 1.0) > 1e-3:
+            if not len(got) or abs(float(got.scores[0]) - 1.0) > 1e-3:
                 raise BundleError(
                     f"bundle {self.version}: self-check failed: item "
                     f"{item_id!r} does not recall itself"

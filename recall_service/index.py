@@ -9,7 +9,11 @@ batches (one ``add_items`` call per batch) to keep exclusive sections short. Gro
 
 Labels: an upsert of an existing id replaces its vector under the same hnswlib label; a
 delete marks the label deleted (hnswlib keeps the element in the graph, so the label is
-never reused; a later upsert of that id gets a fresh label). ``applied_sequence`` is the
+never reused; a later upsert of that id gets a fresh label). Reads are columnar: a
+search answers label and score arrays, and ``rows``/``ids``/``written`` gather per-label
+columns for them (one fancy index or one comprehension per answer, no per-candidate
+objects). ``written[label]`` is true for items that came from the catalog log, not the
+bundle. ``applied_sequence`` is the
 catalog-log sequence this state reflects; it is updated in the same write section as the
 data, so a snapshot is always consistent.
 
@@ -32,6 +36,7 @@ from typing import Any
 
 import hnswlib
 import numpy as np
+import numpy.typing as npt
 
 from recall_service.catalog_log import DELETE, LogWrite
 from recstack.bundle import Bundle, CatalogItem, sha256_file
@@ -42,7 +47,8 @@ from recstack.vectors import F32Array
 
 log = logging.getLogger(__name__)
 
-Hit = tuple[int, float]  # (label, score)
+# One query's answer: labels (int64) and inner-product scores (float32), best first.
+Hits = tuple[npt.NDArray[np.int64], F32Array]
 SNAPSHOT_FILES = ("index.bin", "items.jsonl", "vectors.npy")
 PARALLEL_ADD_MIN = 256
 
@@ -90,12 +96,16 @@ class ItemIndex:
         vectors: F32Array,
         applied_sequence: int = 0,
         exact_threshold: int = 20000,
+        written: Iterable[int] = (),
     ) -> None:
+        """``written``: labels of items that came from the catalog log (snapshots)."""
         self.params = params
         self.lock = RWLock()
         self._hnsw = hnsw
         self._items = items
         self._vectors = vectors  # capacity rows; rows >= len(items) are unused
+        self._written = np.zeros(len(vectors), bool)  # capacity rows, like _vectors
+        self._written[list(written)] = True
         self._label_of = {it.id: label for label, it in enumerate(items) if it is not None}
         self.applied_sequence = applied_sequence
         self.exact_threshold = exact_threshold
@@ -178,14 +188,17 @@ class ItemIndex:
             if sha256_file(directory / name) != meta["sha256"][name]:
                 raise BundleError(f"snapshot {directory}: checksum mismatch for {name}")
         items: list[CatalogItem | None] = []
+        written: list[int] = []
         with (directory / "items.jsonl").open(encoding="utf-8") as f:
-            for line in f:
+            for label, line in enumerate(f):
                 d = json.loads(line)
                 items.append(
                     None
                     if d is None
                     else CatalogItem(d["id"], d["title"], d["text"], d["metadata"])
                 )
+                if d is not None and d.get("written"):
+                    written.append(label)
         vectors = np.load(directory / "vectors.npy", allow_pickle=False)
         capacity = max(int(meta["capacity"]), len(items), 16)
         hnsw = hnswlib.Index(space=params.space, dim=params.dim)
@@ -201,6 +214,7 @@ class ItemIndex:
             _grow(vectors.astype(np.float32), capacity),
             int(meta["applied_sequence"]),
             exact_threshold,
+            written,
         )
         return index, meta
 
@@ -212,7 +226,7 @@ class ItemIndex:
             n = len(self._items)
             self._hnsw.save_index(str(directory / "index.bin"))
             with (directory / "items.jsonl").open("w", encoding="utf-8") as f:
-                for it in self._items:
+                for label, it in enumerate(self._items):
                     f.write(
                         json.dumps(
                             None
@@ -222,6 +236,7 @@ class ItemIndex:
                                 "title": it.title,
                                 "text": it.text,
                                 "metadata": it.metadata,
+                                "written": bool(self._written[label]),
                             }
                         )
                         + "\n"
@@ -245,15 +260,32 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self._label_of)
 
-    def item(self, label: int) -> tuple[CatalogItem, F32Array]:
-        """Item and vector of a label returned by a search (same read section)."""
+    def item(self, label: int) -> CatalogItem:
+        """The item of a label returned by a search (same read section)."""
         it = self._items[label]
         assert it is not None
-        return it, self._vectors[label]
+        return it
+
+    def rows(self, labels: npt.NDArray[np.int64]) -> F32Array:
+        """[len(labels), dim] copy of the labels' vectors (same read section as the search)."""
+        return self._vectors[labels]
+
+    def ids(self, labels: npt.NDArray[np.int64]) -> list[str]:
+        """The labels' item ids (same read section as the search)."""
+        items = self._items
+        return [items[lab].id for lab in labels.tolist()]  # type: ignore[union-attr]
+
+    def written(self, labels: npt.NDArray[np.int64]) -> list[bool]:
+        """Per label: the item came from the catalog log, not the bundle."""
+        return self._written[labels].tolist()  # type: ignore[no-any-return]
 
     def lookup(self, item_id: str) -> CatalogItem | None:
         label = self._label_of.get(item_id)
         return None if label is None else self._items[label]
+
+    def is_written(self, item_id: str) -> bool:
+        label = self._label_of.get(item_id)
+        return label is not None and bool(self._written[label])
 
     def vector_of(self, item_id: str) -> F32Array | None:
         label = self._label_of.get(item_id)
@@ -265,55 +297,56 @@ class ItemIndex:
 
     def search(
         self, queries: F32Array, specs: Sequence[SearchSpec], num_threads: int = 1
-    ) -> list[list[Hit]]:
-        """Top hits per query (label, inner-product score), best first.
+    ) -> list[Hits]:
+        """Top hits per query (labels, inner-product scores), best first.
 
         Call inside ``with index.lock.read():`` when the caller also reads items of the
         returned labels (they must not change in between); this method does not lock.
         """
-        results: list[list[Hit] | None] = [None] * len(specs)
+        results: list[Hits | None] = [None] * len(specs)
         plain = [i for i, s in enumerate(specs) if not s.exact and s.predicate is None]
         if plain:
             results_plain = self._ann_batch(queries[plain], [specs[i] for i in plain], num_threads)
             for i, hits in zip(plain, results_plain, strict=True):
                 results[i] = hits
+        out: list[Hits] = []
         for i, spec in enumerate(specs):
-            if results[i] is None:
-                results[i] = self._filtered(queries[i], spec)
-        return [r if r is not None else [] for r in results]
+            done = results[i]
+            out.append(self._filtered(queries[i], spec) if done is None else done)
+        return out
 
-    def _excluded(self, spec: SearchSpec) -> set[int]:
-        return {self._label_of[i] for i in spec.exclude_ids if i in self._label_of}
+    def _excluded(self, spec: SearchSpec) -> npt.NDArray[np.int64]:
+        label_of = self._label_of
+        return np.fromiter((label_of[i] for i in spec.exclude_ids if i in label_of), dtype=np.int64)
 
     def _ann_batch(
         self, queries: F32Array, specs: Sequence[SearchSpec], num_threads: int
-    ) -> list[list[Hit]]:
+    ) -> list[Hits]:
         excluded = [self._excluded(s) for s in specs]
         live = len(self._label_of)
         # Over-fetch by the number of excluded live labels so k others remain.
         fetch = min(max(s.k + len(e) for s, e in zip(specs, excluded, strict=True)), live)
         if fetch == 0:
-            return [[] for _ in specs]
+            return [_NO_HITS for _ in specs]
         try:
             labels, dists = self._hnsw.knn_query(queries, k=fetch, num_threads=num_threads)
         except RuntimeError:  # hnswlib could not find `fetch` live neighbours
             return [self._exact(q, s, None) for q, s in zip(queries, specs, strict=True)]
+        labels = labels.astype(np.int64)
+        scores = (1.0 - dists).astype(np.float32)
         out = []
         for row, (spec, ex) in enumerate(zip(specs, excluded, strict=True)):
-            hits = [
-                (int(lab), 1.0 - float(d))
-                for lab, d in zip(labels[row], dists[row], strict=True)
-                if int(lab) not in ex
-            ][: spec.k]
-            if len(hits) < min(spec.k, live - len(ex)):
+            keep = ~np.isin(labels[row], ex) if len(ex) else slice(None)
+            hits = (labels[row][keep][: spec.k], scores[row][keep][: spec.k])
+            if len(hits[0]) < min(spec.k, live - len(ex)):
                 hits = self._exact(queries[row], spec, None)
             out.append(hits)
         return out
 
-    def _filtered(self, query: F32Array, spec: SearchSpec) -> list[Hit]:
+    def _filtered(self, query: F32Array, spec: SearchSpec) -> Hits:
         if spec.predicate is None:
             return self._exact(query, spec, None)
-        ex = self._excluded(spec)
+        ex = set(self._excluded(spec).tolist())
         allowed = [
             lab
             for lab in self._label_of.values()
@@ -328,21 +361,21 @@ class ItemIndex:
             )
         except RuntimeError:
             return self._exact(query, spec, allowed)
-        return [(int(lab), 1.0 - float(d)) for lab, d in zip(labels[0], dists[0], strict=True)]
+        return labels[0].astype(np.int64), (1.0 - dists[0]).astype(np.float32)
 
-    def _exact(self, query: F32Array, spec: SearchSpec, labels: list[int] | None) -> list[Hit]:
+    def _exact(self, query: F32Array, spec: SearchSpec, labels: list[int] | None) -> Hits:
         """Brute force over ``labels`` (default: every live, non-excluded label)."""
         if labels is None:
-            ex = self._excluded(spec)
+            ex = set(self._excluded(spec).tolist())
             labels = [lab for lab in self._label_of.values() if lab not in ex]
         if not labels:
-            return []
+            return _NO_HITS
         idx = np.fromiter(labels, dtype=np.int64, count=len(labels))
         scores = self._vectors[idx] @ query
         k = min(spec.k, len(idx))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(idx[t]), float(scores[t])) for t in top]
+        return idx[top], scores[top].astype(np.float32)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -369,6 +402,7 @@ class ItemIndex:
                     if label is not None:
                         self._hnsw.mark_deleted(label)
                         self._items[label] = None
+                        self._written[label] = False
                         del self._label_of[w.item_id]
                     continue
                 if label is None:
@@ -377,6 +411,7 @@ class ItemIndex:
                 self._items[label] = CatalogItem(w.item_id, w.title, w.text, w.metadata)
                 self._label_of[w.item_id] = label
                 self._vectors[label] = w.vector
+                self._written[label] = True
                 self.metadata_fields.update(w.metadata)
                 labels.append(label)
                 rows.append(w.vector)
@@ -399,6 +434,12 @@ class ItemIndex:
         log.info("growing index", extra={"from": capacity, "to": new_capacity})
         self._hnsw.resize_index(new_capacity)
         self._vectors = _grow(self._vectors, new_capacity)
+        grown = np.zeros(new_capacity, bool)
+        grown[: len(self._written)] = self._written
+        self._written = grown
+
+
+_NO_HITS: Hits = (np.zeros(0, np.int64), np.zeros(0, np.float32))
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:

@@ -9,12 +9,12 @@ import grpc
 
 from recall_service.core import ItemWrite
 from recall_service.replica import Replica
-from recstack.domain import RecallQuery, RecallResult
+from recstack.domain import RecallQuery
 from recstack.errors import InvalidArgument
-from recstack.pbconv import filters_from_pb
+from recstack.pbconv import filters_from_pb, recall_result_to_pb
 from recstack.server import deadline_of
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from recstack.vectors import pack, unpack_vector
+from recstack.vectors import unpack_vector
 
 
 def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> RecallQuery:
@@ -34,29 +34,8 @@ def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> Rec
         exact=request.exact,
         ignore_unknown_history=request.ignore_unknown_history,
         user_prior=request.user_prior,
-    )
-
-
-def _response(result: RecallResult, dim: int) -> recall_pb2.RecallResponse:
-    return recall_pb2.RecallResponse(
-        candidates=[
-            recall_pb2.Candidate(
-                id=c.id,
-                score=c.score,
-                title=c.title,
-                text=c.text,
-                vector=b"" if c.vector is None else pack(c.vector),
-                because_item_id=c.because_item_id,
-                because_query=c.because_query,
-                history_max_similarity=c.history_similarity[0],
-                history_mean_similarity=c.history_similarity[1],
-                last_item_similarity=c.history_similarity[2],
-            )
-            for c in result.candidates
-        ],
-        query_vector=pack(result.query_vector),
-        dim=dim,
-        bundle_version=result.bundle_version,
+        exclude_history=request.exclude_history,
+        include_details=request.include_details,
     )
 
 
@@ -85,7 +64,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
     ) -> recall_pb2.RecallResponse:
         core = self.replica.ref.get()
         result = core.recall(_query(request, core.dim), deadline_of(context))
-        return _response(result, core.dim)
+        return recall_result_to_pb(result, core.dim)
 
     def RecallBatch(
         self, request: recall_pb2.RecallBatchRequest, context: grpc.ServicerContext
@@ -93,7 +72,28 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         core = self.replica.ref.get()
         queries = [_query(r, core.dim, f"requests[{i}].") for i, r in enumerate(request.requests)]
         results = core.recall_batch(queries, deadline_of(context))
-        return recall_pb2.RecallBatchResponse(responses=[_response(r, core.dim) for r in results])
+        return recall_pb2.RecallBatchResponse(
+            responses=[recall_result_to_pb(r, core.dim) for r in results]
+        )
+
+    def GetItems(
+        self, request: recall_pb2.GetItemsRequest, context: grpc.ServicerContext
+    ) -> recall_pb2.GetItemsResponse:
+        result = self.replica.ref.get().get_items(list(request.ids))
+        return recall_pb2.GetItemsResponse(
+            items=[
+                recall_pb2.Item(
+                    id=it.id,
+                    title=it.title,
+                    text=it.text,
+                    metadata_json=json.dumps(it.metadata, sort_keys=True),
+                    written=it.written,
+                )
+                for it in result.items
+            ],
+            missing_ids=result.missing_ids,
+            bundle_version=result.bundle_version,
+        )
 
     def Upsert(
         self, request: recall_pb2.UpsertRequest, context: grpc.ServicerContext

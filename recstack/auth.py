@@ -2,8 +2,8 @@
 
 Tokens file (one per service, ``--auth-tokens-file``): one token per line as
 ``<token> <permission>[,<permission>]`` with permissions ``read`` and/or ``write``; ``#``
-starts a comment. Read methods (Recall, RecallBatch, Rank, Recommend, GetInfo, reflection)
-need ``read``; write methods (Upsert, Delete, RecordEvents, DeleteUser, ReloadBundle,
+starts a comment. Read methods (Recall, RecallBatch, GetItems, Rank, Recommend, GetInfo,
+reflection) need ``read``; write methods (Upsert, Delete, RecordEvents, DeleteUser, ReloadBundle,
 Reload) need ``write``. ``grpc.health.v1.Health`` is exempt so that Kubernetes probes,
 which cannot send tokens, keep working; health reveals nothing but serving status.
 

@@ -1,7 +1,7 @@
 """Typed Python clients (sync and asyncio) for the gateway and the recall service.
 
 Defaults a caller should not have to think about: every call has a deadline (``timeout``,
-default 1 s); idempotent reads (Recommend, Recall, RecallBatch, Rank, GetInfo) are retried
+default 1 s); idempotent reads (Recommend, Recall, RecallBatch, GetItems, Rank, GetInfo) are retried
 with exponential backoff on UNAVAILABLE only, by gRPC itself via the channel's service
 config; writes (Upsert, Delete, RecordEvents) are never retried automatically. Errors
 arrive as ``grpc.RpcError`` with the status code and a message naming the bad field.
@@ -33,7 +33,7 @@ from recstack.vectors import F32Array, pack, unpack_rows, unpack_vector
 DEFAULT_TIMEOUT_S = 1.0
 IDEMPOTENT = {
     "recstack.v1.RecommendService": ["Recommend"],
-    "recstack.v1.RecallService": ["Recall", "RecallBatch", "GetInfo"],
+    "recstack.v1.RecallService": ["Recall", "RecallBatch", "GetItems", "GetInfo"],
     "recstack.v1.RankService": ["Rank", "GetInfo"],
 }
 
@@ -149,12 +149,12 @@ def item_write(
 
 def candidate_vectors(response: recall_pb2.RecallResponse) -> F32Array:
     """The candidates' vectors as one (n, dim) array (requires omit_vectors=False)."""
-    return unpack_rows(
-        b"".join(c.vector for c in response.candidates),
-        len(response.candidates),
-        response.dim,
-        "candidates.vector",
-    )
+    return unpack_rows(response.vectors, len(response.ids), response.dim, "vectors")
+
+
+def candidate_scores(response: recall_pb2.RecallResponse) -> F32Array:
+    """The candidates' scores (inner products with the query vector), best first."""
+    return unpack_rows(response.scores, 1, len(response.ids), "scores")[0]
 
 
 def query_vector(response: recall_pb2.RecallResponse) -> F32Array:

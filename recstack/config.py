@@ -110,6 +110,11 @@ class ServerOptions:
         1, "worker processes sharing --port via SO_REUSEPORT (stateless services only)"
     )
     reuse_port: bool = _opt(False, "bind with SO_REUSEPORT (set for workers by --processes)")
+    blas_threads: int = _opt(
+        1,
+        "numpy BLAS threads in this process (0 = the library's default, one per core); "
+        "per-request matrix products are small, and BLAS threads only fight the RPC threads",
+    )
     health_port: int = _opt(
         -1,
         "extra plaintext port serving only grpc.health.v1, for probes "
@@ -134,7 +139,11 @@ class OrtOptions:
 
     device: str = _opt("auto", "execution provider: auto, cpu or cuda", choices=list(DEVICES))
     allow_cpu_fallback: bool = _opt(True, "with --device cuda, fall back to CPU if no GPU")
-    intra_op_threads: int = _opt(0, "ORT intra-op threads (0 = ORT default)")
+    intra_op_threads: int = _opt(
+        1,
+        "ORT intra-op threads per session (0 = one per core); 1 is fastest when concurrent "
+        "requests already fill the cores (docs/benchmarks.md)",
+    )
     inter_op_threads: int = _opt(1, "ORT inter-op threads")
 
     def session_options(self, optimized_model_path: str | None = None) -> SessionOptions:

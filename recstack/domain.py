@@ -1,12 +1,18 @@
 """Transport-free request and result types shared by the cores and the gateway.
 
 Servicers convert protobuf messages to and from these; cores never see protobuf or grpc.
-Vectors are float32 numpy arrays here (packed bytes exist only on the wire).
+Vectors are float32 numpy arrays here (packed bytes exist only on the wire). A recall's
+candidates are columns, as on the wire: their vectors are one [N, dim] array, so the
+gateway hands recall's block to rank without touching each row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from recstack.vectors import F32Array
 
@@ -41,32 +47,93 @@ class RecallQuery:
     ignore_unknown_history: bool = False
     # Query-only: blend in the bundle's prior user vector (a new user, not a search).
     user_prior: bool = False
-
-
-@dataclass(frozen=True)
-class RecallCandidate:
-    """A recalled item: inner-product score against the query vector and its own vector."""
-
-    id: str
-    score: float
-    vector: F32Array | None
-    title: str = ""
-    text: str = ""
-    # Explanation: the most similar history item, or the query (because_query).
-    because_item_id: str = ""
-    because_query: bool = False
-    # (max, mean, most recent) inner product with the history vectors; zeros without.
-    history_similarity: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Exclude the history items themselves (the seen items) besides exclude_ids.
+    exclude_history: bool = False
+    # Fill the result's titles and texts.
+    include_details: bool = False
 
 
 @dataclass(frozen=True)
 class RecallResult:
-    """Candidates best first, the query (user) vector they were scored against, the version."""
+    """Candidates best first, as columns (row i of each is candidate i), the query (user)
+    vector they were scored against, and the bundle version (their embedding space).
 
-    candidates: list[RecallCandidate]
+    ``vectors`` is None when the query asked ``omit_vectors``; ``titles``/``texts`` are
+    empty unless it asked ``include_details``. ``similarities`` [N, 3] are each candidate's
+    (max, mean, most recent) inner products with the history vectors (zeros without).
+    ``because_item_ids``/``because_query`` explain each candidate (the closest history
+    item, or the query text); ``written[i]`` says candidate i was upserted after the bundle
+    was built (its details may differ from the bundle's catalog).
+    """
+
+    ids: Sequence[str]
+    scores: F32Array
+    vectors: F32Array | None
+    similarities: F32Array
+    because_item_ids: Sequence[str]
+    because_query: Sequence[bool]
+    written: Sequence[bool]
     query_vector: F32Array
     bundle_version: str
+    titles: Sequence[str] = ()
+    texts: Sequence[str] = ()
     missing_shards: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def concat(
+        cls, parts: Sequence[RecallResult], k: int, missing_shards: tuple[int, ...] = ()
+    ) -> RecallResult:
+        """The best ``k`` of several results over the same query vector and version
+        (e.g. one per shard), by descending score; ties keep part order."""
+        first = parts[0]
+        order = np.argsort(-np.concatenate([p.scores for p in parts]), kind="stable")[:k]
+
+        def pick(column: Sequence[Any]) -> list[Any]:
+            return [column[i] for i in order]
+
+        def cat(name: str) -> list[Any]:
+            return [v for p in parts for v in getattr(p, name)]
+
+        vectors = None
+        if all(p.vectors is not None for p in parts):
+            vectors = np.concatenate([p.vectors for p in parts if p.vectors is not None])[order]
+        return cls(
+            pick(cat("ids")),
+            np.concatenate([p.scores for p in parts])[order],
+            vectors,
+            np.concatenate([p.similarities for p in parts])[order],
+            pick(cat("because_item_ids")),
+            pick(cat("because_query")),
+            pick(cat("written")),
+            first.query_vector,
+            first.bundle_version,
+            pick(cat("titles")) if all(len(p.titles) == len(p) for p in parts) else (),
+            pick(cat("texts")) if all(len(p.texts) == len(p) for p in parts) else (),
+            missing_shards,
+        )
+
+
+@dataclass(frozen=True)
+class ItemDetails:
+    """A catalog entry as a recall replica serves it now (GetItems)."""
+
+    id: str
+    title: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    written: bool = False
+
+
+@dataclass(frozen=True)
+class ItemsResult:
+    """GetItems: the items found (request order), the ids not found, the version."""
+
+    items: list[ItemDetails]
+    missing_ids: tuple[str, ...]
+    bundle_version: str
 
 
 @dataclass(frozen=True)

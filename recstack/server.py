@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
 
 from recstack import logs, metrics
 from recstack.auth import TokenTable, authorize, server_credentials
@@ -235,6 +236,9 @@ def start_server(
 ) -> RunningServer:
     """Bind, register and start; ``load`` runs in the background and gates health;
     ``on_stop`` runs once the server has stopped (release files and threads)."""
+    if options.blas_threads > 0:
+        # Process-wide; numpy's BLAS pool otherwise spins on every core for tiny products.
+        threadpool_limits(options.blas_threads, user_api="blas")
     interceptors: list[grpc.ServerInterceptor] = []
     if options.auth_tokens_file:
         interceptors.append(AuthInterceptor(TokenTable.load(options.auth_tokens_file)))

@@ -26,14 +26,17 @@ def unpack_vector(data: bytes, dim: int, field: str) -> F32Array:
 
 
 def unpack_rows(data: bytes, rows: int, dim: int, field: str) -> F32Array:
-    """Decode ``rows`` vectors of ``dim`` values each into a (rows, dim) float32 array."""
+    """Decode ``rows`` vectors of ``dim`` values each into a (rows, dim) float32 array.
+
+    The array is a read-only view of ``data`` (no copy: a [100, 384] block is passed from
+    recall to rank without being rebuilt); copy it before writing to it."""
     expected = rows * dim * WIRE_DTYPE.itemsize
     if len(data) != expected:
         raise InvalidArgument(
             f"expected {rows} x {dim} float32 = {expected} bytes, got {len(data)} bytes",
             field=field,
         )
-    arr = np.frombuffer(data, dtype=WIRE_DTYPE).reshape(rows, dim).astype(np.float32)
+    arr = np.frombuffer(data, dtype=WIRE_DTYPE).reshape(rows, dim).astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         raise InvalidArgument("contains NaN or infinite values", field=field)
     return arr

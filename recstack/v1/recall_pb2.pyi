@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecallRequest(_message.Message):
-    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact", "ignore_unknown_history", "user_prior")
+    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact", "ignore_unknown_history", "user_prior", "exclude_history", "include_details")
     QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,8 @@ class RecallRequest(_message.Message):
     EXACT_FIELD_NUMBER: _ClassVar[int]
     IGNORE_UNKNOWN_HISTORY_FIELD_NUMBER: _ClassVar[int]
     USER_PRIOR_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DETAILS_FIELD_NUMBER: _ClassVar[int]
     query_text: str
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     query_vector: bytes
@@ -30,7 +32,9 @@ class RecallRequest(_message.Message):
     exact: bool
     ignore_unknown_history: bool
     user_prior: bool
-    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ..., ignore_unknown_history: _Optional[bool] = ..., user_prior: _Optional[bool] = ...) -> None: ...
+    exclude_history: bool
+    include_details: bool
+    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ..., ignore_unknown_history: _Optional[bool] = ..., user_prior: _Optional[bool] = ..., exclude_history: _Optional[bool] = ..., include_details: _Optional[bool] = ...) -> None: ...
 
 class MetadataFilter(_message.Message):
     __slots__ = ("field", "any_of", "min", "max")
@@ -108,41 +112,63 @@ class ReloadBundleResponse(_message.Message):
     swapped: bool
     def __init__(self, bundle_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
 
-class Candidate(_message.Message):
-    __slots__ = ("id", "score", "vector", "title", "text", "because_item_id", "because_query", "history_max_similarity", "history_mean_similarity", "last_item_similarity")
-    ID_FIELD_NUMBER: _ClassVar[int]
-    SCORE_FIELD_NUMBER: _ClassVar[int]
-    VECTOR_FIELD_NUMBER: _ClassVar[int]
-    TITLE_FIELD_NUMBER: _ClassVar[int]
-    TEXT_FIELD_NUMBER: _ClassVar[int]
-    BECAUSE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
-    BECAUSE_QUERY_FIELD_NUMBER: _ClassVar[int]
-    HISTORY_MAX_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
-    HISTORY_MEAN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
-    LAST_ITEM_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
-    id: str
-    score: float
-    vector: bytes
-    title: str
-    text: str
-    because_item_id: str
-    because_query: bool
-    history_max_similarity: float
-    history_mean_similarity: float
-    last_item_similarity: float
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., vector: _Optional[bytes] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., because_item_id: _Optional[str] = ..., because_query: _Optional[bool] = ..., history_max_similarity: _Optional[float] = ..., history_mean_similarity: _Optional[float] = ..., last_item_similarity: _Optional[float] = ...) -> None: ...
-
 class RecallResponse(_message.Message):
-    __slots__ = ("candidates", "query_vector", "dim", "bundle_version")
-    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("query_vector", "dim", "bundle_version", "ids", "scores", "vectors", "history_similarities", "because_item_ids", "because_query", "written", "titles", "texts")
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
-    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_SIMILARITIES_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    BECAUSE_QUERY_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    TITLES_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
     query_vector: bytes
     dim: int
     bundle_version: str
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., query_vector: _Optional[bytes] = ..., dim: _Optional[int] = ..., bundle_version: _Optional[str] = ...) -> None: ...
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    scores: bytes
+    vectors: bytes
+    history_similarities: bytes
+    because_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    because_query: _containers.RepeatedScalarFieldContainer[bool]
+    written: _containers.RepeatedScalarFieldContainer[bool]
+    titles: _containers.RepeatedScalarFieldContainer[str]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, query_vector: _Optional[bytes] = ..., dim: _Optional[int] = ..., bundle_version: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., history_similarities: _Optional[bytes] = ..., because_item_ids: _Optional[_Iterable[str]] = ..., because_query: _Optional[_Iterable[bool]] = ..., written: _Optional[_Iterable[bool]] = ..., titles: _Optional[_Iterable[str]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetItemsRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Item(_message.Message):
+    __slots__ = ("id", "title", "text", "metadata_json", "written")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    title: str
+    text: str
+    metadata_json: str
+    written: bool
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ..., written: _Optional[bool] = ...) -> None: ...
+
+class GetItemsResponse(_message.Message):
+    __slots__ = ("items", "missing_ids", "bundle_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    missing_ids: _containers.RepeatedScalarFieldContainer[str]
+    bundle_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., missing_ids: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
 
 class RecallServiceGetInfoRequest(_message.Message):
     __slots__ = ()

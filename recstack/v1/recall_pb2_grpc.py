@@ -31,7 +31,9 @@ class RecallServiceStub:
 
     Vectors travel as packed bytes: little-endian IEEE-754 float32 values,
     `dim` values (4 * dim bytes) per vector, rows back to back. `dim` is given
-    by GetInfo and by every RecallResponse.
+    by GetInfo and by every RecallResponse. A response's candidates are
+    columns (row i of every column is candidate i), so N candidates' vectors are
+    one [N, dim] block that can be handed to RankService.Rank as it is.
     """
 
     def __init__(self, channel):
@@ -65,6 +67,11 @@ class RecallServiceStub:
                 request_serializer=recstack_dot_v1_dot_recall__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=recstack_dot_v1_dot_recall__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.GetItems = channel.unary_unary(
+                '/recstack.v1.RecallService/GetItems',
+                request_serializer=recstack_dot_v1_dot_recall__pb2.GetItemsRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_recall__pb2.GetItemsResponse.FromString,
+                _registered_method=True)
         self.ReloadBundle = channel.unary_unary(
                 '/recstack.v1.RecallService/ReloadBundle',
                 request_serializer=recstack_dot_v1_dot_recall__pb2.ReloadBundleRequest.SerializeToString,
@@ -78,7 +85,9 @@ class RecallServiceServicer:
 
     Vectors travel as packed bytes: little-endian IEEE-754 float32 values,
     `dim` values (4 * dim bytes) per vector, rows back to back. `dim` is given
-    by GetInfo and by every RecallResponse.
+    by GetInfo and by every RecallResponse. A response's candidates are
+    columns (row i of every column is candidate i), so N candidates' vectors are
+    one [N, dim] block that can be handed to RankService.Rank as it is.
     """
 
     def Recall(self, request, context):
@@ -121,6 +130,14 @@ class RecallServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetItems(self, request, context):
+        """GetItems returns the catalog entries (title, text, metadata) of the given
+        ids as this replica serves them now, e.g. the final few of a ranking.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReloadBundle(self, request, context):
         """ReloadBundle loads the bundle the configured path now points to (e.g. a
         new CURRENT), self-checks it and swaps it in; the old one keeps serving
@@ -158,6 +175,11 @@ def add_RecallServiceServicer_to_server(servicer, server):
                     request_deserializer=recstack_dot_v1_dot_recall__pb2.DeleteRequest.FromString,
                     response_serializer=recstack_dot_v1_dot_recall__pb2.DeleteResponse.SerializeToString,
             ),
+            'GetItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetItems,
+                    request_deserializer=recstack_dot_v1_dot_recall__pb2.GetItemsRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_recall__pb2.GetItemsResponse.SerializeToString,
+            ),
             'ReloadBundle': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadBundle,
                     request_deserializer=recstack_dot_v1_dot_recall__pb2.ReloadBundleRequest.FromString,
@@ -177,7 +199,9 @@ class RecallService:
 
     Vectors travel as packed bytes: little-endian IEEE-754 float32 values,
     `dim` values (4 * dim bytes) per vector, rows back to back. `dim` is given
-    by GetInfo and by every RecallResponse.
+    by GetInfo and by every RecallResponse. A response's candidates are
+    columns (row i of every column is candidate i), so N candidates' vectors are
+    one [N, dim] block that can be handed to RankService.Rank as it is.
     """
 
     @staticmethod
@@ -305,6 +329,33 @@ class RecallService:
             '/recstack.v1.RecallService/Delete',
             recstack_dot_v1_dot_recall__pb2.DeleteRequest.SerializeToString,
             recstack_dot_v1_dot_recall__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RecallService/GetItems',
+            recstack_dot_v1_dot_recall__pb2.GetItemsRequest.SerializeToString,
+            recstack_dot_v1_dot_recall__pb2.GetItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,7 +49,7 @@ def test_sync_client_round_trip(gateway_server, recall_server, bundle):
                 query_text="an item written by the client", k=3, min_sequence=seq
             )
         )
-        assert got.candidates[0].id == "client-item"
+        assert got.ids[0] == "client-item"
         assert candidate_vectors(got).shape == (3, bundle.dim)
         assert np.linalg.norm(query_vector(got)) > 0.99
         filtered = client.recommend(
@@ -112,7 +112,7 @@ def test_unavailable_is_retried_until_the_server_is_ready(bundle_dir, tmp_path, 
         caller.join(60)
         assert not caller.is_alive(), "the retried call never returned"
         assert "error" not in result, result.get("error")
-        assert len(result["resp"].candidates) == 1
+        assert len(result["resp"].ids) == 1
     finally:
         gate.set()
         channel.close()

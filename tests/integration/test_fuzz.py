@@ -344,6 +344,8 @@ def recall_requests(e: Env) -> st.SearchStrategy[Any]:
             filters=draw(mostly(valid_filters(e), filters(e.fields, e.values))),
             min_sequence=draw(MIN_SEQUENCES),
             exact=draw(st.booleans()),
+            exclude_history=draw(st.booleans()),
+            include_details=draw(st.booleans()),
         )
         if mode in ("text", "both", "any"):
             request.query_text = draw(mostly(st.sampled_from(e.texts), texts(e.texts)))
@@ -377,8 +379,17 @@ def check_recall(e: Env, n: int) -> None:
         resp = call("Recall", e.recall.Recall, request, timeout_for(request))
         if resp is not None:
             assert resp.bundle_version == e.version and resp.dim == e.dim
-            assert len(resp.candidates) <= request.k
-            assert not {c.id for c in resp.candidates} & set(request.exclude_ids)
+            n = len(resp.ids)
+            assert n <= request.k
+            assert not set(resp.ids) & set(request.exclude_ids)
+            if request.exclude_history:
+                assert not set(resp.ids) & set(request.history_item_ids)
+            # Every column has one row per candidate.
+            assert len(resp.scores) == 4 * n and len(resp.history_similarities) == 12 * n
+            assert len(resp.vectors) == (0 if request.omit_vectors else 4 * n * e.dim)
+            assert len(resp.because_item_ids) == len(resp.because_query) == len(resp.written) == n
+            details = n if request.include_details else 0
+            assert len(resp.titles) == len(resp.texts) == details
             qv = unpack_rows(resp.query_vector, 1, e.dim, "query_vector")
             assert abs(float(np.linalg.norm(qv)) - 1.0) < 1e-3, "query vector not unit"
 
@@ -398,6 +409,22 @@ def check_recall_batch(e: Env, n: int) -> None:
             assert len(resp.responses) == len(requests)
 
     run_property(batches, one, n)
+
+
+def check_get_items(e: Env, n: int) -> None:
+    requests = st.one_of(
+        st.lists(mostly(st.sampled_from(e.item_ids), ids(e.item_ids)), max_size=8),
+        st.integers(257, 300).map(lambda m: [e.item_ids[0]] * m),
+    )
+
+    def one(item_ids: list[str]) -> None:
+        resp = call("GetItems", e.recall.GetItems, recall_pb2.GetItemsRequest(ids=item_ids))
+        if resp is not None:
+            found = [it.id for it in resp.items]
+            assert found == [i for i in item_ids if i not in set(resp.missing_ids)]
+            assert all(isinstance(json.loads(it.metadata_json), dict) for it in resp.items)
+
+    run_property(requests, one, n)
 
 
 def item_writes(e: Env) -> st.SearchStrategy[Any]:
@@ -440,10 +467,10 @@ def check_upsert(e: Env, n: int) -> None:
             ),
             timeout=TIMEOUT_S,
         )
-        stored = {c.id: c.vector for c in got.candidates}
+        stored = dict(zip(got.ids, unpack_rows(got.vectors, len(got.ids), e.dim, "v"), strict=True))
         for it in items:
             assert it.id in stored, f"acknowledged upsert of {it.id!r} is not served"
-            vec = unpack_rows(stored[it.id], 1, e.dim, "vector")[0]
+            vec = stored[it.id]
             norm = float(np.linalg.norm(vec.astype(np.float64)))
             assert np.isfinite(vec).all() and abs(norm - 1.0) < 1e-3, (
                 f"{it.id!r} stored with norm {norm}"
@@ -467,7 +494,7 @@ def check_delete(e: Env, n: int) -> None:
                 ),
                 timeout=TIMEOUT_S,
             )
-            assert not {c.id for c in got.candidates} & set(id_list)
+            assert not set(got.ids) & set(id_list)
 
     run_property(requests, one, n)
 
@@ -616,6 +643,7 @@ def check_get_info(e: Env, n: int) -> None:
 CHECKS = {
     "Recall": check_recall,
     "RecallBatch": check_recall_batch,
+    "GetItems": check_get_items,
     "Upsert": check_upsert,
     "Delete": check_delete,
     "GetInfo": check_get_info,
@@ -635,7 +663,7 @@ def assert_still_healthy(e: Env) -> None:
         )
         assert status == health_pb2.HealthCheckResponse.SERVING, name
     got = e.recall.Recall(recall_pb2.RecallRequest(query_text=e.texts[0], k=3), timeout=30)
-    assert len(got.candidates) == 3
+    assert len(got.ids) == 3
     user = e.users[0]
     rec = e.gateway.Recommend(gateway_pb2.RecommendRequest(user_id=user, k=3), timeout=30)
     assert len(rec.items) == 3 and rec.bundle_version == e.version

@@ -28,7 +28,7 @@ def test_recommend_by_user_returns_k_distinct_unseen(stub, bundle, user):
     scores = [i.score for i in resp.items]
     assert scores == sorted(scores, reverse=True)
     assert all(i.title or i.text for i in resp.items)
-    assert {t.stage for t in resp.timings} == {"profile", "recall", "rank", "total"}
+    assert {t.stage for t in resp.timings} == {"profile", "recall", "rank", "details", "total"}
     assert resp.fallback == ""
 
 

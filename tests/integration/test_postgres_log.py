@@ -50,13 +50,13 @@ def test_two_replicas_share_one_log(dsn, bundle_dir, tmp_path):
             recall_pb2.RecallRequest(query_text="written through replica a", k=1, min_sequence=seq),
             timeout=10,
         )
-        assert got.candidates[0].id == "shared-item"
+        assert got.ids[0] == "shared-item"
         seq = stub_b.Delete(recall_pb2.DeleteRequest(ids=["shared-item"])).sequence
         got = stub_a.Recall(
             recall_pb2.RecallRequest(query_text="written through replica a", k=5, min_sequence=seq),
             timeout=10,
         )
-        assert "shared-item" not in [c.id for c in got.candidates]
+        assert "shared-item" not in list(got.ids)
     finally:
         a.stop(0)
         b.stop(0)

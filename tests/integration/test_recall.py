@@ -4,6 +4,7 @@ import grpc
 import numpy as np
 import pytest
 
+from recstack.client import candidate_scores, candidate_vectors
 from recstack.encoder import TextEncoder
 from recstack.ort import SessionOptions
 from recstack.user_tower import UserTower
@@ -26,21 +27,19 @@ def test_own_vector_recalls_item_first(stub, catalog, bundle):
     ids, vectors = catalog
     for label in range(0, len(ids), max(1, len(ids) // 10)):
         resp = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vectors[label]), k=5))
-        assert resp.candidates[0].id == ids[label]
-        assert resp.candidates[0].score == pytest.approx(1.0, abs=1e-4)
+        assert resp.ids[0] == ids[label]
+        assert candidate_scores(resp)[0] == pytest.approx(1.0, abs=1e-4)
         assert resp.bundle_version == bundle.version
-        np.testing.assert_allclose(
-            unpack_vector(resp.candidates[0].vector, bundle.dim, "v"), vectors[label], atol=1e-6
-        )
+        np.testing.assert_allclose(candidate_vectors(resp)[0], vectors[label], atol=1e-6)
 
 
 def test_excluded_ids_never_appear_and_k_is_kept(stub, catalog):
     _, vectors = catalog
     query = pack(vectors[0])
     first = stub.Recall(recall_pb2.RecallRequest(query_vector=query, k=10))
-    excluded = [c.id for c in first.candidates[:7]] + ["not-an-item"]
+    excluded = [*first.ids[:7], "not-an-item"]
     resp = stub.Recall(recall_pb2.RecallRequest(query_vector=query, k=10, exclude_ids=excluded))
-    got = [c.id for c in resp.candidates]
+    got = list(resp.ids)
     assert len(got) == 10 and len(set(got)) == 10
     assert not set(got) & set(excluded)
 
@@ -50,7 +49,7 @@ def test_text_and_history_queries(stub, bundle, catalog):
     encoder = TextEncoder(bundle, SessionOptions(device="cpu"))
     tower = UserTower(bundle, SessionOptions(device="cpu"))
     by_text = stub.Recall(recall_pb2.RecallRequest(query_text="something to watch", k=8))
-    scores = [c.score for c in by_text.candidates]
+    scores = list(candidate_scores(by_text))
     assert len(scores) == 8 and scores == sorted(scores, reverse=True)
     qv = unpack_vector(by_text.query_vector, by_text.dim, "q")
     # A query-only user is the query text's vector (a search by text).
@@ -58,7 +57,7 @@ def test_text_and_history_queries(stub, bundle, catalog):
 
     history = ids[:3]  # most recent first, as the gateway sends it
     resp = stub.Recall(recall_pb2.RecallRequest(history_item_ids=history, k=5, exclude_ids=history))
-    assert len(resp.candidates) == 5 and not {c.id for c in resp.candidates} & set(history)
+    assert len(resp.ids) == 5 and not set(resp.ids) & set(history)
     # The served user vector is the bundle's user tower over the history's item vectors
     # (oldest first): no text encoder involved.
     expected = tower.encode([vectors[[2, 1, 0]]])[0]
@@ -66,11 +65,31 @@ def test_text_and_history_queries(stub, bundle, catalog):
     np.testing.assert_allclose(got, expected, atol=1e-5)
     # Per candidate, its similarities to the history (the ranker's side features).
     index = {i: n for n, i in enumerate(ids)}
-    for c in resp.candidates:
-        sims = vectors[[2, 1, 0]] @ vectors[index[c.id]]
-        assert c.history_max_similarity == pytest.approx(float(sims.max()), abs=1e-5)
-        assert c.history_mean_similarity == pytest.approx(float(sims.mean()), abs=1e-5)
-        assert c.last_item_similarity == pytest.approx(float(sims[-1]), abs=1e-5)
+    got_sims = unpack_rows(resp.history_similarities, len(resp.ids), 3, "s")
+    for item_id, (max_sim, mean_sim, last_sim) in zip(resp.ids, got_sims, strict=True):
+        sims = vectors[[2, 1, 0]] @ vectors[index[item_id]]
+        assert max_sim == pytest.approx(float(sims.max()), abs=1e-5)
+        assert mean_sim == pytest.approx(float(sims.mean()), abs=1e-5)
+        assert last_sim == pytest.approx(float(sims[-1]), abs=1e-5)
+    # exclude_history drops the history without repeating it in exclude_ids.
+    same = stub.Recall(
+        recall_pb2.RecallRequest(history_item_ids=history, k=5, exclude_history=True)
+    )
+    assert list(same.ids) == list(resp.ids)
+    # Details travel only when asked for, one per candidate; GetItems gives them for a few.
+    assert not resp.titles and not resp.texts
+    detailed = stub.Recall(
+        recall_pb2.RecallRequest(
+            history_item_ids=history, k=5, exclude_history=True, include_details=True
+        )
+    )
+    by_id = {it.id: it for it in bundle.iter_catalog()}
+    assert list(detailed.titles) == [by_id[i].title for i in detailed.ids]
+    assert list(detailed.texts) == [by_id[i].text for i in detailed.ids]
+    assert list(detailed.written) == [False] * 5  # all as in the bundle
+    items = stub.GetItems(recall_pb2.GetItemsRequest(ids=[detailed.ids[0], "no-such-item"]))
+    assert [(it.id, it.title) for it in items.items] == [(detailed.ids[0], detailed.titles[0])]
+    assert list(items.missing_ids) == ["no-such-item"] and items.bundle_version == bundle.version
     # History and query: the normalised sum of the two unit vectors.
     both = stub.Recall(
         recall_pb2.RecallRequest(history_item_ids=history, query_text="something to watch", k=5)
@@ -81,14 +100,14 @@ def test_text_and_history_queries(stub, bundle, catalog):
 
 def test_omit_vectors(stub):
     resp = stub.Recall(recall_pb2.RecallRequest(query_text="x", k=3, omit_vectors=True))
-    assert len(resp.candidates) == 3 and all(c.vector == b"" for c in resp.candidates)
+    assert len(resp.ids) == 3 and resp.vectors == b"" and len(candidate_scores(resp)) == 3
 
 
 def test_k_larger_than_catalog_returns_everything(stub, catalog):
     ids, _ = catalog
     resp = stub.Recall(recall_pb2.RecallRequest(query_text="x", k=len(ids) + 5))
-    assert sorted(c.id for c in resp.candidates) == sorted(ids)
-    assert unpack_rows(b"".join(c.vector for c in resp.candidates), len(ids), 384, "v").shape
+    assert sorted(resp.ids) == sorted(ids)
+    assert candidate_vectors(resp).shape == (len(ids), 384)
 
 
 def bad_requests(dim):
@@ -121,7 +140,7 @@ def test_bad_input_names_the_field_and_server_keeps_serving(stub, bundle, case):
     assert err.value.code() == grpc.StatusCode[code]
     assert field in err.value.details()
     assert ("recstack-field", field) in err.value.trailing_metadata()
-    assert len(stub.Recall(recall_pb2.RecallRequest(query_text="ok", k=2)).candidates) == 2
+    assert len(stub.Recall(recall_pb2.RecallRequest(query_text="ok", k=2)).ids) == 2
 
 
 def test_get_info(stub, bundle):

@@ -12,9 +12,10 @@ import pytest
 from recall_service import core as recall_core
 from recall_service.server import serve
 from recstack.bundle import MANIFEST, write_manifest
+from recstack.client import candidate_scores, candidate_vectors
 from recstack.config import ServerOptions
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from recstack.vectors import l2_normalize, pack, unpack_vector
+from recstack.vectors import l2_normalize, pack
 from tests.conftest import channel_to, recall_options
 
 
@@ -36,7 +37,7 @@ def random_vector(dim, seed):
 
 
 def ids_of(resp):
-    return [c.id for c in resp.candidates]
+    return list(resp.ids)
 
 
 def test_upsert_by_text_and_vector_then_delete(stub, bundle):
@@ -61,10 +62,11 @@ def test_upsert_by_text_and_vector_then_delete(stub, bundle):
     ).sequence
     assert seq1 >= 2
     got = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vec), k=3))
-    assert got.candidates[0].id == "new-vec"
-    assert got.candidates[0].score == pytest.approx(1.0, abs=1e-4)
+    assert got.ids[0] == "new-vec"
+    assert candidate_scores(got)[0] == pytest.approx(1.0, abs=1e-4)
+    assert got.written[0]  # upserted after the bundle
     by_text = stub.Recall(recall_pb2.RecallRequest(query_text="a submarine heist thriller", k=1))
-    assert by_text.candidates[0].id == "new-text"  # item cold start: served from text alone
+    assert by_text.ids[0] == "new-text"  # item cold start: served from text alone
     # the new item's title is usable in a history right away
     stub.Recall(recall_pb2.RecallRequest(history_item_ids=["new-text"], k=2))
     seq2 = stub.Delete(recall_pb2.DeleteRequest(ids=["new-vec", "never-existed"])).sequence
@@ -88,11 +90,11 @@ def test_upsert_replaces_existing_item(stub, bundle):
             ]
         )
     )
-    got = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vec), k=1))
-    assert got.candidates[0].id == first and got.candidates[0].title == "Replaced"
-    np.testing.assert_allclose(
-        unpack_vector(got.candidates[0].vector, bundle.dim, "v"), vec, atol=1e-6
-    )
+    got = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vec), k=1, include_details=True))
+    assert got.ids[0] == first and got.titles[0] == "Replaced" and got.written[0]
+    np.testing.assert_allclose(candidate_vectors(got)[0], vec, atol=1e-6)
+    items = stub.GetItems(recall_pb2.GetItemsRequest(ids=[first])).items
+    assert [(it.title, it.written) for it in items] == [("Replaced", True)]
     info = stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest())
     assert info.item_count == bundle.manifest["items"]["count"]
 
@@ -104,7 +106,7 @@ def test_min_sequence_read_your_writes(stub, bundle, monkeypatch):
     got = stub.Recall(
         recall_pb2.RecallRequest(query_text="read your writes", k=1, min_sequence=seq), timeout=30
     )
-    assert got.candidates[0].id == "ryw"
+    assert got.ids[0] == "ryw"
     # The server gives up a margin before the caller's deadline so that its answer (naming
     # min_sequence) arrives before the caller's own bare expiry. 50 ms is a race on a busy
     # machine; here the margin is 10% of a deadline long enough to reach the server at all.
@@ -135,8 +137,8 @@ def test_filters_and_exact(stub, bundle):
     flt = recall_pb2.MetadataFilter(field=field, any_of=[value])
     got = stub.Recall(recall_pb2.RecallRequest(query_text="anything", k=5, filters=[flt]))
     by_id = {it.id: it for it in catalog}
-    for c in got.candidates:
-        meta = by_id[c.id].metadata[field]
+    for item_id in got.ids:
+        meta = by_id[item_id].metadata[field]
         assert value in ([str(m) for m in meta] if isinstance(meta, list) else [str(meta)])
     exact = stub.Recall(recall_pb2.RecallRequest(query_text="anything", k=10, exact=True))
     ann = stub.Recall(recall_pb2.RecallRequest(query_text="anything", k=10))
@@ -318,7 +320,7 @@ def test_hot_swap_keeps_live_writes_and_refuses_bad_bundles(bundle_dir, tmp_path
         got = stub.Recall(
             recall_pb2.RecallRequest(query_text="an item written before the swap", k=1)
         )
-        assert got.bundle_version == "v-two" and got.candidates[0].id == "live"
+        assert got.bundle_version == "v-two" and got.ids[0] == "live"
         bad = make_version(bundle_dir, root, "v-bad")
         with (bad / "index" / "hnsw.bin").open("ab") as f:
             f.write(b"junk")
@@ -349,6 +351,6 @@ def test_restart_uses_snapshot_and_replays_the_rest(bundle_dir, tmp_path):
         restarted.wait_ready(120)
         stub = recall_pb2_grpc.RecallServiceStub(channel_to(restarted))
         got = stub.Recall(recall_pb2.RecallRequest(query_text="first", k=1))
-        assert got.candidates[0].id == "s1"
+        assert got.ids[0] == "s1"
     finally:
         restarted.stop(0)

@@ -34,6 +34,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recall_service.catalog_log import open_log
+from recstack.client import candidate_vectors
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from recstack.vectors import l2_normalize, pack
 from tests.process.helpers import Proc
@@ -137,7 +138,8 @@ def served_items(stub: recall_pb2_grpc.RecallServiceStub, dim: int) -> list[tupl
     resp = stub.Recall(
         recall_pb2.RecallRequest(query_vector=pack(probe), k=1000, exact=True), timeout=30
     )
-    return [(c.id, c.vector) for c in resp.candidates]
+    vectors = candidate_vectors(resp)
+    return [(i, vectors[n].tobytes()) for n, i in enumerate(resp.ids)]
 
 
 def verify(

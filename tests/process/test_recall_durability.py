@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from recall_service.catalog_log import open_log
+from recstack.client import candidate_vectors
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from recstack.vectors import l2_normalize, pack, unpack_vector
+from recstack.vectors import l2_normalize, pack
 from tests.process.helpers import Proc
 
 pytestmark = pytest.mark.process
@@ -109,9 +110,9 @@ def test_sigkill_during_1000_upserts_loses_no_acknowledged_write(bundle_dir, bun
         assert info.applied_sequence == max(e.sequence for e in committed)
         for item_id in [*list(acked)[::25], list(acked)[-1]]:
             got = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(vectors[item_id]), k=1))
-            assert got.candidates[0].id == item_id
+            assert got.ids[0] == item_id
             np.testing.assert_array_equal(
-                unpack_vector(got.candidates[0].vector, bundle.dim, "v"),
+                candidate_vectors(got)[0],
                 vectors[item_id].astype(np.float32),
             )
     finally:

@@ -1,11 +1,12 @@
 """Three recall shard processes behind a gateway equal one node holding every item."""
 
+import numpy as np
 import pytest
 
 from gateway.clients import GrpcRecall, ShardedRecall
 from rank_service.server import serve as serve_rank
 from recall_service.server import serve
-from recstack.client import open_channel
+from recstack.client import candidate_scores, open_channel
 from recstack.config import RankOptions, ServerOptions
 from recstack.domain import RecallQuery
 from recstack.sharding import shard_of
@@ -81,9 +82,13 @@ def test_sharded_merge_equals_single_node_exact(shards, bundle_dir, bundle, tmp_
                     exact=True,
                 )
             )
-            assert [c.id for c in got.candidates] == [c.id for c in want.candidates]
-            for a, b in zip(got.candidates, want.candidates, strict=True):
-                assert a.score == pytest.approx(b.score, abs=1e-5)
+            assert list(got.ids) == list(want.ids)
+            np.testing.assert_allclose(got.scores, candidate_scores(want), atol=1e-5)
+        # GetItems asks each id of the shard that owns it; answers keep the request order.
+        catalog = [it.id for it in bundle.iter_catalog()]
+        some = [next(i for i in catalog if shard_of(i, SHARDS) == s) for s in (2, 0, 1)]
+        items = merged.get_items([*some, "no-such-item"], timeout=10)
+        assert [it.id for it in items.items] == some and items.missing_ids == ("no-such-item",)
     finally:
         single.stop(0)
 

@@ -8,9 +8,10 @@ from gateway.events import Event, EventStore
 from recstack.config import GatewayOptions
 from recstack.deadline import Deadline
 from recstack.domain import (
+    ItemDetails,
+    ItemsResult,
     RankQuery,
     RankResult,
-    RecallCandidate,
     RecallQuery,
     RecallResult,
     RecommendQuery,
@@ -25,17 +26,35 @@ VECTORS = {f"i{n}": np.eye(DIM, dtype=np.float32)[n % DIM] * (1 + n) for n in ra
 class Catalog:
     """Recall = all items not excluded, by id order; rank = dot product, highest first."""
 
-    def __init__(self):
+    def __init__(self, written=()):
         self.recalls: list[tuple[RecallQuery, float | None]] = []
         self.ranks: list[tuple[RankQuery, float | None]] = []
+        self.lookups: list[tuple[str, ...]] = []
+        self.written = set(written)
 
     def recall(self, query, timeout):
         self.recalls.append((query, timeout))
-        ids = [i for i in VECTORS if i not in query.exclude_ids][: query.k]
+        excluded = set(query.exclude_ids)
+        if query.exclude_history:
+            excluded |= set(query.history_item_ids)
+        ids = [i for i in VECTORS if i not in excluded][: query.k]
+        n = len(ids)
         return RecallResult(
-            [RecallCandidate(i, 1.0, VECTORS[i], f"T{i}", f"text {i}") for i in ids],
+            ids,
+            np.ones(n, np.float32),
+            np.stack([VECTORS[i] for i in ids]),
+            np.zeros((n, 3), np.float32),
+            [""] * n,
+            [False] * n,
+            [i in self.written for i in ids],
             np.ones(DIM, dtype=np.float32),
             "v1",
+        )
+
+    def get_items(self, ids, timeout):
+        self.lookups.append(tuple(ids))
+        return ItemsResult(
+            [ItemDetails(i, f"T{i}", f"text {i}", {}, i in self.written) for i in ids], (), "v1"
         )
 
     def rank(self, query, timeout):
@@ -70,9 +89,10 @@ def test_recommend_excludes_seen_and_ranks(setup):
     assert ids == ["i9", "i8", "i7"]  # highest dot product among the unseen
     assert result.items[0].title == "Ti9"
     assert result.history_length == 2
-    assert set(result.timings) == {"profile", "recall", "rank", "total"}
+    assert set(result.timings) == {"profile", "recall", "rank", "details", "total"}
     query, timeout = backend.recalls[0]
-    assert query.exclude_ids == ("i11", "i10") and query.history_item_ids == ("i11", "i10")
+    assert query.history_item_ids == ("i11", "i10") and query.exclude_history
+    assert query.exclude_ids == ()  # the history is sent once, not again as exclusions
     assert timeout is not None and timeout <= 5 * 0.6 + 1e-6
     assert backend.ranks[0][0].embedding_version == "v1"
 
@@ -85,7 +105,7 @@ def test_explicit_history_comes_first_and_include_seen(setup):
     )
     query, timeout = backend.recalls[0]
     assert query.history_item_ids == ("i3", "i10", "i11")
-    assert query.exclude_ids == ()
+    assert query.exclude_ids == () and not query.exclude_history
     assert timeout is not None  # the default deadline applies when the caller sets none
 
 
@@ -124,8 +144,36 @@ def test_recorded_events_come_first_and_exclude(setup):
     core.record_events([Event("u1", "i2", "click", 2000), Event("u1", "i4", "like", 1000)])
     core.recommend(RecommendQuery(user_id="u1"), Deadline.after(5))
     query, _ = backend.recalls[-1]
-    assert query.history_item_ids == ("i2", "i4", "i11", "i10")
-    assert set(query.exclude_ids) == {"i2", "i4", "i11", "i10"}
+    assert query.history_item_ids == ("i2", "i4", "i11", "i10") and query.exclude_history
+
+
+def test_history_beyond_the_recall_limit_is_still_excluded(tmp_path):
+    backend = Catalog()
+    events = EventStore(f"sqlite:///{tmp_path}/e.db", [("u1", ["i11", "i10"])])
+    core = GatewayCore(backend, backend, events, GatewayOptions(max_history=2))
+    q = RecommendQuery(user_id="u1", history_item_ids=("i9", "i8"), k=3)
+    result = core.recommend(q, Deadline.after(5))
+    query, _ = backend.recalls[0]
+    assert query.history_item_ids == ("i9", "i8") and query.exclude_ids == ("i11", "i10")
+    assert not {"i11", "i10", "i9", "i8"} & {i.id for i in result.items}
+
+
+def test_details_come_from_the_bundle_catalog_unless_written_since(tmp_path):
+    events = EventStore(f"sqlite:///{tmp_path}/e.db", [("u1", ["i0"])])
+    catalog = {i: (f"bundle {i}", "") for i in VECTORS}
+    backend = Catalog(written={"i9"})
+    core = GatewayCore(backend, backend, events, GatewayOptions(), catalog, "v1")
+    result = core.recommend(RecommendQuery(user_id="u1", k=3), Deadline.after(5))
+    assert [(i.id, i.title) for i in result.items] == [
+        ("i11", "bundle i11"),
+        ("i10", "bundle i10"),
+        ("i9", "Ti9"),  # upserted after the bundle: asked of recall
+    ]
+    assert backend.lookups == [("i9",)]
+    # A gateway whose bundle is not the one recall serves asks recall for every item.
+    other = GatewayCore(backend, backend, events, GatewayOptions(), catalog, "v0")
+    other.recommend(RecommendQuery(user_id="u1", k=2), Deadline.after(5))
+    assert backend.lookups[-1] == ("i11", "i10")
 
 
 def test_unknown_user_without_query_gets_popularity_fallback(setup):

@@ -167,19 +167,20 @@ def test_index_upsert_replace_delete_and_grow():
     vecs = unit_vectors(40)
     index.apply([upsert(f"i{n}", vecs[n]) for n in range(40)], sequence=40)  # grows past 16
     assert len(index) == 40 and index.applied_sequence == 40
-    hits = index.search(vecs[:1], [SearchSpec(k=3)])[0]
-    assert index.item(hits[0][0])[0].id == "i0" and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    labels, scores = index.search(vecs[:1], [SearchSpec(k=3)])[0]
+    assert index.ids(labels)[0] == "i0" and scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert index.written(labels) == [True] * 3  # all came from the log, none from a bundle
+    np.testing.assert_array_equal(index.rows(labels)[0], vecs[0])
     # replace i0's vector with i1's; delete i1: i0 now answers i1's query
     index.apply([upsert("i0", vecs[1]), LogWrite(DELETE, "i1")], sequence=42)
-    hits = index.search(vecs[1:2], [SearchSpec(k=40)])[0]
-    ids = [index.item(lab)[0].id for lab, _ in hits]
+    ids = index.ids(index.search(vecs[1:2], [SearchSpec(k=40)])[0][0])
     assert ids[0] == "i0" and "i1" not in ids and len(ids) == 39
     # idempotent replay: an already-applied sequence changes nothing
     assert index.apply([LogWrite(DELETE, "i0")], sequence=41) == 0
     assert index.lookup("i0") is not None
     # revive a deleted id
     index.apply([upsert("i1", vecs[1])], sequence=43)
-    assert index.item(index.search(vecs[1:2], [SearchSpec(k=1)])[0][0][0])[0].id in {"i0", "i1"}
+    assert index.ids(index.search(vecs[1:2], [SearchSpec(k=1)])[0][0])[0] in {"i0", "i1"}
     assert len(index) == 40
 
 
@@ -194,20 +195,18 @@ def test_index_exclusions_and_filters_keep_k():
         sequence=1,
     )
     excluded = tuple(f"i{n}" for n in range(0, 200, 3))
-    hits = index.search(vecs[:1], [SearchSpec(k=20, exclude_ids=excluded)])[0]
-    ids = [index.item(lab)[0].id for lab, _ in hits]
+    ids = index.ids(index.search(vecs[:1], [SearchSpec(k=20, exclude_ids=excluded)])[0][0])
     assert len(ids) == 20 and not set(ids) & set(excluded)
     # a selective filter (6 items) falls back to exact search and still returns them all
     pred = compile_filters([MetadataFilter("n", min=10, max=15)], index.metadata_fields)
-    hits = index.search(vecs[:1], [SearchSpec(k=10, predicate=pred)])[0]
-    assert sorted(index.item(lab)[0].id for lab, _ in hits) == [f"i{n}" for n in range(10, 16)]
+    labels, _ = index.search(vecs[:1], [SearchSpec(k=10, predicate=pred)])[0]
+    assert sorted(index.ids(labels)) == [f"i{n}" for n in range(10, 16)]
     # a broad filter (100 items) goes through HNSW with the filter and returns k matches
     pred = compile_filters([MetadataFilter("parity", ("odd",))], index.metadata_fields)
-    hits = index.search(vecs[:1], [SearchSpec(k=15, predicate=pred)])[0]
-    assert len(hits) == 15
-    assert all(index.item(lab)[0].metadata["parity"] == "odd" for lab, _ in hits)
-    scores = [s for _, s in hits]
-    assert scores == sorted(scores, reverse=True)
+    labels, scores = index.search(vecs[:1], [SearchSpec(k=15, predicate=pred)])[0]
+    assert len(labels) == 15
+    assert all(index.item(lab).metadata["parity"] == "odd" for lab in labels)
+    assert list(scores) == sorted(scores, reverse=True)
 
 
 def test_snapshot_roundtrip_and_corruption(tmp_path):
@@ -220,8 +219,9 @@ def test_snapshot_roundtrip_and_corruption(tmp_path):
     assert meta["bundle_version"] == "v1" and loaded.applied_sequence == 31
     assert len(loaded) == 29 and loaded.lookup("i3") is None
     np.testing.assert_array_equal(loaded.vector_of("i7"), vecs[7])
-    hits = loaded.search(vecs[3:4], [SearchSpec(k=29)])[0]
-    assert "i3" not in {loaded.item(lab)[0].id for lab, _ in hits}
+    labels, _ = loaded.search(vecs[3:4], [SearchSpec(k=29)])[0]
+    assert "i3" not in loaded.ids(labels)
+    assert loaded.is_written("i7") and loaded.written(labels) == [True] * 29
     with (tmp_path / "snap" / "vectors.npy").open("r+b") as f:
         f.seek(-4, 2)
         f.write(b"\x01\x02\x03\x04")
@@ -256,5 +256,5 @@ def test_hnsw_recall_at_10_vs_exact_on_20k_vectors():
     ann = index.search(queries, [SearchSpec(k=10)] * len(queries), num_threads=2)
     exact = np.argsort(-(queries @ vecs.T), axis=1)[:, :10]
     pairs = zip(ann, exact, strict=True)
-    recall = np.mean([len({lab for lab, _ in a} & set(e)) / 10 for a, e in pairs])
+    recall = np.mean([len(set(labels.tolist()) & set(e)) / 10 for (labels, _), e in pairs])
     assert recall >= 0.98, recall
