@@ -144,7 +144,6 @@ def end_to_end(bundle: Bundle, requests: int) -> dict[str, Any]:
     import grpc
 
     from gateway.server import serve as serve_gateway
-    from rank_service.core import RankCore
     from rank_service.server import serve as serve_rank
     from recall_service.server import serve as serve_recall
     from recstack.config import GatewayOptions, RankOptions, RecallOptions, ServerOptions
@@ -180,40 +179,17 @@ def end_to_end(bundle: Bundle, requests: int) -> dict[str, Any]:
             rpc.append(time.perf_counter() - t)
         # The floor: the gateway's own core over in-process recall and rank (the stages
         # the three servers run, same bundle, same options), no RPCs.
-        from gateway.core import GatewayCore, catalog_from_bundle
-        from gateway.events import EventStore
-        from gateway.local import LocalRank, LocalRecall
-        from recall_service.replica import Replica
+        from gateway.local import LocalPipeline
         from recstack.deadline import Deadline
         from recstack.domain import RecommendQuery
-        from recstack.features import load_recency
 
-        replica = Replica(
-            RecallOptions(bundle=str(bundle.root), state_dir=f"{tmp}/floor", bundle_poll_s=0),
-            SessionOptions(),
-        )
-        replica.load()
-        ranker = RankCore(bundle, RankOptions(bundle=str(bundle.root)), SessionOptions())
-        events = EventStore(f"sqlite:///{tmp}/floor/events.db", bundle.iter_user_histories())
-        catalog, version = catalog_from_bundle(bundle)
-        floor_core = GatewayCore(
-            LocalRecall(replica),
-            LocalRank(ranker),
-            events,
-            GatewayOptions(bundle=str(bundle.root)),
-            catalog,
-            version,
-            ranker.side_features,
-            load_recency(bundle),
-        )
+        pipeline = LocalPipeline(str(bundle.root), f"{tmp}/floor")
         floor = []
         for u in users:
             t = time.perf_counter()
-            floor_core.recommend(RecommendQuery(user_id=u, k=10), Deadline.after(30))
+            pipeline.core.recommend(RecommendQuery(user_id=u, k=10), Deadline.after(30))
             floor.append(time.perf_counter() - t)
-        ranker.retire(5)
-        events.close()
-        replica.close()
+        pipeline.close()
         gateway.stop(0)
         rank.stop(0)
         recall.stop(0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -35,7 +36,13 @@ from recstack.domain import (
     RecommendResult,
 )
 from recstack.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from recstack.features import RANKER_FEATURES, RECENCY, candidate_features, unsupported
+from recstack.features import (
+    RANKER_FEATURES,
+    RECENCY,
+    candidate_features,
+    load_recency,
+    unsupported,
+)
 
 log = logging.getLogger(__name__)
 POPULARITY = "popularity"
@@ -60,6 +67,28 @@ def catalog_from_bundle(bundle: Bundle | None) -> tuple[dict[str, tuple[str, str
     if bundle is None:
         return {}, ""
     return {it.id: (it.title, it.text) for it in bundle.iter_catalog()}, bundle.version
+
+
+def open_events(options: GatewayOptions, bundle: Bundle | None) -> EventStore:
+    """The event store the options name, seeded with the bundle's user histories."""
+    dsn = options.events_dsn or f"sqlite:///{Path(options.state_dir).resolve()}/events.db"
+    seed = bundle.iter_user_histories() if bundle is not None else ()
+    return EventStore(dsn, seed, max_batch=options.max_events)
+
+
+def assemble(
+    options: GatewayOptions,
+    bundle: Bundle | None,
+    recall: RecallBackend,
+    rank: RankBackend,
+    events: EventStore,
+    side_features: Sequence[str],
+) -> GatewayCore:
+    """The gateway core over these backends, with the bundle's catalog and recency counts
+    (the one assembly: the gateway server and the in-process pipeline both use it)."""
+    catalog, version = catalog_from_bundle(bundle)
+    recency = load_recency(bundle) if bundle is not None else {}
+    return GatewayCore(recall, rank, events, options, catalog, version, side_features, recency)
 
 
 class GatewayCore:

@@ -10,9 +10,15 @@ an embedding application can use.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
-from rank_service.core import RankCore
+from gateway.core import GatewayCore, assemble, open_events
+from gateway.events import EventStore
+from rank_service.core import RankCore, load_core
 from recall_service.replica import Replica
+from recstack.bundle import Bundle
+from recstack.config import GatewayOptions, OrtOptions, RankOptions, RecallOptions
 from recstack.deadline import Deadline
 from recstack.domain import ItemsResult, RankQuery, RankResult, RecallQuery, RecallResult
 
@@ -41,3 +47,47 @@ class LocalRank:
 
     def side_features(self, timeout: float | None = None) -> tuple[str, ...]:
         return self.core.side_features
+
+
+class LocalPipeline:
+    """Recall replica, rank core and gateway core in this process, from one bundle, with
+    the services' default options (``state_dir`` holds the replica's and the event
+    store's files). ``core.recommend`` is a Recommend without RPCs; ``close`` releases
+    the threads and files."""
+
+    def __init__(
+        self,
+        bundle: str,
+        state_dir: str,
+        recall: RecallOptions | None = None,
+        rank: RankOptions | None = None,
+        gateway: GatewayOptions | None = None,
+        ort: OrtOptions | None = None,
+    ) -> None:
+        session = (ort or OrtOptions()).session_options()
+        state = Path(state_dir)
+        recall_options = replace(
+            recall or RecallOptions(), bundle=bundle, state_dir=str(state / "recall")
+        )
+        self.replica = Replica(recall_options, session)
+        self.replica.load()
+        self.ranker = load_core(replace(rank or RankOptions(), bundle=bundle), session)
+        gateway_options = replace(
+            gateway or GatewayOptions(), bundle=bundle, state_dir=str(state / "gateway")
+        )
+        Path(gateway_options.state_dir).mkdir(parents=True, exist_ok=True)
+        opened = Bundle.open(bundle)
+        self.events: EventStore = open_events(gateway_options, opened)
+        self.core: GatewayCore = assemble(
+            gateway_options,
+            opened,
+            LocalRecall(self.replica),
+            LocalRank(self.ranker),
+            self.events,
+            self.ranker.side_features,
+        )
+
+    def close(self) -> None:
+        self.ranker.retire(timeout=5)
+        self.replica.close()
+        self.events.close()

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall
-from gateway.core import GatewayCore, catalog_from_bundle
+from gateway.core import GatewayCore, assemble, open_events
 from gateway.events import EventStore
 from gateway.servicer import RecommendServicer
 from rank_service.server import SERVICE_NAME as RANK_SERVICE
@@ -23,7 +23,6 @@ from recstack.auth import channel_credentials
 from recstack.bundle import Bundle
 from recstack.client import open_channel
 from recstack.config import GatewayOptions, ServerOptions
-from recstack.features import load_recency
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -68,13 +67,9 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
     state: dict[str, EventStore] = {}
 
     def load() -> None:
-        dsn = options.events_dsn or f"sqlite:///{Path(options.state_dir).resolve()}/events.db"
         # One verified read of the bundle seeds profiles, popularity and fallback titles.
         bundle = Bundle.open(options.bundle) if options.bundle else None
-        seed = bundle.iter_user_histories() if bundle is not None else ()
-        events = state["events"] = EventStore(dsn, seed, max_batch=options.max_events)
-        catalog, version = catalog_from_bundle(bundle)
-        recency = load_recency(bundle) if bundle is not None else {}
+        events = state["events"] = open_events(options, bundle)
         for channel in recall_channels:
             wait_serving(channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
         wait_serving(rank_channel, RANK_SERVICE, DOWNSTREAM_WAIT_S)
@@ -82,9 +77,8 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
             [GrpcRecall(c) for c in recall_channels], options.shard_failure_policy
         )
         rank = GrpcRank(rank_channel)
-        side_features = rank.side_features(DOWNSTREAM_WAIT_S)
         ref.set(
-            GatewayCore(recall, rank, events, options, catalog, version, side_features, recency)
+            assemble(options, bundle, recall, rank, events, rank.side_features(DOWNSTREAM_WAIT_S))
         )
 
     def close() -> None:

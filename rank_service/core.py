@@ -8,7 +8,7 @@ and a request's embedding version must equal the ranker's bundle version (invari
 never score vectors from another embedding space).
 
 Each row is scored independently, which is what makes dynamic batching exact: concurrent
-requests' rows are concatenated into one ORT run by ``rank_service.batcher`` and split back.
+requests' rows are concatenated into one ORT run by ``recstack.batcher`` and split back.
 
 Lifecycle for hot swap: a core counts the requests inside ``rank``; ``retire`` (called
 after a newer core has been published through ``CoreRef.set``) refuses new entries, waits
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from rank_service.batcher import Batcher, BeforeRunHook
 from rank_service.mmr import mmr_order
 from rank_service.runner import RankerRunner
 from recstack import metrics
+from recstack.batcher import Batcher, BatchMetrics, BeforeRunHook
 from recstack.bundle import Bundle
 from recstack.config import RankOptions
 from recstack.deadline import Deadline
@@ -46,6 +46,13 @@ from recstack.vectors import F32Array
 log = logging.getLogger(__name__)
 
 DEFAULT_FEATURES_INPUT = "features"
+RANK_BATCH_METRICS = BatchMetrics(
+    metrics.RANK_BATCH_ROWS,
+    metrics.RANK_BATCH_REQUESTS,
+    metrics.RANK_QUEUE_DELAY,
+    metrics.RANK_QUEUE_DEPTH,
+    metrics.RANK_DROPPED,
+)
 
 
 class CoreRetired(Unavailable):
@@ -84,8 +91,10 @@ class RankCore:
                 max_batch_rows=options.max_batch_rows,
                 max_queue_delay_s=options.max_queue_delay_ms / 1000.0,
                 max_queue_requests=options.max_queue_requests,
+                metrics=RANK_BATCH_METRICS,
                 before_run=before_batch,
                 name=f"rank-batcher-{self.version}",
+                what="the ranker",
             )
         # In-flight accounting for hot swap; guarded by _state (see module docstring).
         self._state = threading.Condition()

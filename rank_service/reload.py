@@ -22,9 +22,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from rank_service.batcher import BeforeRunHook
 from rank_service.core import RankCore, load_core, publish_metrics
 from recstack import metrics
+from recstack.batcher import BeforeRunHook
 from recstack.bundle import resolve_bundle_dir
 from recstack.config import RankOptions
 from recstack.errors import BundleError, FailedPrecondition

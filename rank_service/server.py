@@ -8,10 +8,10 @@ server has finished its in-flight RPCs.
 
 from __future__ import annotations
 
-from rank_service.batcher import BeforeRunHook
 from rank_service.core import RankCore
 from rank_service.reload import BundleReloader
 from rank_service.servicer import RankServicer
+from recstack.batcher import BeforeRunHook
 from recstack.config import OrtOptions, RankOptions, ServerOptions
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
 from recstack.v1 import rank_pb2, rank_pb2_grpc

@@ -38,6 +38,7 @@ from recall_service.directory import VectorDirectory
 from recall_service.filters import compile_filters
 from recall_service.index import ItemIndex, SearchSpec
 from recstack import metrics
+from recstack.batcher import Batcher, BatcherClosed, BatchMetrics
 from recstack.bundle import Bundle
 from recstack.config import RecallOptions
 from recstack.deadline import Deadline
@@ -59,6 +60,13 @@ from recstack.vectors import F32Array, l2_normalize
 log = logging.getLogger(__name__)
 
 QUERY_FIELDS = "query_text|history_item_ids|query_vector"
+ENCODER_BATCH_METRICS = BatchMetrics(
+    metrics.ENCODER_BATCH_TEXTS,
+    metrics.ENCODER_BATCH_REQUESTS,
+    metrics.ENCODER_QUEUE_DELAY,
+    metrics.ENCODER_QUEUE_DEPTH,
+    metrics.ENCODER_DROPPED,
+)
 REPLAY_BATCH = 2048
 UNIT_TOLERANCE = 1e-3
 DEADLINE_MARGIN_S = 0.05
@@ -104,8 +112,21 @@ class RecallCore:
         self.catalog = catalog
         self.options = options
         self.directory = VectorDirectory(bundle, index, options.shard_index, options.shard_count)
-        # The tokenizer object is not documented as thread-safe; encoding is serialised.
+        # The tokenizer object is not documented as thread-safe: every encoder run holds
+        # this lock. With batching only the batcher's worker runs the encoder, so the lock
+        # is uncontended; it matters for direct runs (batching off, or after close()).
         self._encode_lock = threading.Lock()
+        self._batcher: Batcher | None = None
+        if options.encoder_batching:
+            self._batcher = Batcher(
+                self._encode_rows,
+                max_batch_rows=options.encoder_max_batch,
+                max_queue_delay_s=options.encoder_max_delay_ms / 1000.0,
+                max_queue_requests=options.encoder_max_queue,
+                metrics=ENCODER_BATCH_METRICS,
+                name=f"encoder-batcher-{self.version}",
+                what="the encoder",
+            )
         self._apply_lock = threading.Lock()
         self._applied = threading.Condition()
 
@@ -162,9 +183,26 @@ class RecallCore:
             return [], np.zeros((0, self.dim), np.float32)
         return [i for i, _ in kept], np.stack([v for _, v in kept])
 
-    def encode(self, texts: list[str]) -> F32Array:
+    def _encode_rows(self, inputs: tuple[np.ndarray, ...]) -> F32Array:
         with self._encode_lock:
-            return self.encoder.encode(texts)
+            return self.encoder.encode(inputs[0].tolist())
+
+    def encode(self, texts: list[str], deadline: Deadline | None = None) -> F32Array:
+        """Unit vectors of ``texts``; concurrent calls share encoder runs (batching)."""
+        rows = np.empty(len(texts), dtype=object)
+        rows[:] = texts
+        if self._batcher is not None:
+            try:
+                return self._batcher.submit((rows,), deadline or Deadline.none())
+            except BatcherClosed:
+                pass  # this core was replaced or is stopping: encode directly
+        return self._encode_rows((rows,))
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop the encoder's batcher after the texts queued so far (hot swap, shutdown).
+        Calls that still reach this core afterwards encode directly."""
+        if self._batcher is not None:
+            self._batcher.close(timeout)
 
     def recall(self, query: RecallQuery, deadline: Deadline) -> RecallResult:
         """Top-k items by inner product with the query vector."""
@@ -190,7 +228,7 @@ class RecallCore:
             self.wait_applied(wait_for, deadline)
         deadline.check("encoding")
         texts = [(i, q.query_text) for i, q in enumerate(queries) if q.query_text.strip()]
-        encoded = self.encode([t for _, t in texts]) if texts else np.zeros((0, self.dim))
+        encoded = self.encode([t for _, t in texts], deadline) if texts else np.zeros((0, self.dim))
         query_vecs = {i: v for (i, _), v in zip(texts, encoded, strict=True)}
         vectors = np.empty((len(queries), self.dim), dtype=np.float32)
         results = []

@@ -102,9 +102,13 @@ class Replica:
             self._catalog,
             o,
         )
-        core.load_directory(from_seq)
-        replayed = core.catch_up()
-        core.self_check()
+        try:
+            core.load_directory(from_seq)
+            replayed = core.catch_up()
+            core.self_check()
+        except BaseException:
+            core.close()  # a refused core must not leave its encoder batcher running
+            raise
         metrics.BUNDLE_INFO.labels("recall", core.version, core.encoder.provider).set(1)
         metrics.INDEX_ITEMS.set(len(index))
         log.info(
@@ -228,6 +232,9 @@ class Replica:
                 new.catch_up()
                 self.ref.set(new)
             metrics.BUNDLE_INFO.labels("recall", old.version, old.encoder.provider).set(0)
+            # Requests that fetched the old core before the swap finish on it: its queued
+            # texts are encoded first, and later ones there are encoded directly.
+            old.close()
             log.info("bundle swapped", extra={"from": old.version, "to": new.version})
             return new.version, True
 
@@ -236,5 +243,8 @@ class Replica:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
+        core = self.ref.peek()
+        if core is not None:
+            core.close()
         if self._catalog is not None:
             self._catalog.close()

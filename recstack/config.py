@@ -171,6 +171,14 @@ class RecallOptions:
         False,
         "encode with the bundle's int8 encoder (faster, less accurate: see docs/model-quality.md)",
     )
+    encoder_batching: bool = _opt(
+        True, "merge concurrent texts to encode (queries, upserts) into one ORT run"
+    )
+    encoder_max_batch: int = _opt(32, "most texts in one merged encoder run")
+    encoder_max_delay_ms: float = _opt(
+        0.5, "longest a queued text waits for others to join its encoder run"
+    )
+    encoder_max_queue: int = _opt(256, "encode requests waiting before RESOURCE_EXHAUSTED")
     search_threads: int = _opt(1, "hnswlib threads per batched search")
     exact_threshold: int = _opt(20000, "filters matching at most this many items search exactly")
     shard_index: int = _opt(0, "shard served by this replica (items with hash(id) mod N == i)")

@@ -15,13 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 from recstack.bundle import Bundle
-from recstack.procs import ServiceProcess
+from recstack.procs import STACK_TIMEOUT_S, Stack
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
-START_TIMEOUT_S = 300.0
+START_TIMEOUT_S = STACK_TIMEOUT_S
 
 
 def show(title: str, resp: gateway_pb2.RecommendResponse) -> None:
@@ -48,37 +46,12 @@ def run(bundle_path: str, users: list[str], query: str, k: int) -> int:
     histories = dict(bundle.iter_user_histories())
     users = users or list(histories)[:3]
     with tempfile.TemporaryDirectory(prefix="recstack-demo-") as tmp:
-        work = Path(tmp)
-        common = ["--bundle", str(bundle.root)]
-        services = [
-            ServiceProcess("recall_service", *common, workdir=work, name="recall"),
-            ServiceProcess("rank_service", *common, workdir=work, name="rank"),
-        ]
+        t0 = time.perf_counter()
+        stack = Stack(str(bundle.root), Path(tmp)).start(START_TIMEOUT_S)
         try:
-            recall, rank = services
-            recall.wait_port(START_TIMEOUT_S)
-            rank.wait_port(START_TIMEOUT_S)
-            gateway = ServiceProcess(
-                "gateway",
-                *common,
-                "--recall-address",
-                f"127.0.0.1:{recall.port}",
-                "--rank-address",
-                f"127.0.0.1:{rank.port}",
-                workdir=work,
-                name="gateway",
-            )
-            services.append(gateway)
-            gateway.wait_port(START_TIMEOUT_S)
-            t0 = time.perf_counter()
-            gateway.wait_serving("recstack.v1.RecommendService", START_TIMEOUT_S)
-            print(
-                f"recall :{recall.port}  rank :{rank.port}  gateway :{gateway.port}  "
-                f"(all SERVING after {time.perf_counter() - t0:.1f}s)"
-            )
-            stub = gateway_pb2_grpc.RecommendServiceStub(
-                grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
-            )
+            ports = "  ".join(f"{s.name} :{s.port}" for s in stack.services)
+            print(f"{ports}  (all SERVING after {time.perf_counter() - t0:.1f}s)")
+            stub = gateway_pb2_grpc.RecommendServiceStub(stack.gateway.channel())
             for user in users:
                 history = histories.get(user, [])
                 recent = "; ".join(titles.get(i, i) for i in history[:3])
@@ -87,7 +60,7 @@ def run(bundle_path: str, users: list[str], query: str, k: int) -> int:
             resp = stub.Recommend(gateway_pb2.RecommendRequest(query_text=query, k=k), timeout=10)
             show(f"cold start, no history, query: {query!r}", resp)
         finally:
-            codes = {s.name: s.stop() for s in reversed(services)}
+            codes = stack.stop()
             print("\nstopped with SIGTERM: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()))
     return 0 if all(c == 0 for c in codes.values()) else 1
 

@@ -81,6 +81,29 @@ RANK_DROPPED = Counter(
     "Rank requests not run by the batcher, by reason (queue_full, deadline)",
     ["reason"],
 )
+ENCODER_BATCH_TEXTS = Histogram(
+    "recstack_encoder_batch_texts",
+    "query texts per ORT run of the recall service's encoder (after dynamic batching)",
+    buckets=_BATCH_REQUEST_BUCKETS,
+)
+ENCODER_BATCH_REQUESTS = Histogram(
+    "recstack_encoder_batch_requests",
+    "encode requests (recalls, upserts) merged into one ORT run of the encoder",
+    buckets=_BATCH_REQUEST_BUCKETS,
+)
+ENCODER_QUEUE_DELAY = Histogram(
+    "recstack_encoder_queue_delay_seconds",
+    "time an encode request waited in the batch queue before its ORT run started",
+    buckets=_LATENCY_BUCKETS,
+)
+ENCODER_QUEUE_DEPTH = Gauge(
+    "recstack_encoder_queue_depth", "encode requests waiting for the encoder's batcher"
+)
+ENCODER_DROPPED = Counter(
+    "recstack_encoder_dropped_total",
+    "encode requests not run by the batcher, by reason (queue_full, deadline)",
+    ["reason"],
+)
 RANK_PROVIDER = Gauge(
     "recstack_rank_execution_provider",
     "1 for the ONNX Runtime execution provider the ranker runs on",

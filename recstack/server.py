@@ -160,6 +160,10 @@ class CoreRef(Generic[T]):
             raise Unavailable(f"{self._what} is still loading its bundle")
         return core
 
+    def peek(self) -> T | None:
+        """The core, or None while loading (for shutdown paths that must not raise)."""
+        return self._core
+
 
 @dataclass(frozen=True)
 class ServiceSpec:

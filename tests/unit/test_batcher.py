@@ -1,4 +1,4 @@
-"""Dynamic batcher (rank_service.batcher) with a numpy stand-in for the model run.
+"""Dynamic batcher (recstack.batcher) with a numpy stand-in for the model run.
 
 The batcher is model-agnostic (it concatenates row-aligned arrays and splits one output
 vector back), so a deterministic per-row function checks merging and splitting exactly.
@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from rank_service.batcher import Batcher
+from rank_service.core import RANK_BATCH_METRICS
+from recstack.batcher import Batcher
 from recstack.deadline import Deadline
 from recstack.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
@@ -99,6 +100,7 @@ def test_concurrent_requests_are_merged_and_split_exactly():
         max_batch_rows=10_000,
         max_queue_delay_s=0.0,
         max_queue_requests=100,
+        metrics=RANK_BATCH_METRICS,
         before_run=gate,
     )
     rng = np.random.default_rng(0)
@@ -129,6 +131,7 @@ def test_max_batch_rows_splits_batches_in_fifo_order():
         max_batch_rows=10,
         max_queue_delay_s=0.0,
         max_queue_requests=100,
+        metrics=RANK_BATCH_METRICS,
         before_run=gate,
     )
     rng = np.random.default_rng(1)
@@ -158,6 +161,7 @@ def test_full_queue_is_resource_exhausted():
         max_batch_rows=100,
         max_queue_delay_s=0.0,
         max_queue_requests=2,
+        metrics=RANK_BATCH_METRICS,
         before_run=gate,
     )
     rng = np.random.default_rng(2)
@@ -191,6 +195,7 @@ def test_expired_requests_are_dropped_before_running():
         max_batch_rows=100,
         max_queue_delay_s=0.0,
         max_queue_requests=10,
+        metrics=RANK_BATCH_METRICS,
         before_run=gate,
     )
     rng = np.random.default_rng(3)
@@ -231,7 +236,13 @@ def test_a_failing_run_fails_only_its_batch_and_the_worker_survives():
             raise RuntimeError("boom")
         return row_fn(inputs)
 
-    batcher = Batcher(flaky, max_batch_rows=100, max_queue_delay_s=0.0, max_queue_requests=10)
+    batcher = Batcher(
+        flaky,
+        max_batch_rows=100,
+        max_queue_delay_s=0.0,
+        max_queue_requests=10,
+        metrics=RANK_BATCH_METRICS,
+    )
     rng = np.random.default_rng(4)
     try:
         with pytest.raises(RuntimeError, match="boom"):
@@ -249,6 +260,7 @@ def test_close_finishes_queued_work_then_refuses():
         max_batch_rows=100,
         max_queue_delay_s=0.0,
         max_queue_requests=10,
+        metrics=RANK_BATCH_METRICS,
         before_run=gate,
     )
     rng = np.random.default_rng(5)
@@ -271,8 +283,20 @@ def test_close_finishes_queued_work_then_refuses():
 
 def test_mismatched_rows_and_bad_options():
     with pytest.raises(ValueError):
-        Batcher(row_fn, max_batch_rows=0, max_queue_delay_s=0.0, max_queue_requests=1)
-    batcher = Batcher(row_fn, max_batch_rows=10, max_queue_delay_s=0.0, max_queue_requests=1)
+        Batcher(
+            row_fn,
+            max_batch_rows=0,
+            max_queue_delay_s=0.0,
+            max_queue_requests=1,
+            metrics=RANK_BATCH_METRICS,
+        )
+    batcher = Batcher(
+        row_fn,
+        max_batch_rows=10,
+        max_queue_delay_s=0.0,
+        max_queue_requests=1,
+        metrics=RANK_BATCH_METRICS,
+    )
     try:
         with pytest.raises(ValueError, match="same number of rows"):
             batcher.submit(

@@ -1,9 +1,12 @@
-"""Dynamic batching: concurrent Rank requests merged into one ONNX Runtime run (no grpc here).
+"""Dynamic batching: concurrent requests merged into one model run (no grpc here).
 
-Triton-style: a request is a tuple of row-aligned float32 arrays (the user vector tiled per
-candidate, the candidate vectors, optionally side features; every array has the request's
-N rows). The ranker scores each row independently, so merging requests is concatenating
-their arrays row-wise, and splitting the output back is slicing it at the same offsets.
+Triton-style: a request is a tuple of row-aligned arrays, every array with the request's N
+rows, and the model computes each row independently, so merging requests is concatenating
+their arrays row-wise and splitting the output back is slicing its first axis at the same
+offsets. Two users: the rank service (rows = candidates: the user vector tiled per
+candidate, the candidate vectors, optionally side features; output one score per row) and
+the recall service's query encoder (rows = texts, one object array; output one vector per
+text). Each passes its own :class:`BatchMetrics`.
 
 Invariants:
 
@@ -33,20 +36,38 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from prometheus_client import Counter, Gauge, Histogram
 
-from recstack import metrics
 from recstack.deadline import Deadline
 from recstack.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from recstack.vectors import F32Array
 
 log = logging.getLogger(__name__)
 
-Inputs = tuple[F32Array, ...]
+Inputs = tuple[npt.NDArray[Any], ...]
 RunFn = Callable[[Inputs], F32Array]
 # Called by the worker just before each run with the number of requests and rows in it.
 BeforeRunHook = Callable[[int, int], None]
+
+
+class BatcherClosed(Unavailable):
+    """The batcher was closed (shutdown or hot swap); the work was not queued."""
+
+
+@dataclass(frozen=True)
+class BatchMetrics:
+    """Where one batcher reports: rows and requests per run, queue delay, depth, drops
+    (labelled ``queue_full`` or ``deadline``)."""
+
+    rows: Histogram
+    requests: Histogram
+    queue_delay: Histogram
+    queue_depth: Gauge
+    dropped: Counter
 
 
 @dataclass(eq=False)
@@ -73,9 +94,12 @@ class Batcher:
         max_batch_rows: int,
         max_queue_delay_s: float,
         max_queue_requests: int,
+        metrics: BatchMetrics,
         before_run: BeforeRunHook | None = None,
-        name: str = "rank-batcher",
+        name: str = "batcher",
+        what: str = "the model",
     ) -> None:
+        """``what`` names the model in error messages ("the ranker", "the encoder")."""
         if max_batch_rows < 1 or max_queue_requests < 1 or max_queue_delay_s < 0:
             raise ValueError(
                 "max_batch_rows and max_queue_requests must be >= 1, max_queue_delay >= 0"
@@ -85,6 +109,8 @@ class Batcher:
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_requests = max_queue_requests
         self._before_run = before_run
+        self._metrics = metrics
+        self._what = what
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
@@ -94,31 +120,32 @@ class Batcher:
 
     # ---- caller side (gRPC handler threads) ----
 
-    def submit(self, inputs: Sequence[F32Array], deadline: Deadline) -> F32Array:
+    def submit(self, inputs: Sequence[npt.NDArray[Any]], deadline: Deadline) -> F32Array:
         """Queue one request's row-aligned arrays; block until its own output rows are ready."""
         rows = int(inputs[0].shape[0])
         if any(int(a.shape[0]) != rows for a in inputs):
             raise ValueError("all inputs of one request must have the same number of rows")
-        deadline.check("queueing for the ranker")
+        deadline.check(f"queueing for {self._what}")
         pending = _Pending(tuple(inputs), rows, deadline, time.monotonic())
         with self._cond:
             if self._closed:
-                raise Unavailable("ranker is shutting down")
+                raise BatcherClosed(f"{self._what} is shutting down")
             if len(self._queue) >= self.max_queue_requests:
-                metrics.RANK_DROPPED.labels("queue_full").inc()
+                self._metrics.dropped.labels("queue_full").inc()
                 raise ResourceExhausted(
-                    f"rank queue full ({self.max_queue_requests} requests waiting); retry later"
+                    f"{self._what}'s queue full ({self.max_queue_requests} requests "
+                    "waiting); retry later"
                 )
             self._queue.append(pending)
             self._queued_rows += rows
-            metrics.RANK_QUEUE_DEPTH.set(len(self._queue))
+            self._metrics.queue_depth.set(len(self._queue))
             self._cond.notify_all()
         if not pending.done.wait(deadline.remaining()):
             # Our deadline passed while queued or running. Mark it so that the worker skips
             # it if it has not started yet; a run already in progress just discards our rows.
             pending.abandoned = True
             if not pending.done.is_set():
-                raise DeadlineExceeded("deadline passed while waiting for the ranker")
+                raise DeadlineExceeded(f"deadline passed while waiting for {self._what}")
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
@@ -159,7 +186,7 @@ class Batcher:
                 self._queued_rows -= p.rows
                 rows += p.rows
                 batch.append(p)
-            metrics.RANK_QUEUE_DEPTH.set(len(self._queue))
+            self._metrics.queue_depth.set(len(self._queue))
             return batch
 
     def _loop(self) -> None:
@@ -170,7 +197,7 @@ class Batcher:
             try:
                 self._run_batch(batch)
             except BaseException as exc:  # never let the worker die: fail this batch only
-                log.exception("rank batch failed")
+                log.exception("batch failed", extra={"batcher": self._worker.name})
                 for p in batch:
                     if not p.done.is_set():
                         p.error = exc
@@ -182,19 +209,19 @@ class Batcher:
         for p in batch:
             left = p.deadline.remaining()
             if p.abandoned or (left is not None and left <= 0):
-                metrics.RANK_DROPPED.labels("deadline").inc()
-                p.error = DeadlineExceeded("deadline passed while queued for the ranker")
+                self._metrics.dropped.labels("deadline").inc()
+                p.error = DeadlineExceeded(f"deadline passed while queued for {self._what}")
                 p.done.set()
             else:
-                metrics.RANK_QUEUE_DELAY.observe(started - p.enqueued_at)
+                self._metrics.queue_delay.observe(started - p.enqueued_at)
                 live.append(p)
         if not live:
             return
         rows = sum(p.rows for p in live)
         if self._before_run is not None:
             self._before_run(len(live), rows)
-        metrics.RANK_BATCH_REQUESTS.observe(len(live))
-        metrics.RANK_BATCH_ROWS.observe(rows)
+        self._metrics.requests.observe(len(live))
+        self._metrics.rows.observe(rows)
         if len(live) == 1:
             merged = live[0].inputs
         else:
@@ -202,9 +229,9 @@ class Batcher:
                 np.concatenate([p.inputs[i] for p in live], axis=0)
                 for i in range(len(live[0].inputs))
             )
-        out = np.asarray(self._run(merged), dtype=np.float32).reshape(-1)
-        if out.shape[0] != rows:
-            raise RuntimeError(f"ranker returned {out.shape[0]} scores for {rows} rows")
+        out = np.asarray(self._run(merged), dtype=np.float32)
+        if out.ndim == 0 or out.shape[0] != rows:
+            raise RuntimeError(f"{self._what} returned {out.shape} outputs for {rows} rows")
         offset = 0
         for p in live:
             p.result = out[offset : offset + p.rows].copy()
