@@ -77,7 +77,8 @@ def serve_aio(service: str, bundle: str, mode: str, port_file: str) -> None:
         servicer, add = _servicer(service, bundle, tmp)
         sync_method = getattr(servicer, method)
 
-        class Aio:
+        # The generated base class: every other method answers UNIMPLEMENTED.
+        class Aio(type(servicer).__bases__[0]):  # type: ignore[misc]
             pass
 
         if mode == "aio-loop":
@@ -208,14 +209,15 @@ def compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve-aio"]:
+    if "serve-aio" in argv:  # a server process (ServiceProcess puts its flags first)
+        argv.remove("serve-aio")
         parser = argparse.ArgumentParser(prog="python -m bench.server_model serve-aio")
         parser.add_argument("--service", choices=sorted(SERVICES), required=True)
         parser.add_argument("--bundle", required=True)
         parser.add_argument("--mode", choices=MODES[1:], required=True)
         parser.add_argument("--port", type=int, default=0, help="ignored: binds a free port")
         parser.add_argument("--port-file", required=True)
-        a = parser.parse_args(argv[1:])
+        a = parser.parse_args(argv)
         serve_aio(a.service, a.bundle, a.mode, a.port_file)
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.server_model", description=__doc__)

@@ -9,6 +9,7 @@ by the process-level tests.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -103,6 +104,13 @@ class ServiceProcess:
 STACK_TIMEOUT_S = 300.0
 
 
+def free_port() -> int:
+    """A loopback port free right now (for services that need an explicit one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Stack:
     """recall, rank and gateway as processes on loopback, wired to each other.
 
@@ -121,12 +129,16 @@ class Stack:
         self.services: list[ServiceProcess] = []
 
     def _start(self, module: str, name: str, *args: str) -> ServiceProcess:
+        extra = list(self.extra.get(name, []))
+        if "--processes" in extra:
+            # Workers share one explicit port (SO_REUSEPORT); port 0 cannot be shared.
+            extra += ["--port", str(free_port())]
         proc = ServiceProcess(
             module,
             "--bundle",
             self.bundle,
             *args,
-            *self.extra.get(name, []),
+            *extra,
             workdir=self.workdir,
             name=name,
         )
