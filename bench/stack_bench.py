@@ -44,6 +44,7 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "rank-batch-delay-0.2ms": {"rank": ["--max-queue-delay-ms", "0.2"]},
     "rank-processes-2": {"rank": ["--processes", "2"]},
     "encoder-no-batching": {"recall": ["--no-encoder-batching"]},
+    "recall-hnsw-always": {"recall": ["--full-scan-threshold", "0"]},
     "gateway-processes-2": {"gateway": ["--processes", "2"]},
     "library-threads": {
         "recall": SINGLE_THREADED,

@@ -106,6 +106,11 @@ class ItemIndex:
         self._vectors = vectors  # capacity rows; rows >= len(items) are unused
         self._written = np.zeros(len(vectors), bool)  # capacity rows, like _vectors
         self._written[list(written)] = True
+        self._live = np.zeros(len(vectors), bool)  # label holds an item (not free/deleted)
+        self._live[[label for label, it in enumerate(items) if it is not None]] = True
+        # Catalogs (shards) of at most this many live items are searched by scanning every
+        # vector (exact, and cheaper than HNSW there); 0 = always HNSW. Set by the replica.
+        self.full_scan_threshold = 0
         self._label_of = {it.id: label for label, it in enumerate(items) if it is not None}
         self.applied_sequence = applied_sequence
         self.exact_threshold = exact_threshold
@@ -322,8 +327,10 @@ class ItemIndex:
     def _ann_batch(
         self, queries: F32Array, specs: Sequence[SearchSpec], num_threads: int
     ) -> list[Hits]:
-        excluded = [self._excluded(s) for s in specs]
         live = len(self._label_of)
+        if live <= self.full_scan_threshold:
+            return [self._scan(q, s) for q, s in zip(queries, specs, strict=True)]
+        excluded = [self._excluded(s) for s in specs]
         # Over-fetch by the number of excluded live labels so k others remain.
         fetch = min(max(s.k + len(e) for s, e in zip(specs, excluded, strict=True)), live)
         if fetch == 0:
@@ -342,6 +349,20 @@ class ItemIndex:
                 hits = self._exact(queries[row], spec, None)
             out.append(hits)
         return out
+
+    def _scan(self, query: F32Array, spec: SearchSpec) -> Hits:
+        """Exact top-k over every live, non-excluded item: one product with all rows."""
+        n = len(self._items)
+        scores = self._vectors[:n] @ query
+        scores[~self._live[:n]] = -np.inf
+        excluded = np.unique(self._excluded(spec))
+        scores[excluded] = -np.inf
+        k = min(spec.k, len(self._label_of) - len(excluded))
+        if k <= 0:
+            return _NO_HITS
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return top.astype(np.int64), scores[top].astype(np.float32)
 
     def _filtered(self, query: F32Array, spec: SearchSpec) -> Hits:
         if spec.predicate is None:
@@ -403,6 +424,7 @@ class ItemIndex:
                         self._hnsw.mark_deleted(label)
                         self._items[label] = None
                         self._written[label] = False
+                        self._live[label] = False
                         del self._label_of[w.item_id]
                     continue
                 if label is None:
@@ -412,6 +434,7 @@ class ItemIndex:
                 self._label_of[w.item_id] = label
                 self._vectors[label] = w.vector
                 self._written[label] = True
+                self._live[label] = True
                 self.metadata_fields.update(w.metadata)
                 labels.append(label)
                 rows.append(w.vector)
@@ -434,9 +457,11 @@ class ItemIndex:
         log.info("growing index", extra={"from": capacity, "to": new_capacity})
         self._hnsw.resize_index(new_capacity)
         self._vectors = _grow(self._vectors, new_capacity)
-        grown = np.zeros(new_capacity, bool)
-        grown[: len(self._written)] = self._written
-        self._written = grown
+        for name in ("_written", "_live"):
+            old = getattr(self, name)
+            grown = np.zeros(new_capacity, bool)
+            grown[: len(old)] = old
+            setattr(self, name, grown)
 
 
 _NO_HITS: Hits = (np.zeros(0, np.int64), np.zeros(0, np.float32))

@@ -94,6 +94,7 @@ class Replica:
             bundle, o.shard_index, o.shard_count, o.exact_threshold
         )
         from_seq = index.applied_sequence
+        index.full_scan_threshold = o.full_scan_threshold
         core = RecallCore(
             bundle,
             index,

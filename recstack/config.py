@@ -180,6 +180,11 @@ class RecallOptions:
     )
     encoder_max_queue: int = _opt(256, "encode requests waiting before RESOURCE_EXHAUSTED")
     search_threads: int = _opt(1, "hnswlib threads per batched search")
+    full_scan_threshold: int = _opt(
+        4096,
+        "a shard of at most this many live items is searched exactly, by scanning every "
+        "vector, instead of through HNSW (cheaper there; 0 = always HNSW)",
+    )
     exact_threshold: int = _opt(20000, "filters matching at most this many items search exactly")
     shard_index: int = _opt(0, "shard served by this replica (items with hash(id) mod N == i)")
     shard_count: int = _opt(1, "number of recall shards N")

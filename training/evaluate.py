@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack.config import RecallOptions
 from recstack.features import candidate_features, history_similarities
 from training.data import Dataset, Split
 
@@ -290,9 +291,18 @@ def exact_lists(
 def recall_lists(
     index: Any, user_vecs: np.ndarray, cases: Sequence[EvalCase], item_ids: Sequence[str], n: int
 ) -> list[tuple[list[str], list[float]]]:
-    """Top-``n`` unseen (item ids, inner-product scores) per user from the HNSW index."""
+    """Top-``n`` unseen (item ids, inner-product scores) per user, searched as the recall
+    service searches: a catalog of at most ``RecallOptions.full_scan_threshold`` items by
+    scanning every vector (exact), a larger one through the HNSW index."""
     out: list[tuple[list[str], list[float]]] = []
     total = len(item_ids)
+    if total <= RecallOptions().full_scan_threshold:
+        vectors = np.asarray(index.get_items(list(range(total))), np.float32)
+        pos = {i: j for j, i in enumerate(item_ids)}
+        for row, case in zip(user_vecs @ vectors.T, cases, strict=True):
+            top = top_k_from_scores(row, item_ids, case.seen, n)
+            out.append((top, [float(row[pos[i]]) for i in top]))
+        return out
     for vec, case in zip(user_vecs, cases, strict=True):
         # Ask for enough neighbours that n survive the removal of seen items.
         want = min(total, n + len(case.seen))

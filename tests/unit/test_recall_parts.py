@@ -184,6 +184,28 @@ def test_index_upsert_replace_delete_and_grow():
     assert len(index) == 40
 
 
+def test_full_scan_is_exact_and_skips_deleted_and_excluded():
+    index = empty_index()
+    vecs = unit_vectors(300, seed=5)
+    index.apply([upsert(f"i{n}", vecs[n]) for n in range(300)], sequence=1)  # grows
+    index.apply([LogWrite(DELETE, f"i{n}") for n in range(0, 300, 7)], sequence=2)
+    live = [n for n in range(300) if n % 7]
+    excluded = (*(f"i{n}" for n in range(1, 300, 5)), "i0", "no-such-item", "i1")
+    query = unit_vectors(1, seed=6)[0]
+    allowed = [n for n in live if f"i{n}" not in excluded]
+    want = sorted(allowed, key=lambda n: -float(vecs[n] @ query))[:25]
+    index.full_scan_threshold = 1000  # 257 live items: scanned
+    labels, scores = index.search(query[None], [SearchSpec(k=25, exclude_ids=excluded)])[0]
+    assert index.ids(labels) == [f"i{n}" for n in want]
+    np.testing.assert_allclose(scores, [vecs[n] @ query for n in want], atol=1e-5)
+    # k beyond what is left returns everything left; HNSW (threshold 0) agrees on the top.
+    labels, _ = index.search(query[None], [SearchSpec(k=1000, exclude_ids=excluded)])[0]
+    assert sorted(index.ids(labels)) == sorted(f"i{n}" for n in allowed)
+    index.full_scan_threshold = 0
+    labels, _ = index.search(query[None], [SearchSpec(k=5, exclude_ids=excluded)])[0]
+    assert index.ids(labels) == [f"i{n}" for n in want[:5]]
+
+
 def test_index_exclusions_and_filters_keep_k():
     index = empty_index(exact_threshold=5)
     vecs = unit_vectors(200, seed=1)
