@@ -17,7 +17,6 @@ from gateway.core import GatewayCore, assemble, open_events
 from gateway.events import EventStore
 from rank_service.core import RankCore, load_core
 from recall_service.replica import Replica
-from recstack.bundle import Bundle
 from recstack.config import GatewayOptions, OrtOptions, RankOptions, RecallOptions
 from recstack.deadline import Deadline
 from recstack.domain import ItemsResult, RankQuery, RankResult, RecallQuery, RecallResult
@@ -76,7 +75,7 @@ class LocalPipeline:
             gateway or GatewayOptions(), bundle=bundle, state_dir=str(state / "gateway")
         )
         Path(gateway_options.state_dir).mkdir(parents=True, exist_ok=True)
-        opened = Bundle.open(bundle)
+        opened = self.replica.ref.get().bundle  # opened and verified once, by the replica
         self.events: EventStore = open_events(gateway_options, opened)
         self.core: GatewayCore = assemble(
             gateway_options,

@@ -283,13 +283,7 @@ class RecallCore:
 
     def get_items(self, ids: Sequence[str]) -> ItemsResult:
         """The catalog entries of ``ids`` as served now (request order), and the unknown ids."""
-        if len(ids) > self.options.max_batch:
-            raise ResourceExhausted(
-                f"{len(ids)} ids exceeds the limit of {self.options.max_batch}", field="ids"
-            )
-        for i, item_id in enumerate(ids):
-            if not item_id:
-                raise InvalidArgument("must not be empty", field=f"ids[{i}]")
+        self._check_ids(ids)
         items: list[ItemDetails] = []
         missing: list[str] = []
         with self.index.lock.read():
@@ -330,6 +324,19 @@ class RecallCore:
         return ["" if c else b for c, b in zip(closer, best_id, strict=True)], closer
 
     # -- writes --------------------------------------------------------------------------
+
+    def _check_ids(self, ids: Sequence[str], owned: bool = False) -> None:
+        """At most ``max_batch`` ids, none empty (the ``ids`` of GetItems and Delete);
+        ``owned``: each must also belong to this replica's shard (writes)."""
+        if len(ids) > self.options.max_batch:
+            raise ResourceExhausted(
+                f"{len(ids)} ids exceeds the limit of {self.options.max_batch}", field="ids"
+            )
+        for i, item_id in enumerate(ids):
+            if not item_id:
+                raise InvalidArgument("must not be empty", field=f"ids[{i}]")
+            if owned:
+                self._check_owner(item_id, f"ids[{i}]")
 
     def _check_owner(self, item_id: str, where: str) -> None:
         o = self.options
@@ -394,14 +401,7 @@ class RecallCore:
         """Commit and apply deletes (unknown ids are no-ops); returns the sequence."""
         if not ids:
             raise InvalidArgument("at least one id is required", field="ids")
-        if len(ids) > self.options.max_batch:
-            raise ResourceExhausted(
-                f"{len(ids)} ids exceeds the limit of {self.options.max_batch}", field="ids"
-            )
-        for i, item_id in enumerate(ids):
-            if not item_id:
-                raise InvalidArgument("must not be empty", field=f"ids[{i}]")
-            self._check_owner(item_id, f"ids[{i}]")
+        self._check_ids(ids, owned=True)
         return self._commit([LogWrite(DELETE, item_id) for item_id in ids])
 
     def _commit(self, writes: list[LogWrite]) -> int:

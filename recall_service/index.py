@@ -321,15 +321,17 @@ class ItemIndex:
         return out
 
     def _excluded(self, spec: SearchSpec) -> npt.NDArray[np.int64]:
+        """Distinct live labels of the spec's excluded ids (unknown ids are ignored)."""
         label_of = self._label_of
-        return np.fromiter((label_of[i] for i in spec.exclude_ids if i in label_of), dtype=np.int64)
+        found = (label_of[i] for i in spec.exclude_ids if i in label_of)
+        return np.unique(np.fromiter(found, dtype=np.int64))
 
     def _ann_batch(
         self, queries: F32Array, specs: Sequence[SearchSpec], num_threads: int
     ) -> list[Hits]:
         live = len(self._label_of)
         if live <= self.full_scan_threshold:
-            return [self._scan(q, s) for q, s in zip(queries, specs, strict=True)]
+            return [self._exact(q, s) for q, s in zip(queries, specs, strict=True)]
         excluded = [self._excluded(s) for s in specs]
         # Over-fetch by the number of excluded live labels so k others remain.
         fetch = min(max(s.k + len(e) for s, e in zip(specs, excluded, strict=True)), live)
@@ -349,20 +351,6 @@ class ItemIndex:
                 hits = self._exact(queries[row], spec, None)
             out.append(hits)
         return out
-
-    def _scan(self, query: F32Array, spec: SearchSpec) -> Hits:
-        """Exact top-k over every live, non-excluded item: one product with all rows."""
-        n = len(self._items)
-        scores = self._vectors[:n] @ query
-        scores[~self._live[:n]] = -np.inf
-        excluded = np.unique(self._excluded(spec))
-        scores[excluded] = -np.inf
-        k = min(spec.k, len(self._label_of) - len(excluded))
-        if k <= 0:
-            return _NO_HITS
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return top.astype(np.int64), scores[top].astype(np.float32)
 
     def _filtered(self, query: F32Array, spec: SearchSpec) -> Hits:
         if spec.predicate is None:
@@ -384,19 +372,28 @@ class ItemIndex:
             return self._exact(query, spec, allowed)
         return labels[0].astype(np.int64), (1.0 - dists[0]).astype(np.float32)
 
-    def _exact(self, query: F32Array, spec: SearchSpec, labels: list[int] | None) -> Hits:
-        """Brute force over ``labels`` (default: every live, non-excluded label)."""
+    def _exact(self, query: F32Array, spec: SearchSpec, labels: list[int] | None = None) -> Hits:
+        """Brute force over ``labels`` (default: every live, non-excluded label, as one
+        product with all rows)."""
         if labels is None:
-            ex = set(self._excluded(spec).tolist())
-            labels = [lab for lab in self._label_of.values() if lab not in ex]
-        if not labels:
+            n = len(self._items)
+            scores = self._vectors[:n] @ query
+            scores[~self._live[:n]] = -np.inf
+            excluded = self._excluded(spec)
+            scores[excluded] = -np.inf
+            idx = None
+            count = len(self._label_of) - len(excluded)
+        else:
+            idx = np.fromiter(labels, dtype=np.int64, count=len(labels))
+            scores = self._vectors[idx] @ query
+            count = len(idx)
+        k = min(spec.k, count)
+        if k <= 0:
             return _NO_HITS
-        idx = np.fromiter(labels, dtype=np.int64, count=len(labels))
-        scores = self._vectors[idx] @ query
-        k = min(spec.k, len(idx))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
-        return idx[top], scores[top].astype(np.float32)
+        chosen = top.astype(np.int64) if idx is None else idx[top]
+        return chosen, scores[top].astype(np.float32)
 
     # -- writes --------------------------------------------------------------------------
 
@@ -457,11 +454,8 @@ class ItemIndex:
         log.info("growing index", extra={"from": capacity, "to": new_capacity})
         self._hnsw.resize_index(new_capacity)
         self._vectors = _grow(self._vectors, new_capacity)
-        for name in ("_written", "_live"):
-            old = getattr(self, name)
-            grown = np.zeros(new_capacity, bool)
-            grown[: len(old)] = old
-            setattr(self, name, grown)
+        self._written = _grow_mask(self._written, new_capacity)
+        self._live = _grow_mask(self._live, new_capacity)
 
 
 _NO_HITS: Hits = (np.zeros(0, np.int64), np.zeros(0, np.float32))
@@ -478,6 +472,12 @@ def _grow(vectors: F32Array, capacity: int) -> F32Array:
         return np.ascontiguousarray(vectors, dtype=np.float32)
     out = np.zeros((capacity, vectors.shape[1]), dtype=np.float32)
     out[: len(vectors)] = vectors
+    return out
+
+
+def _grow_mask(mask: npt.NDArray[np.bool_], capacity: int) -> npt.NDArray[np.bool_]:
+    out = np.zeros(capacity, bool)
+    out[: len(mask)] = mask
     return out
 
 
