@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from onnx import numpy_helper
 from bench.common import ensure_bundle, median_ms
 from recstack.bundle import Bundle
 from recstack.features import candidate_features
+from recstack.procs import free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from recstack.vectors import pack
 from training.ranker import FusionRanker
@@ -133,18 +133,12 @@ def ort_vs_torch(bundle: Bundle, threads: int, budget_s: float) -> list[dict[str
 # ---------------------------------------------------------------- batching on vs off
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RankProcess:
     """A rank server subprocess on a free port, SERVING before __enter__ returns."""
 
     def __init__(self, bundle: Path, extra: list[str], workdir: Path, name: str) -> None:
         self.port_file = workdir / f"{name}.port"
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         self.log = (workdir / f"{name}.log").open("w")
         cmd = [
             sys.executable, "-m", "rank_service",
@@ -288,7 +282,7 @@ def processes_one_vs_two(bundle: Bundle, args: argparse.Namespace) -> dict[str, 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in (1, 2):
-            extra = ["--processes", str(n), "--port", str(_free_port())] if n > 1 else []
+            extra = ["--processes", str(n), "--port", str(free_port())] if n > 1 else []
             with RankProcess(bundle.root, common + extra, Path(tmp), f"p{n}") as server:
                 time.sleep(3 if n > 1 else 0)  # let every worker finish loading
                 out[str(n)] = drive(

@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.stack_bench import RESULTS, _cpu_seconds, verdict
+from bench.stack_bench import RESULTS, cpu_seconds, loadtest_closed, spread, verdict
 from recstack.procs import ServiceProcess
 
 SERVICES = {"recall": "recstack.v1.RecallService", "rank": "recstack.v1.RankService"}
@@ -130,23 +128,6 @@ def _start(mode: str, service: str, bundle: str, work: Path) -> ServiceProcess:
     )
 
 
-def _load(port: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "loadtest", "closed", "--service", args.service]
-    size = "--k" if args.service == "recall" else "--candidates"
-    command += ["--target", f"127.0.0.1:{port}", "--bundle", args.bundle, size, str(args.k)]
-    command += ["--concurrency", str(args.concurrency), "--duration", str(args.duration)]
-    command += ["--out", str(out), "--no-plots", "--no-progress"]
-    subprocess.run(command, check=True, capture_output=True, text=True)
-    phase = json.loads(out.read_text())["phases"][0]
-    return {
-        "achieved_rps": phase["achieved_rps"],
-        "p50_ms": phase["latency_ms"]["p50"],
-        "p99_ms": phase["latency_ms"]["p99"],
-        "requests": phase["sent"],
-        "errors": phase["error_count"],
-    }
-
-
 def compare(args: argparse.Namespace) -> int:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory(prefix="server-model-") as tmp:
@@ -157,9 +138,11 @@ def compare(args: argparse.Namespace) -> int:
                 proc.wait_serving(SERVICES[args.service], 300)
             for pair in range(1, args.pairs + 1):
                 for mode, proc in servers.items():
-                    before = _cpu_seconds(proc.proc.pid)
-                    result = _load(proc.port, args, work / f"{mode}.json")
-                    cpu = _cpu_seconds(proc.proc.pid) - before
+                    before = cpu_seconds(proc.proc.pid)
+                    size = ["--k" if args.service == "recall" else "--candidates", str(args.k)]
+                    out = work / f"{mode}.json"
+                    result = loadtest_closed(args.service, proc.port, args, out, size)
+                    cpu = cpu_seconds(proc.proc.pid) - before
                     result["cpu_ms_per_request"] = cpu / max(result["requests"], 1) * 1000
                     runs[mode].append(result)
                     print(
@@ -175,12 +158,7 @@ def compare(args: argparse.Namespace) -> int:
     for mode, rs in runs.items():
         summary[mode] = {}
         for metric in ("achieved_rps", "p50_ms", "p99_ms", "cpu_ms_per_request"):
-            values = [r[metric] for r in rs]
-            summary[mode][metric] = {
-                "median": statistics.median(values),
-                "min": min(values),
-                "max": max(values),
-            }
+            summary[mode][metric] = spread([r[metric] for r in rs])
     print(f"\n{args.service}: {args.pairs} rounds, {args.concurrency} callers (median [min-max])")
     for metric, higher in (
         ("achieved_rps", True),

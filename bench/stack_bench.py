@@ -57,7 +57,7 @@ METRICS = ("achieved_rps", "p50_ms", "p99_ms")
 HIGHER_IS_BETTER = {"achieved_rps": True, "p50_ms": False, "p99_ms": False}
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` and its direct children (``--processes`` workers)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
@@ -73,13 +73,15 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _loadtest(port: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "loadtest", "closed", "--service", "recommend"]
+def loadtest_closed(
+    service: str, port: int, args: argparse.Namespace, out: Path, extra: list[str]
+) -> dict[str, Any]:
+    """One ``python -m loadtest closed`` run (its own process) against ``port``: achieved
+    req/s, p50/p99 ms, requests sent and errors (``args``: bundle, concurrency, duration)."""
+    command = [sys.executable, "-m", "loadtest", "closed", "--service", service]
     command += ["--target", f"127.0.0.1:{port}", "--bundle", args.bundle]
     command += ["--concurrency", str(args.concurrency), "--duration", str(args.duration)]
-    command += ["--out", str(out), "--no-plots", "--no-progress"]
-    if args.mix:
-        command += ["--mix", args.mix]
+    command += ["--out", str(out), "--no-plots", "--no-progress", *extra]
     subprocess.run(command, check=True, capture_output=True, text=True)
     phase = json.loads(out.read_text())["phases"][0]
     latency = phase["latency_ms"]
@@ -92,6 +94,11 @@ def _loadtest(port: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Median and [min, max] of repeated runs (what every A/B figure reports)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def measure(side: str, stack: Stack | None, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One closed-loop measurement of ``side`` (a running stack, or the floor)."""
     out = work / f"{side}.json"
@@ -101,11 +108,12 @@ def measure(side: str, stack: Stack | None, args: argparse.Namespace, work: Path
         command += ["--out", str(out)] + (["--mix", args.mix] if args.mix else [])
         subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
         return dict(json.loads(out.read_text()))
-    before = {s.name: _cpu_seconds(s.proc.pid) for s in stack.services}
-    result = _loadtest(stack.gateway.port, args, out)
+    before = {s.name: cpu_seconds(s.proc.pid) for s in stack.services}
+    mix = ["--mix", args.mix] if args.mix else []
+    result = loadtest_closed("recommend", stack.gateway.port, args, out, mix)
     sent = max(result["requests"], 1)
     result["cpu_ms_per_request"] = {
-        s.name: (_cpu_seconds(s.proc.pid) - before[s.name]) / sent * 1000 for s in stack.services
+        s.name: (cpu_seconds(s.proc.pid) - before[s.name]) / sent * 1000 for s in stack.services
     }
     return result
 
@@ -113,15 +121,9 @@ def measure(side: str, stack: Stack | None, args: argparse.Namespace, work: Path
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for metric in METRICS:
-        values = [r[metric] for r in runs]
-        out[metric] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        out[metric] = spread([r[metric] for r in runs])
     for name in runs[0]["cpu_ms_per_request"]:
-        values = [r["cpu_ms_per_request"][name] for r in runs]
-        out[f"cpu_ms/{name}"] = {
-            "median": statistics.median(values),
-            "min": min(values),
-            "max": max(values),
-        }
+        out[f"cpu_ms/{name}"] = spread([r["cpu_ms_per_request"][name] for r in runs])
     return out
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from recstack.procs import free_port
 
 
 def _bin(name: str) -> str:
@@ -26,12 +27,6 @@ def _bin(name: str) -> str:
         if (base / name).exists():
             return str(base / name)
     raise FileNotFoundError(f"PostgreSQL's {name} is not installed (apt-get install postgresql)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -45,7 +40,7 @@ def postgres_cluster() -> Iterator[str]:
     data = tmp / "pgdata"
     if as_root:
         shutil.chown(tmp, "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         [*prefix, _bin("initdb"), "-D", str(data), "-U", "recstack", "-A", "trust", "--no-sync"],
         check=True,

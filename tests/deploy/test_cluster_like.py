@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack.bundle import Bundle
+from recstack.procs import free_port
 from recstack.publish import publish
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.deploy import k8s
@@ -50,13 +50,6 @@ pytestmark = pytest.mark.process
 
 READY_TIMEOUT_S = 240
 PUBLISHED_CLAIM = "recstack-bundles"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -1,6 +1,5 @@
 """Prometheus /metrics: per-RPC counts by status code and the served bundle version."""
 
-import socket
 import urllib.request
 
 import grpc
@@ -8,14 +7,9 @@ import pytest
 
 from rank_service.server import serve
 from recstack.config import RankOptions, ServerOptions
+from recstack.procs import free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from tests.conftest import channel_to
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_metrics_count_rpcs_by_code(bundle_dir, bundle):

@@ -14,7 +14,6 @@ process exits 0 within ``--grace-seconds``.
 from __future__ import annotations
 
 import queue
-import socket
 import threading
 import time
 import urllib.request
@@ -26,6 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from recstack.procs import free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from recstack.vectors import l2_normalize
 from tests.process.helpers import Proc
@@ -39,12 +39,6 @@ WAIT_S = 30.0  # the test's own bound on each step
 IN_FLIGHT = 6
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def queue_depth(metrics_port: int) -> float:

@@ -1,7 +1,6 @@
 """--processes N: stateless services run N workers on one port (SO_REUSEPORT)."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -9,15 +8,10 @@ import time
 import grpc
 import pytest
 
+from recstack.procs import free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 
 pytestmark = pytest.mark.process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:
