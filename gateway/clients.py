@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -23,7 +24,8 @@ from recstack.domain import (
     RecallResult,
     ScoredItem,
 )
-from recstack.errors import RecstackError, Unavailable, error_for_kind
+from recstack.errors import FailedPrecondition, RecstackError, Unavailable, error_for_kind
+from recstack.lifecycle import VERSION_FIELD
 from recstack.pbconv import filters_to_pb, recall_result_from_pb
 from recstack.server import FIELD_METADATA_KEY, KIND_FOR_STATUS
 from recstack.sharding import shard_of
@@ -70,6 +72,7 @@ class GrpcRecall:
             user_prior=query.user_prior,
             exclude_history=query.exclude_history,
             include_details=query.include_details,
+            embedding_version=query.embedding_version,
         )
         resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
         return recall_result_from_pb(resp)
@@ -110,12 +113,18 @@ class GrpcRank:
         resp = relay_errors("rank", lambda: self.stub.Rank(request, timeout=timeout))
         return RankResult([ScoredItem(i.id, i.score) for i in resp.items], resp.bundle_version)
 
-    def side_features(self, timeout: float | None) -> tuple[str, ...]:
-        """The side features the ranker declares (GetInfo), in the order it expects them."""
-        info = relay_errors(
+    def _info(self, timeout: float | None) -> rank_pb2.RankServiceGetInfoResponse:
+        return relay_errors(
             "rank", lambda: self.stub.GetInfo(rank_pb2.RankServiceGetInfoRequest(), timeout=timeout)
         )
-        return tuple(info.side_features)
+
+    def side_features(self, timeout: float | None) -> tuple[str, ...]:
+        """The side features the ranker declares (GetInfo), in the order it expects them."""
+        return tuple(self._info(timeout).side_features)
+
+    def serving_versions(self, timeout: float | None) -> tuple[str, ...]:
+        """The embedding versions a rank replica serves now (GetInfo), primary first."""
+        return tuple(self._info(timeout).serving_versions)
 
 
 class ShardedRecall:
@@ -139,22 +148,48 @@ class ShardedRecall:
         if len(self.shards) == 1:
             return self.shards[0].recall(query, timeout)
         futures = [self._pool.submit(s.recall, query, timeout) for s in self.shards]
-        results: list[RecallResult] = []
+        answers: dict[int, RecallResult] = {}
         missing: list[int] = []
         first_error: RecstackError | None = None
         for index, future in enumerate(futures):
             try:
-                results.append(future.result())
+                answers[index] = future.result()
             except RecstackError as exc:
                 if self.policy != "partial" or exc.kind.value == "INVALID_ARGUMENT":
                     raise  # a bad request is bad on every shard: report it, not a gap
                 first_error = first_error or exc
                 missing.append(index)
-        if not results:
+        if not answers:
             assert first_error is not None
             raise first_error
-        _same_version(r.bundle_version for r in results)
-        return RecallResult.concat(results, query.k, tuple(missing))
+        if len({r.bundle_version for r in answers.values()}) > 1:
+            answers = self._in_one_version(query, timeout, answers)
+        return RecallResult.concat(list(answers.values()), query.k, tuple(missing))
+
+    def _in_one_version(
+        self, query: RecallQuery, timeout: float | None, answers: dict[int, RecallResult]
+    ) -> dict[int, RecallResult]:
+        """Shards swapped at different moments of a rollout: re-ask the shards that
+        answered in another version, pinned to one every shard holds (a swapped shard
+        keeps the version it replaced). Never merges two spaces; Unavailable if no
+        version is common."""
+        versions = [r.bundle_version for r in answers.values()]
+        for version in dict.fromkeys(versions):
+            pinned = replace(query, embedding_version=version)
+            redo = {
+                i: self._pool.submit(self.shards[i].recall, pinned, timeout)
+                for i, r in answers.items()
+                if r.bundle_version != version
+            }
+            try:
+                again = {i: f.result() for i, f in redo.items()}
+            except FailedPrecondition as exc:
+                if exc.field != VERSION_FIELD:
+                    raise
+                continue
+            return {**answers, **again}
+        _same_version(versions)  # raises Unavailable naming the versions
+        raise AssertionError("unreachable: more than one version")
 
     def get_items(self, ids: Sequence[str], timeout: float | None) -> ItemsResult:
         """Each id asked of the shard that owns it (in parallel); results in ``ids`` order."""

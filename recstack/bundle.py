@@ -43,21 +43,44 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+CURRENT = "CURRENT"
+# The version CURRENT named before the last publish (written by recstack.publish): a
+# service started mid-rollout also loads it, for callers still on the old version.
+PREVIOUS = "PREVIOUS"
+
+
+def _pointed(pointer: Path) -> Path:
+    name = pointer.read_text().strip()
+    if not name or "/" in name or name in (".", ".."):
+        raise BundleError(f"{pointer}: invalid version name {name!r}")
+    target = pointer.parent / name
+    if (target / MANIFEST).is_file():
+        return target
+    raise BundleError(f"{pointer} names {name!r}, which has no {MANIFEST}")
+
+
 def resolve_bundle_dir(path: str | os.PathLike[str]) -> Path:
     """A bundle directory, or the version a root's ``CURRENT`` pointer names."""
     p = Path(path)
     if (p / MANIFEST).is_file():
         return p
-    pointer = p / "CURRENT"
+    pointer = p / CURRENT
     if pointer.is_file():
-        name = pointer.read_text().strip()
-        if not name or "/" in name or name in (".", ".."):
-            raise BundleError(f"{pointer}: invalid version name {name!r}")
-        target = p / name
-        if (target / MANIFEST).is_file():
-            return target
-        raise BundleError(f"{pointer} names {name!r}, which has no {MANIFEST}")
+        return _pointed(pointer)
     raise BundleError(f"{p} is neither a bundle (no {MANIFEST}) nor a root with CURRENT")
+
+
+def resolve_previous_dir(path: str | os.PathLike[str]) -> Path | None:
+    """The version a root's ``PREVIOUS`` pointer names; None for a bundle directory, a
+    root without PREVIOUS, or one whose PREVIOUS names nothing loadable (logged by callers
+    as "previous not loaded")."""
+    pointer = Path(path) / PREVIOUS
+    if (Path(path) / MANIFEST).is_file() or not pointer.is_file():
+        return None
+    try:
+        return _pointed(pointer)
+    except BundleError:
+        return None
 
 
 def safe_member(root: Path, rel: str) -> Path:

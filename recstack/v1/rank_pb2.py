@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recstack/v1/rank.proto\x12\x0brecstack.v1\"\xb4\x01\n\x0bRankRequest\x12\x13\n\x0buser_vector\x18\x01 \x01(\x0c\x12\x15\n\rcandidate_ids\x18\x02 \x03(\t\x12\x19\n\x11\x63\x61ndidate_vectors\x18\x03 \x01(\x0c\x12\x19\n\x11\x65mbedding_version\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x18\n\x10\x64iversity_lambda\x18\x06 \x01(\x02\x12\x1a\n\x12\x63\x61ndidate_features\x18\x07 \x01(\x0c\"\'\n\nScoredItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"N\n\x0cRankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\"\x1b\n\x19RankServiceGetInfoRequest\"\xb6\x01\n\x1aRankServiceGetInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x03 \x01(\t\x12\x16\n\x0emax_candidates\x18\x04 \x01(\r\x12\x15\n\rside_features\x18\x05 \x03(\t\x12\x10\n\x08\x62\x61tching\x18\x06 \x01(\x08\x12\x16\n\x0emax_batch_rows\x18\x07 \x01(\r\"4\n\x18RankServiceReloadRequest\x12\x18\n\x10\x65xpected_version\x18\x01 \x01(\t\"^\n\x19RankServiceReloadResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07swapped\x18\x03 \x01(\x08\x32\xff\x01\n\x0bRankService\x12;\n\x04Rank\x12\x18.recstack.v1.RankRequest\x1a\x19.recstack.v1.RankResponse\x12Z\n\x07GetInfo\x12&.recstack.v1.RankServiceGetInfoRequest\x1a\'.recstack.v1.RankServiceGetInfoResponse\x12W\n\x06Reload\x12%.recstack.v1.RankServiceReloadRequest\x1a&.recstack.v1.RankServiceReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recstack/v1/rank.proto\x12\x0brecstack.v1\"\xb4\x01\n\x0bRankRequest\x12\x13\n\x0buser_vector\x18\x01 \x01(\x0c\x12\x15\n\rcandidate_ids\x18\x02 \x03(\t\x12\x19\n\x11\x63\x61ndidate_vectors\x18\x03 \x01(\x0c\x12\x19\n\x11\x65mbedding_version\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x18\n\x10\x64iversity_lambda\x18\x06 \x01(\x02\x12\x1a\n\x12\x63\x61ndidate_features\x18\x07 \x01(\x0c\"\'\n\nScoredItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"N\n\x0cRankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\"\x1b\n\x19RankServiceGetInfoRequest\"\xd0\x01\n\x1aRankServiceGetInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x03 \x01(\t\x12\x16\n\x0emax_candidates\x18\x04 \x01(\r\x12\x15\n\rside_features\x18\x05 \x03(\t\x12\x10\n\x08\x62\x61tching\x18\x06 \x01(\x08\x12\x16\n\x0emax_batch_rows\x18\x07 \x01(\r\x12\x18\n\x10serving_versions\x18\x08 \x03(\t\"4\n\x18RankServiceReloadRequest\x12\x18\n\x10\x65xpected_version\x18\x01 \x01(\t\"^\n\x19RankServiceReloadResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07swapped\x18\x03 \x01(\x08\x32\xff\x01\n\x0bRankService\x12;\n\x04Rank\x12\x18.recstack.v1.RankRequest\x1a\x19.recstack.v1.RankResponse\x12Z\n\x07GetInfo\x12&.recstack.v1.RankServiceGetInfoRequest\x1a\'.recstack.v1.RankServiceGetInfoResponse\x12W\n\x06Reload\x12%.recstack.v1.RankServiceReloadRequest\x1a&.recstack.v1.RankServiceReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,11 +40,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKSERVICEGETINFOREQUEST']._serialized_start=343
   _globals['_RANKSERVICEGETINFOREQUEST']._serialized_end=370
   _globals['_RANKSERVICEGETINFORESPONSE']._serialized_start=373
-  _globals['_RANKSERVICEGETINFORESPONSE']._serialized_end=555
-  _globals['_RANKSERVICERELOADREQUEST']._serialized_start=557
-  _globals['_RANKSERVICERELOADREQUEST']._serialized_end=609
-  _globals['_RANKSERVICERELOADRESPONSE']._serialized_start=611
-  _globals['_RANKSERVICERELOADRESPONSE']._serialized_end=705
-  _globals['_RANKSERVICE']._serialized_start=708
-  _globals['_RANKSERVICE']._serialized_end=963
+  _globals['_RANKSERVICEGETINFORESPONSE']._serialized_end=581
+  _globals['_RANKSERVICERELOADREQUEST']._serialized_start=583
+  _globals['_RANKSERVICERELOADREQUEST']._serialized_end=635
+  _globals['_RANKSERVICERELOADRESPONSE']._serialized_start=637
+  _globals['_RANKSERVICERELOADRESPONSE']._serialized_end=731
+  _globals['_RANKSERVICE']._serialized_start=734
+  _globals['_RANKSERVICE']._serialized_end=989
 # @@protoc_insertion_point(module_scope)
