@@ -269,12 +269,13 @@ class RankCore:
 
 
 def publish_metrics(core: RankCore, *, serving: bool) -> None:
-    """Set (or clear) the bundle/provider gauges for ``core``."""
-    value = 1 if serving else 0
-    metrics.BUNDLE_INFO.labels("rank", core.version, core.provider).set(value)
-    metrics.RANK_PROVIDER.labels(
-        core.provider, core.requested_device, str(core.runner.io_binding).lower()
-    ).set(value)
+    """Set (or clear) ``core``'s bundle gauge; a serving core also sets the provider gauge
+    (left set when a core retires: every core of a process runs on the same provider)."""
+    metrics.BUNDLE_INFO.labels("rank", core.version, core.provider).set(1 if serving else 0)
+    if serving:
+        metrics.RANK_PROVIDER.labels(
+            core.provider, core.requested_device, str(core.runner.io_binding).lower()
+        ).set(1)
 
 
 def load_core(
