@@ -51,6 +51,30 @@ def relay_errors(service: str, call: Callable[[], R]) -> R:
         raise exc from err
 
 
+def shard_targets(value: str) -> list[str]:
+    """The gRPC target of each recall shard, in shard order, from ``--recall-address``.
+
+    Comma-separated targets, one per shard (``host:port`` or ``dns:///name:port``); an
+    ``ipv4:``/``ipv6:`` target lists a shard's replicas itself and keeps the items that
+    follow it without a scheme (``ipv4:10.0.0.1:50051,10.0.0.2:50051`` is one shard
+    balanced over two replicas; gRPC's own address-list syntax).
+    """
+    targets: list[str] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        if (
+            targets
+            and targets[-1].startswith(("ipv4:", "ipv6:"))
+            and "://" not in item
+            and (not item.startswith(("ipv4:", "ipv6:", "dns:", "unix:")))
+        ):
+            targets[-1] += "," + item
+        else:
+            targets.append(item)
+    return targets
+
+
 class GrpcRecall:
     """RecallBackend over a recstack.v1.RecallService channel."""
 

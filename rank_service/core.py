@@ -289,7 +289,8 @@ def load_core(
 
     A core that fails its self-check is closed before the error propagates (no thread leak).
     """
-    core = RankCore(Bundle.open(path or options.bundle), options, ort, before_batch=before_batch)
+    bundle = Bundle.open(path or options.bundle, verify="on_use")
+    core = RankCore(bundle, options, ort, before_batch=before_batch)
     try:
         core.self_check()
     except BaseException:

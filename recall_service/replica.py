@@ -64,7 +64,7 @@ class Replica:
         self.lifecycle: Lifecycle[RecallCore] = Lifecycle(
             "recall",
             options.bundle,
-            lambda path: self._build(Bundle.open(path)),
+            lambda path: self._build(Bundle.open(path, verify="on_use")),
             grace_s=options.version_grace_s,
             load_previous=options.load_previous,
             publishing=self._publishing,

@@ -252,7 +252,8 @@ class GatewayOptions:
 
     recall_address: str = _opt(
         f"127.0.0.1:{RECALL_PORT}",
-        "recall host:port; comma-separated shard addresses in shard order when sharded",
+        "recall host:port; comma-separated shard targets in shard order when sharded "
+        "(an ipv4:A,B target is one shard over replicas A and B)",
     )
     rank_address: str = _opt(f"127.0.0.1:{RANK_PORT}", "rank service host:port")
     bundle: str = _opt("", "bundle seeding user profiles, popularity and titles (optional)")

@@ -544,3 +544,21 @@ def test_bad_bundle_is_refused_and_old_keeps_serving(bundle_root, bundle, bundle
         assert core.rank(q, Deadline.none()).bundle_version == "v1"
     assert lc.reload(expected_version="v2").swapped
     lc.close()
+
+
+def test_rank_verifies_only_the_files_it_loads(bundle_dir, tmp_path):
+    """Rank never hashes the encoder (it never runs it): a damaged encoder does not stop
+    it, a damaged ranker does."""
+    copy = copy_bundle(Path(bundle_dir), tmp_path / "b")
+    encoder = copy / "encoder" / "model.onnx"
+    data = bytearray(encoder.read_bytes())
+    data[-1] ^= 0xFF  # same size, other sha256
+    encoder.write_bytes(bytes(data))
+    core = load_core(RankOptions(bundle=str(copy)), SessionOptions("cpu"))
+    core.close(WAIT)
+    ranker = copy / "ranker" / "model.onnx"
+    data = bytearray(ranker.read_bytes())
+    data[-1] ^= 0xFF
+    ranker.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch for ranker/model.onnx"):
+        load_core(RankOptions(bundle=str(copy)), SessionOptions("cpu"))
