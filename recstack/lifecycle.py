@@ -214,7 +214,7 @@ class Versions(Generic[C]):
         for v in stale:
             log.info(
                 "retained bundle version retired",
-                extra={"service": self.what, "version": v, "grace_s": self.grace_s},
+                extra={"role": self.what, "version": v, "grace_s": self.grace_s},
             )
         return stale
 
@@ -319,7 +319,7 @@ class Lifecycle(Generic[C]):
             except Exception as exc:
                 log.warning(
                     "previous bundle version not loaded; serving only the current one",
-                    extra={"service": self.service, "path": str(previous), "error": str(exc)},
+                    extra={"role": self.service, "path": str(previous), "error": str(exc)},
                 )
                 return
             if self.versions.retain(core):
@@ -327,7 +327,7 @@ class Lifecycle(Generic[C]):
                     self._on_serving(core, True)
                 log.info(
                     "previous bundle version retained for rollouts",
-                    extra={"service": self.service, "version": core.version},
+                    extra={"role": self.service, "version": core.version},
                 )
             else:
                 core.close()
@@ -345,7 +345,7 @@ class Lifecycle(Generic[C]):
                 target = resolve_bundle_dir(self.path).resolve()
             except BundleError as exc:
                 self._count("refused")
-                log.error("reload refused: %s", exc, extra={"service": self.service})
+                log.error("reload refused: %s", exc, extra={"role": self.service})
                 raise FailedPrecondition(f"reload refused: {exc}", field="bundle") from exc
             if current is not None and target == current.root:
                 self._check_expected(expected_version, current.version)
@@ -360,7 +360,7 @@ class Lifecycle(Generic[C]):
                     "reload refused, still serving %s: %s",
                     previous,
                     exc,
-                    extra={"service": self.service, "path": str(target)},
+                    extra={"role": self.service, "path": str(target)},
                 )
                 raise FailedPrecondition(
                     f"bundle at {target.name} refused ({exc}); still serving {previous!r}",
@@ -377,7 +377,7 @@ class Lifecycle(Generic[C]):
             log.info(
                 "bundle hot-swapped",
                 extra={
-                    "service": self.service,
+                    "role": self.service,
                     "from": previous,
                     "to": core.version,
                     "held": list(self.versions.held()),

@@ -71,6 +71,8 @@ def start_load(target: int, bundle: Path, out: Path, duration: float) -> subproc
             "--no-progress",
             "--out",
             str(out),
+            "--accept-versions",
+            "v1,v2",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -81,6 +83,8 @@ def finished_load(load: subprocess.Popen[bytes], out: Path) -> dict[str, int]:
     output, _ = load.communicate(timeout=240)
     assert load.returncode == 0, output.decode()[-3000:]
     report = json.loads(out.read_text())
+    answered = report["meta"]["answered_versions"]
+    assert answered.get("v1") and answered.get("v2"), f"the load never saw both: {answered}"
     totals = {"sent": 0, "ok": 0, "errors": 0}
     for phase in report["phases"]:
         totals["sent"] += phase["sent"]
