@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from rank_service.core import RankCore
 from rank_service.reload import BundleReloader
-from rank_service.servicer import RankServicer
+from rank_service.servicer import RankAdminServicer, RankServicer
 from recstack.batcher import BeforeRunHook
 from recstack.config import OrtOptions, RankOptions, ServerOptions
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 
 SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name
+ADMIN_SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankAdminService"].full_name
 
 
 def serve(
@@ -34,6 +35,7 @@ def serve(
     session_options = (ort or OrtOptions()).session_options(options.optimized_model_path or None)
     reloader = BundleReloader(ref, options, session_options, before_batch=before_batch)
     servicer = RankServicer(ref, reloader if options.reload_rpc else None)
+    admin = RankAdminServicer(servicer)
 
     def load() -> None:
         reloader.load_initial()
@@ -44,7 +46,11 @@ def serve(
         [
             ServiceSpec(
                 SERVICE_NAME, lambda s: rank_pb2_grpc.add_RankServiceServicer_to_server(servicer, s)
-            )
+            ),
+            ServiceSpec(
+                ADMIN_SERVICE_NAME,
+                lambda s: rank_pb2_grpc.add_RankAdminServiceServicer_to_server(admin, s),
+            ),
         ],
         load,
     )

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 
 from rank_service.core import CoreRetired, RankCore
-from rank_service.reload import BundleReloader
+from rank_service.reload import BundleReloader, ReloadOutcome
 from recstack.domain import RankQuery, RankResult
 from recstack.errors import FailedPrecondition, InvalidArgument
 from recstack.server import CoreRef, deadline_of
@@ -86,16 +86,42 @@ class RankServicer(rank_pb2_grpc.RankServiceServicer):
             max_batch_rows=i.max_batch_rows,
         )
 
+    def reload(self, expected_version: str) -> ReloadOutcome:
+        """The reload of both admin RPCs (RankAdminService.ReloadBundle, deprecated Reload)."""
+        if self.reloader is None:
+            raise FailedPrecondition(
+                "the reload RPC is disabled on this server (--reload-rpc)", reason="RELOAD_DISABLED"
+            )
+        self.core.get()  # UNAVAILABLE while the first bundle is still loading
+        return self.reloader.reload(expected_version)
+
     def Reload(
         self,
         request: rank_pb2.RankServiceReloadRequest,
         context: grpc.ServicerContext,
     ) -> rank_pb2.RankServiceReloadResponse:
-        if self.reloader is None:
-            raise FailedPrecondition("the Reload RPC is disabled on this server (--reload-rpc)")
-        self.core.get()  # UNAVAILABLE while the first bundle is still loading
-        outcome = self.reloader.reload(request.expected_version)
+        """Deprecated alias of RankAdminService.ReloadBundle (one release)."""
+        outcome = self.reload(request.expected_version)
         return rank_pb2.RankServiceReloadResponse(
+            bundle_version=outcome.bundle_version,
+            previous_version=outcome.previous_version,
+            swapped=outcome.swapped,
+        )
+
+
+class RankAdminServicer(rank_pb2_grpc.RankAdminServiceServicer):
+    """recstack.v1.RankAdminService: the operator RPCs, over the same reloader."""
+
+    def __init__(self, rank: RankServicer) -> None:
+        self.rank = rank
+
+    def ReloadBundle(
+        self,
+        request: rank_pb2.RankAdminServiceReloadBundleRequest,
+        context: grpc.ServicerContext,
+    ) -> rank_pb2.RankAdminServiceReloadBundleResponse:
+        outcome = self.rank.reload(request.expected_version)
+        return rank_pb2.RankAdminServiceReloadBundleResponse(
             bundle_version=outcome.bundle_version,
             previous_version=outcome.previous_version,
             swapped=outcome.swapped,

@@ -120,6 +120,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
     def ReloadBundle(
         self, request: recall_pb2.ReloadBundleRequest, context: grpc.ServicerContext
     ) -> recall_pb2.ReloadBundleResponse:
+        """Deprecated alias of RecallAdminService.ReloadBundle (one release)."""
         version, swapped = self.replica.reload()
         return recall_pb2.ReloadBundleResponse(bundle_version=version, swapped=swapped)
 
@@ -140,4 +141,21 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             shard_count=i.shard_count,
             applied_sequence=i.applied_sequence,
             filter_fields=i.filter_fields,
+        )
+
+
+class RecallAdminServicer(recall_pb2_grpc.RecallAdminServiceServicer):
+    """recstack.v1.RecallAdminService: the operator RPCs, over the same replica."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def ReloadBundle(
+        self,
+        request: recall_pb2.RecallAdminServiceReloadBundleRequest,
+        context: grpc.ServicerContext,
+    ) -> recall_pb2.RecallAdminServiceReloadBundleResponse:
+        version, swapped = self.replica.reload()
+        return recall_pb2.RecallAdminServiceReloadBundleResponse(
+            bundle_version=version, swapped=swapped
         )
