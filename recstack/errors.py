@@ -41,6 +41,11 @@ FIELD_METADATA_KEY = "recstack-field"
 # Hint sent in RetryInfo when a queue is full: roughly one batching window plus one model
 # run, i.e. when the queue has moved on. Clients should still back off exponentially.
 OVERLOAD_RETRY_DELAY_S = 0.1
+# Byte caps on what the status repeats (messages may echo request values: ids, versions).
+# Message, descriptions and metadata all travel in the trailers, and gRPC clients refuse
+# trailers over 8 KiB by default (the call then fails RESOURCE_EXHAUSTED instead).
+MAX_MESSAGE_BYTES = 400
+MAX_DETAIL_BYTES = 160
 
 
 class ErrorKind(Enum):
@@ -209,15 +214,27 @@ class ErrorDetails:
         )
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), "..." marking
+    a cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "..."
+
+
 def to_status(exc: RecstackError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` of a domain error: ErrorInfo, then BadRequest, RetryInfo."""
-    details = [error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=exc.metadata)]
+    """The ``google.rpc.Status`` of a domain error: ErrorInfo, then BadRequest, RetryInfo.
+
+    Texts are clipped (MAX_MESSAGE_BYTES, MAX_DETAIL_BYTES) so the trailers stay small."""
+    metadata = {k: clip(v, MAX_DETAIL_BYTES) for k, v in exc.metadata.items()}
+    details = [error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=metadata)]
     if exc.fields:
         details.append(
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=f, description=exc.message, reason=exc.reason
+                        field=f, description=clip(exc.message, MAX_DETAIL_BYTES), reason=exc.reason
                     )
                     for f in exc.fields
                 ]
@@ -233,7 +250,7 @@ def to_status(exc: RecstackError) -> status_pb2.Status:
         wrapped.Pack(message)
         packed.append(wrapped)
     code: int = code_pb2.Code.Value(exc.kind.value)
-    return status_pb2.Status(code=code, message=str(exc), details=packed)
+    return status_pb2.Status(code=code, message=clip(str(exc), MAX_MESSAGE_BYTES), details=packed)
 
 
 def from_status(status: status_pb2.Status) -> ErrorDetails:

@@ -79,6 +79,25 @@ def test_decoded_details_rebuild_the_same_domain_error():
     assert details_from_trailers((("other", b""),)) is None
 
 
+def test_echoed_request_values_cannot_blow_the_trailer_limit():
+    # a message and metadata echoing huge, non-ASCII request values (ids, versions)
+    huge = "\U0001f600" * 50_000
+    exc = FailedPrecondition(
+        f"vectors are from bundle {huge!r}",
+        field=("a", "b", "c"),
+        metadata={"expected": "v1", "got": huge},
+    )
+    status = to_status(exc)
+    assert len(status.SerializeToString()) < 2048
+    assert len(status.message.encode()) <= 400 and status.message.endswith("...")
+    details = from_status(status)
+    assert details.fields == ("a", "b", "c") and details.metadata["expected"] == "v1"
+    # a short message is untouched
+    assert (
+        to_status(InvalidArgument("must be positive", field="k")).message == "k: must be positive"
+    )
+
+
 def test_every_error_kind_has_a_grpc_code():
     assert {k.value for k in ErrorKind} == {c.name for c in STATUS_FOR_KIND.values()}
 
