@@ -144,3 +144,27 @@ def test_the_shipped_service_config_is_the_one_the_python_client_uses():
     assert contracts.service_config(max_attempts=1) == {
         "loadBalancingConfig": [{"round_robin": {}}]
     }
+
+
+def test_every_proto_names_its_package_for_other_languages():
+    # protoc-gen-go refuses a file without go_package; Java wants one class per message
+    from google.protobuf import descriptor_pb2
+
+    from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
+
+    for module in (gateway_pb2, recall_pb2, rank_pb2):
+        proto = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(proto)
+        o = proto.options
+        assert o.go_package == "recstack.dev/gen/go/recstack/v1;recstackv1", proto.name
+        assert (o.java_package, o.java_multiple_files) == ("dev.recstack.v1", True), proto.name
+        assert o.csharp_namespace == "Recstack.V1" and o.ruby_package == "Recstack::V1"
+    reads = [m for m in contracts.methods() if m.read_only]
+    assert {m.name for m in reads} == {
+        "Recommend",
+        "Recall",
+        "RecallBatch",
+        "GetItems",
+        "GetInfo",
+        "Rank",
+    }
