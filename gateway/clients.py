@@ -24,7 +24,13 @@ from recstack.domain import (
     RecallResult,
     ScoredItem,
 )
-from recstack.errors import RecstackError, Unavailable, details_from_trailers, error_for_kind
+from recstack.errors import (
+    ErrorKind,
+    RecstackError,
+    Unavailable,
+    details_from_trailers,
+    error_for_kind,
+)
 from recstack.pbconv import filters_to_pb, recall_result_from_pb
 from recstack.server import KIND_FOR_STATUS
 from recstack.sharding import shard_of
@@ -32,6 +38,8 @@ from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack
 
 R = TypeVar("R")
+# A request the shards refuse for what it asks (not a shard failure): the same on every shard.
+BAD_REQUEST_KINDS = frozenset({ErrorKind.INVALID_ARGUMENT, ErrorKind.OUT_OF_RANGE})
 
 
 def relay_errors(service: str, call: Callable[[], R]) -> R:
@@ -152,7 +160,7 @@ class ShardedRecall:
             try:
                 results.append(future.result())
             except RecstackError as exc:
-                if self.policy != "partial" or exc.kind.value == "INVALID_ARGUMENT":
+                if self.policy != "partial" or exc.kind in BAD_REQUEST_KINDS:
                     raise  # a bad request is bad on every shard: report it, not a gap
                 first_error = first_error or exc
                 missing.append(index)
