@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         full_s, replica = timed_load(str(bundle.root), Path(tmp) / "full")
         results["replay_seconds"] = full_s - base_s
         results["startup_empty_log_seconds"] = base_s
-        core = replica.ref.get()
+        core = replica.versions.primary()
         index = core.index
 
         specs = [SearchSpec(k=10)] * len(queries)

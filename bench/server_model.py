@@ -55,13 +55,12 @@ def _servicer(service: str, bundle: str, state_dir: str) -> tuple[Any, Callable[
         )
         replica.load()
         return RecallServicer(replica), recall_pb2_grpc.add_RecallServiceServicer_to_server
-    from rank_service.core import load_core
+    from rank_service.server import rank_lifecycle
     from rank_service.servicer import RankServicer
-    from recstack.server import CoreRef
 
-    ref: CoreRef[Any] = CoreRef("rank")
-    ref.set(load_core(RankOptions(bundle=bundle), session))
-    return RankServicer(ref), rank_pb2_grpc.add_RankServiceServicer_to_server
+    lifecycle = rank_lifecycle(RankOptions(bundle=bundle, bundle_poll_s=0))
+    lifecycle.load_initial()
+    return RankServicer(lifecycle), rank_pb2_grpc.add_RankServiceServicer_to_server
 
 
 def serve_aio(service: str, bundle: str, mode: str, port_file: str) -> None:

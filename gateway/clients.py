@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -26,11 +27,13 @@ from recstack.domain import (
 )
 from recstack.errors import (
     ErrorKind,
+    FailedPrecondition,
     RecstackError,
     Unavailable,
     details_from_trailers,
     error_for_kind,
 )
+from recstack.lifecycle import VERSION_FIELD
 from recstack.pbconv import filters_to_pb, recall_result_from_pb
 from recstack.server import KIND_FOR_STATUS
 from recstack.sharding import shard_of
@@ -63,6 +66,30 @@ def relay_errors(service: str, call: Callable[[], R]) -> R:
         raise exc from err
 
 
+def shard_targets(value: str) -> list[str]:
+    """The gRPC target of each recall shard, in shard order, from ``--recall-address``.
+
+    Comma-separated targets, one per shard (``host:port`` or ``dns:///name:port``); an
+    ``ipv4:``/``ipv6:`` target lists a shard's replicas itself and keeps the items that
+    follow it without a scheme (``ipv4:10.0.0.1:50051,10.0.0.2:50051`` is one shard
+    balanced over two replicas; gRPC's own address-list syntax).
+    """
+    targets: list[str] = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        if (
+            targets
+            and targets[-1].startswith(("ipv4:", "ipv6:"))
+            and "://" not in item
+            and (not item.startswith(("ipv4:", "ipv6:", "dns:", "unix:")))
+        ):
+            targets[-1] += "," + item
+        else:
+            targets.append(item)
+    return targets
+
+
 class GrpcRecall:
     """RecallBackend over a recstack.v1.RecallService channel."""
 
@@ -84,6 +111,7 @@ class GrpcRecall:
             user_prior=query.user_prior,
             exclude_history=query.exclude_history,
             include_details=query.include_details,
+            embedding_version=query.embedding_version,
         )
         resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
         return recall_result_from_pb(resp)
@@ -124,12 +152,18 @@ class GrpcRank:
         resp = relay_errors("rank", lambda: self.stub.Rank(request, timeout=timeout))
         return RankResult([ScoredItem(i.id, i.score) for i in resp.items], resp.bundle_version)
 
-    def side_features(self, timeout: float | None) -> tuple[str, ...]:
-        """The side features the ranker declares (GetInfo), in the order it expects them."""
-        info = relay_errors(
+    def _info(self, timeout: float | None) -> rank_pb2.RankServiceGetInfoResponse:
+        return relay_errors(
             "rank", lambda: self.stub.GetInfo(rank_pb2.RankServiceGetInfoRequest(), timeout=timeout)
         )
-        return tuple(info.side_features)
+
+    def side_features(self, timeout: float | None) -> tuple[str, ...]:
+        """The side features the ranker declares (GetInfo), in the order it expects them."""
+        return tuple(self._info(timeout).side_features)
+
+    def serving_versions(self, timeout: float | None) -> tuple[str, ...]:
+        """The embedding versions a rank replica serves now (GetInfo), primary first."""
+        return tuple(self._info(timeout).serving_versions)
 
 
 class ShardedRecall:
@@ -153,22 +187,48 @@ class ShardedRecall:
         if len(self.shards) == 1:
             return self.shards[0].recall(query, timeout)
         futures = [self._pool.submit(s.recall, query, timeout) for s in self.shards]
-        results: list[RecallResult] = []
+        answers: dict[int, RecallResult] = {}
         missing: list[int] = []
         first_error: RecstackError | None = None
         for index, future in enumerate(futures):
             try:
-                results.append(future.result())
+                answers[index] = future.result()
             except RecstackError as exc:
                 if self.policy != "partial" or exc.kind in BAD_REQUEST_KINDS:
                     raise  # a bad request is bad on every shard: report it, not a gap
                 first_error = first_error or exc
                 missing.append(index)
-        if not results:
+        if not answers:
             assert first_error is not None
             raise first_error
-        _same_version(r.bundle_version for r in results)
-        return RecallResult.concat(results, query.k, tuple(missing))
+        if len({r.bundle_version for r in answers.values()}) > 1:
+            answers = self._in_one_version(query, timeout, answers)
+        return RecallResult.concat(list(answers.values()), query.k, tuple(missing))
+
+    def _in_one_version(
+        self, query: RecallQuery, timeout: float | None, answers: dict[int, RecallResult]
+    ) -> dict[int, RecallResult]:
+        """Shards swapped at different moments of a rollout: re-ask the shards that
+        answered in another version, pinned to one every shard holds (a swapped shard
+        keeps the version it replaced). Never merges two spaces; Unavailable if no
+        version is common."""
+        versions = [r.bundle_version for r in answers.values()]
+        for version in dict.fromkeys(versions):
+            pinned = replace(query, embedding_version=version)
+            redo = {
+                i: self._pool.submit(self.shards[i].recall, pinned, timeout)
+                for i, r in answers.items()
+                if r.bundle_version != version
+            }
+            try:
+                again = {i: f.result() for i, f in redo.items()}
+            except FailedPrecondition as exc:
+                if exc.field != VERSION_FIELD:
+                    raise
+                continue
+            return {**answers, **again}
+        _same_version(versions)  # raises Unavailable naming the versions
+        raise AssertionError("unreachable: more than one version")
 
     def get_items(self, ids: Sequence[str], timeout: float | None) -> ItemsResult:
         """Each id asked of the shard that owns it (in parallel); results in ``ids`` order."""

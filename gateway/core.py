@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -35,7 +36,7 @@ from recstack.domain import (
     RecommendQuery,
     RecommendResult,
 )
-from recstack.errors import FailedPrecondition, InvalidArgument, limit_exceeded
+from recstack.errors import FailedPrecondition, InvalidArgument, Unavailable, limit_exceeded
 from recstack.features import (
     RANKER_FEATURES,
     RECENCY,
@@ -43,6 +44,7 @@ from recstack.features import (
     load_recency,
     unsupported,
 )
+from recstack.lifecycle import VERSION_FIELD
 
 log = logging.getLogger(__name__)
 POPULARITY = "popularity"
@@ -60,6 +62,8 @@ class RankBackend(Protocol):
     """Something that ranks candidates within ``timeout`` seconds (None = unbounded)."""
 
     def rank(self, query: RankQuery, timeout: float | None) -> RankResult: ...
+
+    def serving_versions(self, timeout: float | None) -> tuple[str, ...]: ...
 
 
 def catalog_from_bundle(bundle: Bundle | None) -> tuple[dict[str, tuple[str, str]], str]:
@@ -215,40 +219,32 @@ class GatewayCore:
         deadline.check("recall")
         t0 = time.perf_counter()
         cut = self.options.max_history
-        recalled = self.recall_backend.recall(
-            RecallQuery(
-                k=n,
-                query_text=q.query_text,
-                history_item_ids=history[:cut],
-                # Seen items: recall drops the history it was sent, and the rest here.
-                exclude_ids=() if q.include_seen else history[cut:],
-                exclude_history=not q.include_seen,
-                filters=q.filters,
-                # A stored profile may name items deleted since; explicit ids must exist.
-                ignore_unknown_history=stored,
-                user_prior=True,
-            ),
-            deadline.budget(self.options.recall_share),
+        query = RecallQuery(
+            k=n,
+            query_text=q.query_text,
+            history_item_ids=history[:cut],
+            # Seen items: recall drops the history it was sent, and the rest here.
+            exclude_ids=() if q.include_seen else history[cut:],
+            exclude_history=not q.include_seen,
+            filters=q.filters,
+            # A stored profile may name items deleted since; explicit ids must exist.
+            ignore_unknown_history=stored,
+            user_prior=True,
         )
+        recalled = self.recall_backend.recall(query, deadline.budget(self.options.recall_share))
         timings["recall"] = (time.perf_counter() - t0) * 1000
         items: list[RecommendedItem] = []
         if len(recalled):
-            assert recalled.vectors is not None  # the gateway never asks omit_vectors
             deadline.check("rank")
             t0 = time.perf_counter()
-            ranked = self.rank_backend.rank(
-                RankQuery(
-                    user_vector=recalled.query_vector,
-                    candidate_ids=tuple(recalled.ids),
-                    # Recall's [N, dim] block as it arrived (no per-row work here).
-                    candidate_vectors=recalled.vectors,
-                    embedding_version=recalled.bundle_version,
-                    top_k=k,
-                    diversity_lambda=q.diversity_lambda,
-                    candidate_features=self._features(recalled, len(history)),
-                ),
-                deadline.budget(),
-            )
+            try:
+                ranked = self._rank(recalled, q, k, len(history), deadline)
+            except FailedPrecondition as exc:
+                if exc.field != VERSION_FIELD:
+                    raise
+                # A rollout: rank does not serve recall's version (yet, or any more).
+                recalled = self._recall_in_rank_version(query, recalled.bundle_version, deadline)
+                ranked = self._rank(recalled, q, k, len(history), deadline)
             timings["rank"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             row = {item_id: i for i, item_id in enumerate(recalled.ids)}
@@ -276,6 +272,61 @@ class GatewayCore:
             len(history),
             timings,
             missing_shards=recalled.missing_shards,
+        )
+
+    def _rank(
+        self, recalled: RecallResult, q: RecommendQuery, k: int, history: int, deadline: Deadline
+    ) -> RankResult:
+        assert recalled.vectors is not None  # the gateway never asks omit_vectors
+        return self.rank_backend.rank(
+            RankQuery(
+                user_vector=recalled.query_vector,
+                candidate_ids=tuple(recalled.ids),
+                # Recall's [N, dim] block as it arrived (no per-row work here).
+                candidate_vectors=recalled.vectors,
+                embedding_version=recalled.bundle_version,
+                top_k=k,
+                diversity_lambda=q.diversity_lambda,
+                candidate_features=self._features(recalled, history),
+            ),
+            deadline.budget(),
+        )
+
+    def _recall_in_rank_version(
+        self, query: RecallQuery, refused: str, deadline: Deadline
+    ) -> RecallResult:
+        """Recall again, pinned to a version rank serves (never mixing spaces).
+
+        Rank's versions are tried oldest first: during a roll that is the version every
+        replica of both services still holds (old replicas serve it as their primary, new
+        ones keep it as PREVIOUS or as the version they replaced). No common version:
+        UNAVAILABLE, which callers retry.
+        """
+        held = self.rank_backend.serving_versions(deadline.budget(self.options.recall_share))
+        for version in reversed(held):
+            if version == refused:
+                continue
+            deadline.check("recall")
+            try:
+                recalled = self.recall_backend.recall(
+                    replace(query, embedding_version=version),
+                    deadline.budget(self.options.recall_share),
+                )
+            except FailedPrecondition as exc:
+                if exc.field != VERSION_FIELD:
+                    raise
+                continue
+            metrics.VERSION_FALLBACKS.labels("pinned").inc()
+            log.info(
+                "rollout: recall answered in %s, re-asked in %s, which rank serves",
+                refused,
+                version,
+            )
+            return recalled
+        metrics.VERSION_FALLBACKS.labels("none_common").inc()
+        raise Unavailable(
+            f"recall answered in bundle version {refused!r}, rank serves {list(held)} and "
+            "recall none of those (a rollout in progress); retry shortly"
         )
 
     def _features(self, recalled: RecallResult, history_length: int) -> np.ndarray | None:

@@ -32,7 +32,8 @@ class LocalRecall:
         return self.replica.recall_batch([query], Deadline.after(timeout))[0]
 
     def get_items(self, ids: Sequence[str], timeout: float | None) -> ItemsResult:
-        return self.replica.ref.get().get_items(ids)
+        with self.replica.versions.lease() as core:
+            return core.get_items(ids)
 
 
 class LocalRank:
@@ -46,6 +47,9 @@ class LocalRank:
 
     def side_features(self, timeout: float | None = None) -> tuple[str, ...]:
         return self.core.side_features
+
+    def serving_versions(self, timeout: float | None) -> tuple[str, ...]:
+        return (self.core.version,)
 
 
 class LocalPipeline:
@@ -75,7 +79,7 @@ class LocalPipeline:
             gateway or GatewayOptions(), bundle=bundle, state_dir=str(state / "gateway")
         )
         Path(gateway_options.state_dir).mkdir(parents=True, exist_ok=True)
-        opened = self.replica.ref.get().bundle  # opened and verified once, by the replica
+        opened = self.replica.versions.primary().bundle  # opened and verified once, by the replica
         self.events: EventStore = open_events(gateway_options, opened)
         self.core: GatewayCore = assemble(
             gateway_options,
@@ -87,6 +91,6 @@ class LocalPipeline:
         )
 
     def close(self) -> None:
-        self.ranker.retire(timeout=5)
+        self.ranker.close(timeout=5)
         self.replica.close()
         self.events.close()

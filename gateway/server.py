@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall
+from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall, shard_targets
 from gateway.core import GatewayCore, assemble, open_events
 from gateway.events import EventStore
 from gateway.servicer import RecommendServicer
@@ -52,7 +52,7 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
     shard and the rank service are SERVING."""
     ref: CoreRef[GatewayCore] = CoreRef("gateway")
     servicer = RecommendServicer(ref)
-    addresses = [a.strip() for a in options.recall_address.split(",") if a.strip()]
+    addresses = shard_targets(options.recall_address)
     token = (
         Path(options.downstream_token_file).read_text().strip()
         if options.downstream_token_file
@@ -68,7 +68,7 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
 
     def load() -> None:
         # One verified read of the bundle seeds profiles, popularity and fallback titles.
-        bundle = Bundle.open(options.bundle) if options.bundle else None
+        bundle = Bundle.open(options.bundle, verify="on_use") if options.bundle else None
         events = state["events"] = open_events(options, bundle)
         for channel in recall_channels:
             wait_serving(channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)

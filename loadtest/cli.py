@@ -81,6 +81,13 @@ def _common() -> argparse.ArgumentParser:
     )
     g.add_argument("--allow-remote", action="store_true", help="allow any host (careful)")
     g.add_argument("--bundle", default="bundles", help="bundle the requests are drawn from")
+    g.add_argument(
+        "--accept-versions",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=[],
+        help="other bundle versions a response may carry (a rollout under load); "
+        "default: only the bundle's",
+    )
     g.add_argument("--mix", default="", help="kind=weight,... (see docs/loadtest.md)")
     g.add_argument("--k", type=int, default=10, help="items/candidates asked for")
     g.add_argument(
@@ -273,8 +280,9 @@ def execute(args: argparse.Namespace, log: Callable[[str], None] = print) -> int
         clock = MonotonicClock()
         budget = Budget(clock, args.max_requests, args.max_seconds)
         bar = _Bar(planned, disable=args.no_progress)
+        sender = GrpcSender(channel, args.service, bundle.version, args.accept_versions)
         run = Run(
-            GrpcSender(channel, args.service, bundle.version),
+            sender,
             pool,
             clock,
             budget,
@@ -318,6 +326,7 @@ def execute(args: argparse.Namespace, log: Callable[[str], None] = print) -> int
         "max_inflight": getattr(args, "max_inflight", None),
         "warmup": warm,
         "stopped_by": budget.exhausted,
+        "answered_versions": dict(sender.answered),
     }
     result = report.build(meta, phases, **extra)
     out, pct_png, time_png = _outputs(args)

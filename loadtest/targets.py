@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -78,7 +80,15 @@ def _empty(service: str, response: Any) -> bool:
 class GrpcSender:
     """The harness's ``Sender`` for one service's main method."""
 
-    def __init__(self, channel: grpc.Channel, service: str, bundle_version: str) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        service: str,
+        bundle_version: str,
+        accept_versions: Iterable[str] = (),
+    ) -> None:
+        """A response in another bundle version than ``bundle_version`` (or one of
+        ``accept_versions``: a rollout under test) counts as BAD_RESPONSE."""
         if service == "recall":
             method = recall_pb2_grpc.RecallServiceStub(channel).Recall
         elif service == "rank":
@@ -89,10 +99,16 @@ class GrpcSender:
             raise TargetError(f"unknown service {service!r}")
         self.method: Any = method
         self.service = service
-        self.version = bundle_version
+        self.versions = frozenset((bundle_version, *accept_versions))
+        # Responses per bundle version (a rollout's progress); one lock: callbacks run on
+        # gRPC's threads.
+        self.answered: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def outcome(self, response: Any) -> str:
-        if response.bundle_version != self.version:
+        with self._lock:
+            self.answered[response.bundle_version] += 1
+        if response.bundle_version not in self.versions:
             return "BAD_RESPONSE(version_mismatch)"
         if _empty(self.service, response):
             return "BAD_RESPONSE(empty)"

@@ -10,17 +10,15 @@ never score vectors from another embedding space).
 Each row is scored independently, which is what makes dynamic batching exact: concurrent
 requests' rows are concatenated into one ORT run by ``recstack.batcher`` and split back.
 
-Lifecycle for hot swap: a core counts the requests inside ``rank``; ``retire`` (called
-after a newer core has been published through ``CoreRef.set``) refuses new entries, waits
-for the in-flight ones to finish on this core, then stops its batcher. A request that
-fetched this core just before the swap but entered after ``retire`` gets ``CoreRetired``
-and the servicer retries on the new core.
+Lifecycle: one core per bundle version, held by :class:`recstack.lifecycle.Versions`
+(the service can hold several during a rollout); a request leases the core of the version
+it names, and ``close`` (called once the core is retired and its last lease has ended)
+stops its batcher.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import numpy as np
@@ -37,7 +35,6 @@ from recstack.errors import (
     BundleError,
     FailedPrecondition,
     InvalidArgument,
-    Unavailable,
     limit_exceeded,
 )
 from recstack.ort import CUDA, SessionOptions, create_session
@@ -53,10 +50,6 @@ RANK_BATCH_METRICS = BatchMetrics(
     metrics.RANK_QUEUE_DEPTH,
     metrics.RANK_DROPPED,
 )
-
-
-class CoreRetired(Unavailable):
-    """This core was replaced by a hot swap; retry on the current one (UNAVAILABLE if not)."""
 
 
 class RankCore:
@@ -96,10 +89,6 @@ class RankCore:
                 name=f"rank-batcher-{self.version}",
                 what="the ranker",
             )
-        # In-flight accounting for hot swap; guarded by _state (see module docstring).
-        self._state = threading.Condition()
-        self._inflight = 0
-        self._retired = False
         log.info(
             "ranker ready",
             extra={
@@ -222,19 +211,6 @@ class RankCore:
 
     def rank(self, q: RankQuery, deadline: Deadline) -> RankResult:
         """Candidates by descending score (ties keep request order) or MMR order, cut to top_k."""
-        with self._state:
-            if self._retired:
-                raise CoreRetired(f"ranker {self.version} was replaced; retry")
-            self._inflight += 1
-        try:
-            return self._rank(q, deadline)
-        finally:
-            with self._state:
-                self._inflight -= 1
-                if self._inflight == 0:
-                    self._state.notify_all()
-
-    def _rank(self, q: RankQuery, deadline: Deadline) -> RankResult:
         features = self.validate(q)
         deadline.check("ranking")
         rows = self._rows(q.user_vector, q.candidate_vectors, features)
@@ -283,30 +259,22 @@ class RankCore:
             max_batch_rows=self.options.max_batch_rows if self.batcher is not None else 0,
         )
 
-    def retire(self, timeout: float | None = None) -> None:
-        """Stop taking requests, let in-flight ones finish here, then release the batcher.
-
-        Call only after a replacement core is published (or at shutdown).
-        """
-        with self._state:
-            self._retired = True
-            if not self._state.wait_for(lambda: self._inflight == 0, timeout):
-                log.warning(
-                    "retiring ranker with requests still in flight",
-                    extra={"version": self.version, "inflight": self._inflight},
-                )
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Release the batcher (its queued requests run first). Called by the lifecycle
+        once no request holds this core, or at shutdown."""
         if self.batcher is not None:
             self.batcher.close(timeout)
-        log.info("ranker retired", extra={"version": self.version})
+        log.info("ranker closed", extra={"version": self.version})
 
 
 def publish_metrics(core: RankCore, *, serving: bool) -> None:
-    """Set (or clear) the bundle/provider gauges for ``core``."""
-    value = 1 if serving else 0
-    metrics.BUNDLE_INFO.labels("rank", core.version, core.provider).set(value)
-    metrics.RANK_PROVIDER.labels(
-        core.provider, core.requested_device, str(core.runner.io_binding).lower()
-    ).set(value)
+    """Set (or clear) ``core``'s bundle gauge; a serving core also sets the provider gauge
+    (left set when a core retires: every core of a process runs on the same provider)."""
+    metrics.BUNDLE_INFO.labels("rank", core.version, core.provider).set(1 if serving else 0)
+    if serving:
+        metrics.RANK_PROVIDER.labels(
+            core.provider, core.requested_device, str(core.runner.io_binding).lower()
+        ).set(1)
 
 
 def load_core(
@@ -318,12 +286,13 @@ def load_core(
 ) -> RankCore:
     """Open and verify the bundle (``path`` or ``options.bundle``), build the core, self-check.
 
-    A core that fails its self-check is retired before the error propagates (no thread leak).
+    A core that fails its self-check is closed before the error propagates (no thread leak).
     """
-    core = RankCore(Bundle.open(path or options.bundle), options, ort, before_batch=before_batch)
+    bundle = Bundle.open(path or options.bundle, verify="on_use")
+    core = RankCore(bundle, options, ort, before_batch=before_batch)
     try:
         core.self_check()
     except BaseException:
-        core.retire(timeout=5)
+        core.close(timeout=5)
         raise
     return core

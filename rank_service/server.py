@@ -1,23 +1,49 @@
 """Rank service assembly: ``serve(...)`` starts a real server and returns it (port 0 ok).
 
 The first bundle load runs in the background (health NOT_SERVING until it passes its
-self-check); then the bundle pointer watcher starts (``--bundle-poll-s``). Stopping the
-server stops the watcher and retires the serving core (its batcher thread) after the gRPC
-server has finished its in-flight RPCs.
+self-check; the root's PREVIOUS version too, with ``--load-previous``); then the bundle
+pointer watcher starts (``--bundle-poll-s``). Hot swap, the versions held during a rollout
+and their retirement are :class:`recstack.lifecycle.Lifecycle`'s. Stopping the server
+closes every core (their batcher threads) after the gRPC server has finished its
+in-flight RPCs.
 """
 
 from __future__ import annotations
 
-from rank_service.core import RankCore
-from rank_service.reload import BundleReloader
+from pathlib import Path
+
+from rank_service.core import RankCore, load_core, publish_metrics
 from rank_service.servicer import RankAdminServicer, RankServicer
 from recstack.batcher import BeforeRunHook
 from recstack.config import OrtOptions, RankOptions, ServerOptions
-from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
+from recstack.lifecycle import Lifecycle
+from recstack.server import RunningServer, ServiceSpec, start_server
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 
 SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name
 ADMIN_SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankAdminService"].full_name
+
+
+def rank_lifecycle(
+    options: RankOptions,
+    ort: OrtOptions | None = None,
+    *,
+    before_batch: BeforeRunHook | None = None,
+) -> Lifecycle[RankCore]:
+    """The rank cores of ``options.bundle`` (not loaded yet: call ``load_initial``)."""
+    session_options = (ort or OrtOptions()).session_options(options.optimized_model_path or None)
+
+    def build(path: Path) -> RankCore:
+        return load_core(options, session_options, path=str(path), before_batch=before_batch)
+
+    return Lifecycle(
+        "rank",
+        options.bundle,
+        build,
+        grace_s=options.version_grace_s,
+        load_previous=options.load_previous,
+        on_serving=lambda core, serving: publish_metrics(core, serving=serving),
+    )
 
 
 def serve(
@@ -31,15 +57,13 @@ def serve(
 
     ``before_batch`` (tests only) is called by the batcher's worker before each merged run.
     """
-    ref: CoreRef[RankCore] = CoreRef("rank service")
-    session_options = (ort or OrtOptions()).session_options(options.optimized_model_path or None)
-    reloader = BundleReloader(ref, options, session_options, before_batch=before_batch)
-    servicer = RankServicer(ref, reloader if options.reload_rpc else None)
+    lifecycle = rank_lifecycle(options, ort, before_batch=before_batch)
+    servicer = RankServicer(lifecycle, reload_rpc=options.reload_rpc)
     admin = RankAdminServicer(servicer)
 
     def load() -> None:
-        reloader.load_initial()
-        reloader.start_watching(options.bundle_poll_s)
+        lifecycle.load_initial()
+        lifecycle.start_watching(options.bundle_poll_s)
 
     running = start_server(
         server,
@@ -59,7 +83,7 @@ def serve(
     def stop(grace: float | None = None) -> None:
         # gRPC first (drain, in-flight RPCs finish on their cores), then our threads.
         stop_grpc(grace)
-        reloader.close()
+        lifecycle.close()
 
     running.stop = stop  # type: ignore[method-assign]
     return running

@@ -5,16 +5,13 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from rank_service.core import CoreRetired, RankCore
-from rank_service.reload import BundleReloader, ReloadOutcome
-from recstack.domain import RankQuery, RankResult
+from rank_service.core import RankCore
+from recstack.domain import RankQuery
 from recstack.errors import FailedPrecondition, InvalidArgument
-from recstack.server import CoreRef, deadline_of
+from recstack.lifecycle import Lifecycle, ReloadOutcome
+from recstack.server import deadline_of
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from recstack.vectors import WIRE_DTYPE, F32Array, unpack_rows, unpack_vector
-
-# A hot swap can retire the core a request fetched before it entered; retry on the new one.
-_SWAP_RETRIES = 3
 
 
 def unpack_flat(data: bytes, field: str) -> F32Array | None:
@@ -29,42 +26,37 @@ def unpack_flat(data: bytes, field: str) -> F32Array | None:
 
 
 class RankServicer(rank_pb2_grpc.RankServiceServicer):
-    """recstack.v1.RankService over whichever core is loaded."""
+    """recstack.v1.RankService over the cores of whichever versions are loaded."""
 
-    def __init__(self, core: CoreRef[RankCore], reloader: BundleReloader | None = None) -> None:
-        self.core = core
-        self.reloader = reloader
-
-    def _rank_once(
-        self, request: rank_pb2.RankRequest, context: grpc.ServicerContext
-    ) -> RankResult:
-        core = self.core.get()
-        ids = tuple(request.candidate_ids)
-        query = RankQuery(
-            user_vector=unpack_vector(request.user_vector, core.dim, "user_vector"),
-            candidate_ids=ids,
-            candidate_vectors=unpack_rows(
-                request.candidate_vectors, len(ids), core.dim, "candidate_vectors"
-            ),
-            embedding_version=request.embedding_version,
-            top_k=request.top_k,
-            diversity_lambda=request.diversity_lambda,
-            candidate_features=unpack_flat(request.candidate_features, "candidate_features"),
-        )
-        return core.rank(query, deadline_of(context))
+    def __init__(self, lifecycle: Lifecycle[RankCore], *, reload_rpc: bool = True) -> None:
+        self.lifecycle = lifecycle
+        self.versions = lifecycle.versions
+        self.reload_rpc = reload_rpc
 
     def Rank(
         self,
         request: rank_pb2.RankRequest,
         context: grpc.ServicerContext,
     ) -> rank_pb2.RankResponse:
-        for attempt in range(_SWAP_RETRIES):
-            try:
-                result = self._rank_once(request, context)
-                break
-            except CoreRetired:
-                if attempt == _SWAP_RETRIES - 1:
-                    raise
+        if not request.embedding_version:
+            raise InvalidArgument(
+                "required (the bundle version the vectors came from)", field="embedding_version"
+            )
+        # The core of the version the vectors came from (never another embedding space).
+        with self.versions.lease(request.embedding_version) as core:
+            ids = tuple(request.candidate_ids)
+            query = RankQuery(
+                user_vector=unpack_vector(request.user_vector, core.dim, "user_vector"),
+                candidate_ids=ids,
+                candidate_vectors=unpack_rows(
+                    request.candidate_vectors, len(ids), core.dim, "candidate_vectors"
+                ),
+                embedding_version=request.embedding_version,
+                top_k=request.top_k,
+                diversity_lambda=request.diversity_lambda,
+                candidate_features=unpack_flat(request.candidate_features, "candidate_features"),
+            )
+            result = core.rank(query, deadline_of(context))
         return rank_pb2.RankResponse(
             items=[rank_pb2.ScoredItem(id=i.id, score=i.score) for i in result.items],
             bundle_version=result.bundle_version,
@@ -75,7 +67,7 @@ class RankServicer(rank_pb2_grpc.RankServiceServicer):
         request: rank_pb2.RankServiceGetInfoRequest,
         context: grpc.ServicerContext,
     ) -> rank_pb2.RankServiceGetInfoResponse:
-        i = self.core.get().info()
+        i = self.versions.primary().info()
         return rank_pb2.RankServiceGetInfoResponse(
             bundle_version=i.bundle_version,
             dim=i.dim,
@@ -84,16 +76,17 @@ class RankServicer(rank_pb2_grpc.RankServiceServicer):
             side_features=list(i.side_features),
             batching=i.batching,
             max_batch_rows=i.max_batch_rows,
+            serving_versions=list(self.versions.held()),
         )
 
     def reload(self, expected_version: str) -> ReloadOutcome:
         """The reload of both admin RPCs (RankAdminService.ReloadBundle, deprecated Reload)."""
-        if self.reloader is None:
+        if not self.reload_rpc:
             raise FailedPrecondition(
                 "the reload RPC is disabled on this server (--reload-rpc)", reason="RELOAD_DISABLED"
             )
-        self.core.get()  # UNAVAILABLE while the first bundle is still loading
-        return self.reloader.reload(expected_version)
+        self.versions.primary()  # UNAVAILABLE while the first bundle is still loading
+        return self.lifecycle.reload(expected_version)
 
     def Reload(
         self,

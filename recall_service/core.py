@@ -105,6 +105,7 @@ class RecallCore:
     ) -> None:
         self.bundle = bundle
         self.version = bundle.version
+        self.root = bundle.root
         self.dim = bundle.dim
         self.index = index
         self.encoder = encoder

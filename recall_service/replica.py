@@ -9,10 +9,13 @@ Background: a tailer thread applies log entries written by other replicas every
 ``log_poll_s`` and writes a snapshot every ``snapshot_every`` applied writes; a watcher
 polls the bundle root's ``CURRENT`` every ``bundle_poll_s`` and hot-swaps to a new version.
 
-Hot swap ordering: the new core is built and replayed while the old one serves. Writes
-run under ``_write_gate``; a swap takes the gate, applies the last entries to the new
-core, switches the reference and releases it, so no write acknowledged by the old core can
-be missing from the new one. Requests that already hold the old core finish on it.
+Hot swap (:class:`recstack.lifecycle.Lifecycle`, shared with rank): the new core is built
+and replayed while the old one serves. Writes run under ``_write_gate`` on the primary
+core; a swap takes the gate, applies the last entries to the new core, publishes it and
+releases the gate, so no write acknowledged by the old core can be missing from the new
+one. The replaced core stays loaded while requests still name its version
+(``RecallRequest.embedding_version``, a rollout) and the tailer keeps it caught up with the
+log in its own embedding space; requests that hold it finish on it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from recall_service.catalog_log import CatalogLog, open_log
@@ -36,10 +40,9 @@ from recstack.config import RecallOptions
 from recstack.deadline import Deadline
 from recstack.domain import RecallQuery, RecallResult
 from recstack.encoder import TextEncoder
-from recstack.errors import BundleError, FailedPrecondition
-from recstack.hotswap import PointerWatcher
+from recstack.errors import BundleError, InvalidArgument
+from recstack.lifecycle import Lifecycle, ReloadOutcome
 from recstack.ort import SessionOptions
-from recstack.server import CoreRef
 from recstack.user_tower import UserTower
 
 log = logging.getLogger(__name__)
@@ -53,37 +56,48 @@ class Replica:
         self.options = options
         self.ort = ort
         self.state_dir = Path(options.state_dir)
-        self.ref: CoreRef[RecallCore] = CoreRef("recall service")
         self._write_gate = threading.Lock()
-        self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._catalog: CatalogLog | None = None
         self._snapshot_seq = 0
-        self._watcher = PointerWatcher(
-            options.bundle, lambda: self.ref.get().bundle.root, self.reload, "recall-bundle-watch"
+        self.lifecycle: Lifecycle[RecallCore] = Lifecycle(
+            "recall",
+            options.bundle,
+            lambda path: self._build(Bundle.open(path, verify="on_use")),
+            grace_s=options.version_grace_s,
+            load_previous=options.load_previous,
+            publishing=self._publishing,
+            on_serving=_bundle_gauge,
         )
+        self.versions = self.lifecycle.versions
 
     # -- start-up ------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Build the first core (blocking) and start the background threads."""
+        """Build the first core(s) (blocking) and start the background threads."""
         o = self.options
         if not 0 <= o.shard_index < o.shard_count:
             raise BundleError(f"--shard-index {o.shard_index} is not in [0, {o.shard_count})")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         dsn = o.catalog_dsn or f"sqlite:///{self.state_dir.resolve()}/catalog.db"
-        bundle = Bundle.open(o.bundle)
         try:
             self._catalog = open_log(dsn)
-            core = self._build(bundle)
+            self.lifecycle.load_initial()
         except sqlite3.DatabaseError as exc:
             # A damaged SQLite file: refuse to serve (exit 3) rather than guess at the
             # system of record; the operator restores it or moves it away.
             raise BundleError(f"catalog log {dsn} is unreadable: {exc}") from exc
-        self.ref.set(core)
         self._start("log-tailer", self._tail, o.log_poll_s)
-        self._watcher.start(o.bundle_poll_s)
+        self.lifecycle.start_watching(o.bundle_poll_s)
+
+    @contextmanager
+    def _publishing(self, core: RecallCore) -> Iterator[None]:
+        # Under the write gate no write can commit between this catch-up and the publish.
+        with self._write_gate:
+            core.catch_up()
+            yield
+        metrics.INDEX_ITEMS.set(len(core.index))
 
     def _build(self, bundle: Bundle) -> RecallCore:
         """A self-checked core for ``bundle``, caught up with the whole log."""
@@ -110,8 +124,6 @@ class Replica:
         except BaseException:
             core.close()  # a refused core must not leave its encoder batcher running
             raise
-        metrics.BUNDLE_INFO.labels("recall", core.version, core.encoder.provider).set(1)
-        metrics.INDEX_ITEMS.set(len(index))
         log.info(
             "recall core ready",
             extra={
@@ -173,17 +185,25 @@ class Replica:
         self._threads.append(t)
 
     def _tail(self) -> None:
-        core = self.ref.get()
-        core.catch_up()
+        # Every held version applies the log in its own embedding space (retained cores
+        # serve pinned reads during a rollout); the primary alone is snapshotted.
+        with self.versions.lease_all() as cores:
+            for core in cores:
+                core.catch_up()
+        with self.versions.lease() as primary:
+            applied = primary.index.applied_sequence
         if self._catalog is not None:
-            metrics.REPLAY_LAG.set(self._catalog.last_sequence() - core.index.applied_sequence)
+            metrics.REPLAY_LAG.set(self._catalog.last_sequence() - applied)
         every = self.options.snapshot_every
-        if every and core.index.applied_sequence - self._snapshot_seq >= every:
+        if every and applied - self._snapshot_seq >= every:
             self.snapshot()
 
     def snapshot(self) -> Path:
-        """Write a snapshot of the current core and point SNAPSHOT at it; prune old ones."""
-        core = self.ref.get()
+        """Write a snapshot of the primary core and point SNAPSHOT at it; prune old ones."""
+        with self.versions.lease() as core:
+            return self._snapshot(core)
+
+    def _snapshot(self, core: RecallCore) -> Path:
         name = f"snapshot-{core.version}-{core.index.applied_sequence}-{time.time_ns()}"
         tmp = self.state_dir / (name + ".tmp")
         core.index.save(tmp, self._snapshot_meta(core.bundle))
@@ -206,46 +226,41 @@ class Replica:
     def recall_batch(
         self, queries: Sequence[RecallQuery], deadline: Deadline
     ) -> list[RecallResult]:
-        return self.ref.get().recall_batch(queries, deadline)
+        """Recalls in the embedding space the queries name ("" = the primary's)."""
+        with self.versions.lease(batch_version(q.embedding_version for q in queries)) as core:
+            return core.recall_batch(queries, deadline)
 
     def upsert(self, items: Sequence[ItemWrite]) -> int:
-        with self._write_gate:
-            return self.ref.get().upsert(items)
+        with self._write_gate, self.versions.lease() as core:
+            return core.upsert(items)
 
     def delete(self, ids: Sequence[str]) -> int:
-        with self._write_gate:
-            return self.ref.get().delete(ids)
+        with self._write_gate, self.versions.lease() as core:
+            return core.delete(ids)
 
-    def reload(self) -> tuple[str, bool]:
+    def reload(self, expected_version: str = "") -> ReloadOutcome:
         """Load what the bundle path points to now; swap if it is a new, good version."""
-        with self._reload_lock:
-            old = self.ref.get()
-            try:
-                bundle = Bundle.open(self.options.bundle)
-                if bundle.root == old.bundle.root:
-                    return old.version, False
-                new = self._build(bundle)
-            except BundleError as exc:
-                raise FailedPrecondition(
-                    f"new bundle refused, still serving {old.version}: {exc}"
-                ) from exc
-            with self._write_gate:
-                new.catch_up()
-                self.ref.set(new)
-            metrics.BUNDLE_INFO.labels("recall", old.version, old.encoder.provider).set(0)
-            # Requests that fetched the old core before the swap finish on it: its queued
-            # texts are encoded first, and later ones there are encoded directly.
-            old.close()
-            log.info("bundle swapped", extra={"from": old.version, "to": new.version})
-            return new.version, True
+        return self.lifecycle.reload(expected_version)
 
     def close(self) -> None:
-        self._watcher.stop()
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
-        core = self.ref.peek()
-        if core is not None:
-            core.close()
+        self.lifecycle.close()
         if self._catalog is not None:
             self._catalog.close()
+
+
+def batch_version(versions: Iterable[str]) -> str:
+    """The one embedding version a batch of recalls names (one space per batch)."""
+    named = set(versions)
+    if len(named) > 1:
+        raise InvalidArgument(
+            f"every request of a batch must name the same version, got {sorted(named)}",
+            field="requests.embedding_version",
+        )
+    return named.pop() if named else ""
+
+
+def _bundle_gauge(core: RecallCore, serving: bool) -> None:
+    metrics.BUNDLE_INFO.labels("recall", core.version, core.encoder.provider).set(int(serving))

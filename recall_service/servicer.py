@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from recall_service.core import ItemWrite
-from recall_service.replica import Replica
+from recall_service.replica import Replica, batch_version
 from recstack.domain import RecallQuery
 from recstack.errors import InvalidArgument
 from recstack.pbconv import filters_from_pb, recall_result_to_pb
@@ -36,6 +36,7 @@ def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> Rec
         user_prior=request.user_prior,
         exclude_history=request.exclude_history,
         include_details=request.include_details,
+        embedding_version=request.embedding_version,
     )
 
 
@@ -58,28 +59,33 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
+        self.versions = replica.versions
 
     def Recall(
         self, request: recall_pb2.RecallRequest, context: grpc.ServicerContext
     ) -> recall_pb2.RecallResponse:
-        core = self.replica.ref.get()
-        result = core.recall(_query(request, core.dim), deadline_of(context))
-        return recall_result_to_pb(result, core.dim)
+        with self.versions.lease(request.embedding_version) as core:
+            result = core.recall(_query(request, core.dim), deadline_of(context))
+            return recall_result_to_pb(result, core.dim)
 
     def RecallBatch(
         self, request: recall_pb2.RecallBatchRequest, context: grpc.ServicerContext
     ) -> recall_pb2.RecallBatchResponse:
-        core = self.replica.ref.get()
-        queries = [_query(r, core.dim, f"requests[{i}].") for i, r in enumerate(request.requests)]
-        results = core.recall_batch(queries, deadline_of(context))
-        return recall_pb2.RecallBatchResponse(
-            responses=[recall_result_to_pb(r, core.dim) for r in results]
-        )
+        version = batch_version(r.embedding_version for r in request.requests)
+        with self.versions.lease(version) as core:
+            queries = [
+                _query(r, core.dim, f"requests[{i}].") for i, r in enumerate(request.requests)
+            ]
+            results = core.recall_batch(queries, deadline_of(context))
+            return recall_pb2.RecallBatchResponse(
+                responses=[recall_result_to_pb(r, core.dim) for r in results]
+            )
 
     def GetItems(
         self, request: recall_pb2.GetItemsRequest, context: grpc.ServicerContext
     ) -> recall_pb2.GetItemsResponse:
-        result = self.replica.ref.get().get_items(list(request.ids))
+        with self.versions.lease() as core:
+            result = core.get_items(list(request.ids))
         return recall_pb2.GetItemsResponse(
             items=[
                 recall_pb2.Item(
@@ -98,7 +104,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
     def Upsert(
         self, request: recall_pb2.UpsertRequest, context: grpc.ServicerContext
     ) -> recall_pb2.UpsertResponse:
-        dim = self.replica.ref.get().dim
+        dim = self.versions.primary().dim
         items = [
             ItemWrite(
                 id=it.id,
@@ -121,13 +127,15 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         self, request: recall_pb2.ReloadBundleRequest, context: grpc.ServicerContext
     ) -> recall_pb2.ReloadBundleResponse:
         """Deprecated alias of RecallAdminService.ReloadBundle (one release)."""
-        version, swapped = self.replica.reload()
-        return recall_pb2.ReloadBundleResponse(bundle_version=version, swapped=swapped)
+        outcome = self.replica.reload()
+        return recall_pb2.ReloadBundleResponse(
+            bundle_version=outcome.bundle_version, swapped=outcome.swapped
+        )
 
     def GetInfo(
         self, request: recall_pb2.RecallServiceGetInfoRequest, context: grpc.ServicerContext
     ) -> recall_pb2.RecallServiceGetInfoResponse:
-        i = self.replica.ref.get().info()
+        i = self.versions.primary().info()
         return recall_pb2.RecallServiceGetInfoResponse(
             bundle_version=i.bundle_version,
             dim=i.dim,
@@ -141,6 +149,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             shard_count=i.shard_count,
             applied_sequence=i.applied_sequence,
             filter_fields=i.filter_fields,
+            serving_versions=list(self.versions.held()),
         )
 
 
@@ -155,7 +164,7 @@ class RecallAdminServicer(recall_pb2_grpc.RecallAdminServiceServicer):
         request: recall_pb2.RecallAdminServiceReloadBundleRequest,
         context: grpc.ServicerContext,
     ) -> recall_pb2.RecallAdminServiceReloadBundleResponse:
-        version, swapped = self.replica.reload()
+        outcome = self.replica.reload()
         return recall_pb2.RecallAdminServiceReloadBundleResponse(
-            bundle_version=version, swapped=swapped
+            bundle_version=outcome.bundle_version, swapped=outcome.swapped
         )

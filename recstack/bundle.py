@@ -11,9 +11,12 @@ Layout (paths relative to the bundle directory; all listed in ``manifest.json``)
     users/history.jsonl    user_id and item ids, most recent first (seed of user profiles)
 
 A path given to a service may be a bundle directory or a root holding a ``CURRENT`` file
-that names the version directory to use. Before anything is loaded, every file is checked
-against the manifest's sha256 and must stay inside the bundle (no "..", absolute paths or
-symlinks): model files are programs.
+that names the version directory to use. Every file must stay inside the bundle (no "..",
+absolute paths or symlinks) and match the manifest's sha256 before it is used: model files
+are programs. Release tools verify every file at open (``verify="all"``); a service opens
+with ``verify="on_use"``: every listed file must exist with its listed size at open, and
+each file's sha256 is checked the first time the service asks for its path, so a service
+hashes only the files it loads (rank does not hash the 91 MB encoder it never runs).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,21 +47,44 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+CURRENT = "CURRENT"
+# The version CURRENT named before the last publish (written by recstack.publish): a
+# service started mid-rollout also loads it, for callers still on the old version.
+PREVIOUS = "PREVIOUS"
+
+
+def _pointed(pointer: Path) -> Path:
+    name = pointer.read_text().strip()
+    if not name or "/" in name or name in (".", ".."):
+        raise BundleError(f"{pointer}: invalid version name {name!r}")
+    target = pointer.parent / name
+    if (target / MANIFEST).is_file():
+        return target
+    raise BundleError(f"{pointer} names {name!r}, which has no {MANIFEST}")
+
+
 def resolve_bundle_dir(path: str | os.PathLike[str]) -> Path:
     """A bundle directory, or the version a root's ``CURRENT`` pointer names."""
     p = Path(path)
     if (p / MANIFEST).is_file():
         return p
-    pointer = p / "CURRENT"
+    pointer = p / CURRENT
     if pointer.is_file():
-        name = pointer.read_text().strip()
-        if not name or "/" in name or name in (".", ".."):
-            raise BundleError(f"{pointer}: invalid version name {name!r}")
-        target = p / name
-        if (target / MANIFEST).is_file():
-            return target
-        raise BundleError(f"{pointer} names {name!r}, which has no {MANIFEST}")
+        return _pointed(pointer)
     raise BundleError(f"{p} is neither a bundle (no {MANIFEST}) nor a root with CURRENT")
+
+
+def resolve_previous_dir(path: str | os.PathLike[str]) -> Path | None:
+    """The version a root's ``PREVIOUS`` pointer names; None for a bundle directory, a
+    root without PREVIOUS, or one whose PREVIOUS names nothing loadable (logged by callers
+    as "previous not loaded")."""
+    pointer = Path(path) / PREVIOUS
+    if (Path(path) / MANIFEST).is_file() or not pointer.is_file():
+        return None
+    try:
+        return _pointed(pointer)
+    except BundleError:
+        return None
 
 
 def safe_member(root: Path, rel: str) -> Path:
@@ -108,15 +135,22 @@ class CatalogItem:
 class Bundle:
     """A verified bundle: its manifest and the paths of its parts."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: dict[str, Any], *, verify_on_use: bool) -> None:
         self.root = root
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.dim: int = int(manifest["dim"])
+        self._verify_on_use = verify_on_use
+        # Files whose sha256 matched (on_use mode); _verify_lock makes each check once.
+        self.verified: set[str] = set()
+        self._verify_lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
-        """Open and (by default) verify every file against the manifest checksums."""
+    def open(
+        cls, path: str | os.PathLike[str], *, verify: Literal["all", "on_use", "none"] = "all"
+    ) -> Bundle:
+        """Open the bundle, verifying every file (``all``), each file when first used
+        (``on_use``: the services), or none (``none``: tests reading their own output)."""
         root = resolve_bundle_dir(path).resolve()
         try:
             manifest = json.loads((root / MANIFEST).read_text())
@@ -130,29 +164,55 @@ class Bundle:
         for key in ("version", "dim", "files", "encoder", "ranker", "items", "index"):
             if key not in manifest:
                 raise BundleError(f"{root / MANIFEST}: missing key {key!r}")
-        bundle = cls(root, manifest)
-        if verify:
+        bundle = cls(root, manifest, verify_on_use=verify == "on_use")
+        if verify == "all":
             bundle.verify()
+        elif verify == "on_use":
+            bundle.check_present()
         return bundle
 
-    def verify(self) -> None:
-        """Check that every manifest file exists, stays inside, and matches its sha256."""
-        files: dict[str, dict[str, Any]] = self.manifest["files"]
-        for rel, meta in files.items():
+    def check_present(self) -> None:
+        """Every manifest file exists, stays inside and has its listed size (no hashing)."""
+        for rel, meta in self.manifest["files"].items():
             full = safe_member(self.root, rel)
             if not full.is_file():
                 raise BundleError(f"bundle {self.version}: missing file {rel}")
-            digest = sha256_file(full)
-            if digest != meta["sha256"]:
+            size = meta.get("bytes")
+            if size is not None and full.stat().st_size != int(size):
                 raise BundleError(
-                    f"bundle {self.version}: checksum mismatch for {rel} "
-                    f"(manifest {meta['sha256'][:12]}, file {digest[:12]})"
+                    f"bundle {self.version}: {rel} has {full.stat().st_size} bytes, "
+                    f"the manifest says {size}"
                 )
 
+    def verify(self) -> None:
+        """Check that every manifest file exists, stays inside, and matches its sha256."""
+        for rel in self.manifest["files"]:
+            self._check_sha256(rel)
+
+    def _check_sha256(self, rel: str) -> Path:
+        full = safe_member(self.root, rel)
+        if not full.is_file():
+            raise BundleError(f"bundle {self.version}: missing file {rel}")
+        want = self.manifest["files"][rel]["sha256"]
+        digest = sha256_file(full)
+        if digest != want:
+            raise BundleError(
+                f"bundle {self.version}: checksum mismatch for {rel} "
+                f"(manifest {want[:12]}, file {digest[:12]})"
+            )
+        return full
+
     def path(self, rel: str) -> Path:
-        """Absolute path of a manifest-listed file (refuses unlisted or escaping paths)."""
+        """Absolute path of a manifest-listed file (refuses unlisted or escaping paths);
+        in on_use mode its sha256 is checked on the first call."""
         if rel not in self.manifest["files"]:
             raise BundleError(f"bundle {self.version}: {rel} is not listed in the manifest")
+        if not self._verify_on_use:
+            return safe_member(self.root, rel)
+        with self._verify_lock:
+            if rel not in self.verified:
+                self._check_sha256(rel)
+                self.verified.add(rel)
         return safe_member(self.root, rel)
 
     def section(self, name: str) -> dict[str, Any]:

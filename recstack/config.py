@@ -215,6 +215,16 @@ class RecallOptions:
     bundle_poll_s: float = _opt(
         10.0, "how often to check the bundle's CURRENT for a new version (0 = only on ReloadBundle)"
     )
+    version_grace_s: float = _opt(
+        60.0,
+        "keep a replaced bundle version loaded until no request has named it for this long, "
+        "so callers on either side of a rollout are served (0 = drop it at once)",
+    )
+    load_previous: bool = _opt(
+        True,
+        "at start-up also load the version the bundle root's PREVIOUS names (a process "
+        "started mid-rollout serves callers of the old version too)",
+    )
     read_wait_s: float = _opt(5.0, "longest wait for min_sequence when the caller set no deadline")
 
 
@@ -239,6 +249,16 @@ class RankOptions:
     bundle_poll_s: float = _opt(
         10.0, "how often to check the bundle's CURRENT for a new version (0 = only on Reload)"
     )
+    version_grace_s: float = _opt(
+        60.0,
+        "keep a replaced bundle version loaded until no request has named it for this long, "
+        "so callers on either side of a rollout are served (0 = drop it at once)",
+    )
+    load_previous: bool = _opt(
+        True,
+        "at start-up also load the version the bundle root's PREVIOUS names (a process "
+        "started mid-rollout serves callers of the old version too)",
+    )
     reload_rpc: bool = _opt(
         True, "enable the Reload admin RPC (re-reads --bundle; requests cannot name a path)"
     )
@@ -250,7 +270,8 @@ class GatewayOptions:
 
     recall_address: str = _opt(
         f"127.0.0.1:{RECALL_PORT}",
-        "recall host:port; comma-separated shard addresses in shard order when sharded",
+        "recall host:port; comma-separated shard targets in shard order when sharded "
+        "(an ipv4:A,B target is one shard over replicas A and B)",
     )
     rank_address: str = _opt(f"127.0.0.1:{RANK_PORT}", "rank service host:port")
     bundle: str = _opt("", "bundle seeding user profiles, popularity and titles (optional)")

@@ -51,6 +51,8 @@ class RecallQuery:
     exclude_history: bool = False
     # Fill the result's titles and texts.
     include_details: bool = False
+    # Answer in this bundle version ("" = the replica's primary): see recstack.lifecycle.
+    embedding_version: str = ""
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,14 @@ RANK_PROVIDER = Gauge(
     "1 for the ONNX Runtime execution provider the ranker runs on",
     ["provider", "requested_device", "io_binding"],
 )
-RANK_RELOADS = Counter(
-    "recstack_rank_reloads_total",
-    "rank bundle hot-swap attempts, by outcome (swapped, unchanged, refused)",
+BUNDLE_RELOADS = Counter(
+    "recstack_bundle_reloads_total",
+    "bundle hot-swap attempts, by service and outcome (swapped, unchanged, refused)",
+    ["service", "outcome"],
+)
+VERSION_FALLBACKS = Counter(
+    "recstack_gateway_version_fallbacks_total",
+    "Recommends that re-asked recall in a bundle version rank serves (a rollout in "
+    "progress), by outcome (pinned, none_common)",
     ["outcome"],
 )

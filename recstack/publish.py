@@ -47,12 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from recstack import logs
-from recstack.bundle import MANIFEST, Bundle, safe_member
+from recstack.bundle import CURRENT, MANIFEST, PREVIOUS, Bundle, safe_member
 from recstack.errors import BundleError
 
 log = logging.getLogger("recstack.publish")
 
-CURRENT = "CURRENT"
 HTTP_TIMEOUT_S = 60.0
 HTTP_ATTEMPTS = 4
 _CHUNK = 1 << 20
@@ -183,10 +182,22 @@ def _verified(path: Path, version: str) -> Bundle:
     return bundle
 
 
-def _write_current(dest: Path, version: str) -> None:
-    tmp = dest / f".{CURRENT}.{os.getpid()}.tmp"
+def _write_pointer(dest: Path, name: str, version: str) -> None:
+    tmp = dest / f".{name}.{os.getpid()}.tmp"
     tmp.write_text(version + "\n")
-    os.replace(tmp, dest / CURRENT)
+    os.replace(tmp, dest / name)
+
+
+def _write_current(dest: Path, version: str) -> None:
+    """Point CURRENT at ``version``; the version it named before becomes PREVIOUS (written
+    first, so a reader never sees PREVIOUS equal to the new CURRENT)."""
+    try:
+        before = (dest / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        before = ""
+    if before and before != version:
+        _write_pointer(dest, PREVIOUS, before)
+    _write_pointer(dest, CURRENT, version)
 
 
 def _install(src: Source, version: str, dest: Path, *, set_current: bool = True) -> Path:
@@ -239,10 +250,23 @@ def _safe_target(root: Path, rel: str) -> Path:
         raise PublishError(str(exc)) from exc
 
 
-def fetch(source: str, dest: str | os.PathLike[str], version: str = "") -> Path:
-    """Install ``version`` (default: the source's CURRENT) from ``source`` into ``dest``."""
+def fetch(
+    source: str, dest: str | os.PathLike[str], version: str = "", previous_version: str = ""
+) -> Path:
+    """Install ``version`` (default: the source's CURRENT) from ``source`` into ``dest``.
+
+    ``previous_version`` (a rollout in progress): install it too and point ``PREVIOUS`` at
+    it, so the service also serves callers still on that version (docs/deploy.md).
+    """
     src = open_source(source)
-    return _install(src, version or current_version(src), Path(dest))
+    version = version or current_version(src)
+    if not previous_version or previous_version == version:
+        return _install(src, version, Path(dest))
+    _install(src, previous_version, Path(dest), set_current=False)
+    final = _install(src, version, Path(dest))
+    # Last: _install's CURRENT update set PREVIOUS to whatever this volume served before.
+    _write_pointer(Path(dest), PREVIOUS, check_version_name(previous_version))
+    return final
 
 
 def publish(
@@ -275,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--source", required=True, help="bundles root: a path or an http(s) URL")
     f.add_argument("--version", default="", help="version to fetch (default: source CURRENT)")
     f.add_argument("--dest", required=True, help="local bundles root the service reads")
+    f.add_argument(
+        "--previous-version",
+        default="",
+        help="during a rollout: also install this version and point PREVIOUS at it",
+    )
     return parser
 
 
@@ -285,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "publish":
             path = publish(args.bundles, args.dest, args.version, set_current=args.set_current)
         else:
-            path = fetch(args.source, args.dest, args.version)
+            path = fetch(args.source, args.dest, args.version, args.previous_version)
     except (PublishError, OSError) as exc:
         log.error("bundle delivery failed: %s", exc)
         return 2

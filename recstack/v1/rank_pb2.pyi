@@ -45,7 +45,7 @@ class RankServiceGetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RankServiceGetInfoResponse(_message.Message):
-    __slots__ = ("bundle_version", "dim", "execution_provider", "max_candidates", "side_features", "batching", "max_batch_rows")
+    __slots__ = ("bundle_version", "dim", "execution_provider", "max_candidates", "side_features", "batching", "max_batch_rows", "serving_versions")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class RankServiceGetInfoResponse(_message.Message):
     SIDE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     dim: int
     execution_provider: str
@@ -60,7 +61,8 @@ class RankServiceGetInfoResponse(_message.Message):
     side_features: _containers.RepeatedScalarFieldContainer[str]
     batching: bool
     max_batch_rows: int
-    def __init__(self, bundle_version: _Optional[str] = ..., dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_candidates: _Optional[int] = ..., side_features: _Optional[_Iterable[str]] = ..., batching: _Optional[bool] = ..., max_batch_rows: _Optional[int] = ...) -> None: ...
+    serving_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundle_version: _Optional[str] = ..., dim: _Optional[int] = ..., execution_provider: _Optional[str] = ..., max_candidates: _Optional[int] = ..., side_features: _Optional[_Iterable[str]] = ..., batching: _Optional[bool] = ..., max_batch_rows: _Optional[int] = ..., serving_versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RankServiceReloadRequest(_message.Message):
     __slots__ = ("expected_version",)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecallRequest(_message.Message):
-    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact", "ignore_unknown_history", "user_prior", "exclude_history", "include_details")
+    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact", "ignore_unknown_history", "user_prior", "exclude_history", "include_details", "embedding_version")
     QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class RecallRequest(_message.Message):
     USER_PRIOR_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DETAILS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_VERSION_FIELD_NUMBER: _ClassVar[int]
     query_text: str
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     query_vector: bytes
@@ -34,7 +35,8 @@ class RecallRequest(_message.Message):
     user_prior: bool
     exclude_history: bool
     include_details: bool
-    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ..., ignore_unknown_history: _Optional[bool] = ..., user_prior: _Optional[bool] = ..., exclude_history: _Optional[bool] = ..., include_details: _Optional[bool] = ...) -> None: ...
+    embedding_version: str
+    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ..., ignore_unknown_history: _Optional[bool] = ..., user_prior: _Optional[bool] = ..., exclude_history: _Optional[bool] = ..., include_details: _Optional[bool] = ..., embedding_version: _Optional[str] = ...) -> None: ...
 
 class MetadataFilter(_message.Message):
     __slots__ = ("field", "any_of", "min", "max")
@@ -187,7 +189,7 @@ class RecallServiceGetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RecallServiceGetInfoResponse(_message.Message):
-    __slots__ = ("bundle_version", "dim", "item_count", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "encoder_provider", "max_k", "shard_index", "shard_count", "applied_sequence", "filter_fields")
+    __slots__ = ("bundle_version", "dim", "item_count", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "encoder_provider", "max_k", "shard_index", "shard_count", "applied_sequence", "filter_fields", "serving_versions")
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +202,7 @@ class RecallServiceGetInfoResponse(_message.Message):
     SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     bundle_version: str
     dim: int
     item_count: int
@@ -212,4 +215,5 @@ class RecallServiceGetInfoResponse(_message.Message):
     shard_count: int
     applied_sequence: int
     filter_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, bundle_version: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., hnsw_m: _Optional[int] = ..., hnsw_ef_construction: _Optional[int] = ..., hnsw_ef_search: _Optional[int] = ..., encoder_provider: _Optional[str] = ..., max_k: _Optional[int] = ..., shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., filter_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    serving_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundle_version: _Optional[str] = ..., dim: _Optional[int] = ..., item_count: _Optional[int] = ..., hnsw_m: _Optional[int] = ..., hnsw_ef_construction: _Optional[int] = ..., hnsw_ef_search: _Optional[int] = ..., encoder_provider: _Optional[str] = ..., max_k: _Optional[int] = ..., shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., filter_fields: _Optional[_Iterable[str]] = ..., serving_versions: _Optional[_Iterable[str]] = ...) -> None: ...

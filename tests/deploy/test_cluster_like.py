@@ -190,7 +190,7 @@ def tail(pod: Pod) -> str:
 @pytest.fixture(scope="module")
 def published(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The tiny bundle, published the way the training Job's publish step does it."""
-    bundle = Bundle.open(bundle_dir, verify=False)
+    bundle = Bundle.open(bundle_dir, verify="none")
     dest = tmp_path_factory.mktemp("published")
     publish(bundle.root.parent, dest, bundle.version)
     return dest, bundle.version
@@ -251,7 +251,7 @@ def exercise(objs: list[Obj], published: tuple[Path, str], root: Path, bundle_di
             wait_probe(pod, "livenessProbe", deadline)
         gateway = next(p for p in pods if p.name == "recstack-gateway")
         port = gateway.ports[gateway.container["readinessProbe"]["grpc"]["port"]]
-        bundle = Bundle.open(bundle_dir, verify=False)
+        bundle = Bundle.open(bundle_dir, verify="none")
         catalog = {item.id for item in bundle.iter_catalog()}
         user, _history = next(iter(bundle.iter_user_histories()))
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -21,7 +21,7 @@ from recstack.client import (
 )
 from recstack.config import ServerOptions
 from recstack.domain import MetadataFilter
-from recstack.server import CoreRef
+from recstack.lifecycle import Versions
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from tests.conftest import recall_options
 
@@ -113,13 +113,13 @@ def unavailable_count(method):
 
 def test_unavailable_is_retried_until_the_server_is_ready(bundle_dir, tmp_path, monkeypatch):
     gate = threading.Event()
-    real_set = CoreRef.set
+    real_publish = Versions.publish
 
-    def gated_set(self, core):
+    def gated_publish(self, core):
         gate.wait()  # the core is built; publish it only when the test says so (finally too)
-        real_set(self, core)
+        return real_publish(self, core)
 
-    monkeypatch.setattr(CoreRef, "set", gated_set)
+    monkeypatch.setattr(Versions, "publish", gated_publish)
     method = "/recstack.v1.RecallService/Recall"
     before = unavailable_count(method)
     running = serve_recall(ServerOptions(port=0), recall_options(bundle_dir, tmp_path))

@@ -24,7 +24,7 @@ def test_concurrent_texts_share_runs_and_get_their_own_vectors(bundle_dir, bundl
     options = recall_options(bundle_dir, tmp_path, encoder_max_delay_ms=300.0)
     replica = Replica(options, OrtOptions().session_options())
     replica.load()
-    core = replica.ref.get()
+    core = replica.versions.primary()
     direct = TextEncoder(bundle, SessionOptions(device="cpu")).encode(TEXTS)
     got: dict[int, np.ndarray] = {}
     before = runs_so_far()
@@ -56,7 +56,7 @@ def test_batching_off_encodes_directly(bundle_dir, bundle, tmp_path):
     replica.load()
     try:
         before = runs_so_far()
-        vectors = replica.ref.get().encode(TEXTS)
+        vectors = replica.versions.primary().encode(TEXTS)
         direct = TextEncoder(bundle, SessionOptions(device="cpu")).encode(TEXTS)
         np.testing.assert_allclose(vectors, direct, atol=1e-5)
         assert runs_so_far() == before

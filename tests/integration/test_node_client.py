@@ -114,5 +114,5 @@ def test_node_client_calls_every_rpc_and_decodes_rich_errors(
     mismatch = errors["version_mismatch"]
     assert mismatch["code"] == "FAILED_PRECONDITION"
     info = detail("version_mismatch", "google.rpc.ErrorInfo")
-    assert info["reason"] == "EMBEDDING_VERSION_MISMATCH"
-    assert info["metadata"] == {"expected": version, "got": "not-" + version}
+    assert info["reason"] == "VERSION_NOT_SERVED"
+    assert info["metadata"] == {"version": "not-" + version, "serving": version}

@@ -277,10 +277,17 @@ def test_reload_rpc_and_pointer_watcher_hot_swap(bundle_dir, bundle, catalog, tm
         wait_until(lambda: version() == "v2", "watcher swap to v2")
         req = rank_request(bundle, ids[:5], vectors[:5], vectors[9], version="v2")
         assert stub.Rank(req).bundle_version == "v2"
+        # v1 stays loaded for callers still on it (a rollout), each in its own space ...
+        info = stub.GetInfo(rank_pb2.RankServiceGetInfoRequest())
+        assert list(info.serving_versions) == ["v2", "v1"]
         req.embedding_version = "v1"
+        assert stub.Rank(req).bundle_version == "v1"
+        # ... and a version it does not hold is refused, naming the field
+        req.embedding_version = "v9"
         with pytest.raises(grpc.RpcError) as err:
             stub.Rank(req)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "v9" in err.value.details() and "embedding_version" in err.value.details()
         # a bad bundle is refused; the old one keeps serving
         (root / "CURRENT").write_text("v3\n")
         with pytest.raises(grpc.RpcError) as err:

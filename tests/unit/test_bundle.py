@@ -122,3 +122,27 @@ def test_recency_counts_are_checked_against_the_catalog(tmp_path, shape):
     write_manifest(d, {k: v for k, v in manifest.items() if k != "files"})
     with pytest.raises(BundleError, match="recency windows"):
         load_recency(Bundle.open(d))
+
+
+def test_on_use_hashes_only_the_files_a_service_reads(tmp_path):
+    d = make_bundle(tmp_path)
+    history = d / "users" / "history.jsonl"
+    history.write_text(history.read_text().replace("7", "8"))  # same size, wrong sha256
+    b = Bundle.open(d, verify="on_use")  # opens: every file present with its size
+    assert b.verified == set()
+    assert [i.id for i in b.iter_catalog()] == ["a", "b"]
+    assert b.verified == {"items/catalog.jsonl"}  # only what was read was hashed
+    with pytest.raises(BundleError, match="checksum mismatch for users/history.jsonl"):
+        list(b.iter_user_histories())
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        Bundle.open(d)  # release tools still check every file
+
+
+def test_on_use_refuses_a_missing_or_resized_file_at_open(tmp_path):
+    d = make_bundle(tmp_path)
+    (d / "users" / "history.jsonl").write_text("{}\n")
+    with pytest.raises(BundleError, match="bytes, the manifest says"):
+        Bundle.open(d, verify="on_use")
+    (d / "users" / "history.jsonl").unlink()
+    with pytest.raises(BundleError, match="missing file"):
+        Bundle.open(d, verify="on_use")

@@ -1,8 +1,11 @@
 """Gateway orchestration against in-process backends (the real ones run in integration)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from gateway.clients import ShardedRecall, shard_targets
 from gateway.core import GatewayCore
 from gateway.events import Event, EventStore
 from recstack.config import GatewayOptions
@@ -17,7 +20,8 @@ from recstack.domain import (
     RecommendQuery,
     ScoredItem,
 )
-from recstack.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from recstack.errors import FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
+from recstack.lifecycle import VersionNotServed
 
 DIM = 4
 VECTORS = {f"i{n}": np.eye(DIM, dtype=np.float32)[n % DIM] * (1 + n) for n in range(12)}
@@ -257,3 +261,93 @@ def test_recency_features_come_from_the_bundle_counts(tmp_path):
     # A ranker that wants recency with a bundle that has none is refused at start-up.
     with pytest.raises(FailedPrecondition, match="recency"):
         GatewayCore(backend, backend, events, GatewayOptions(), side_features=names)
+
+
+class Rollout(Catalog):
+    """Recall serves ``recall_versions`` (primary first), rank ``rank_versions``; each
+    refuses another version the way the services do (FAILED_PRECONDITION naming
+    embedding_version). Vectors are tagged with their version so a mix would show."""
+
+    def __init__(self, recall_versions, rank_versions):
+        super().__init__()
+        self.recall_versions = recall_versions
+        self.rank_versions = rank_versions
+        self.asked: list[str] = []  # embedding_version of every recall, answered or not
+
+    def recall(self, query, timeout):
+        self.asked.append(query.embedding_version)
+        version = query.embedding_version or self.recall_versions[0]
+        if version not in self.recall_versions:
+            raise VersionNotServed(version, tuple(self.recall_versions))
+        return replace(super().recall(query, timeout), bundle_version=version)
+
+    def rank(self, query, timeout):
+        if query.embedding_version not in self.rank_versions:
+            raise VersionNotServed(query.embedding_version, tuple(self.rank_versions))
+        return replace(super().rank(query, timeout), bundle_version=query.embedding_version)
+
+    def serving_versions(self, timeout):
+        return tuple(self.rank_versions)
+
+
+def rollout_core(tmp_path, backend):
+    events = EventStore(f"sqlite:///{tmp_path}/events.db", [("u1", ["i11", "i10"])])
+    return GatewayCore(backend, backend, events, GatewayOptions(default_k=3), {}, "v1")
+
+
+def test_recall_swapped_first_is_re_asked_in_the_version_rank_serves(tmp_path):
+    backend = Rollout(recall_versions=["v2", "v1"], rank_versions=["v1"])
+    result = rollout_core(tmp_path, backend).recommend(
+        RecommendQuery(user_id="u1"), Deadline.after(5)
+    )
+    assert result.bundle_version == "v1" and len(result.items) == 3
+    assert [q.embedding_version for q, _ in backend.recalls] == ["", "v1"]
+    assert [q.embedding_version for q, _ in backend.ranks] == ["v1"]
+
+
+def test_rank_swapped_first_serves_the_old_version_without_a_second_recall(tmp_path):
+    backend = Rollout(recall_versions=["v1"], rank_versions=["v2", "v1"])
+    result = rollout_core(tmp_path, backend).recommend(
+        RecommendQuery(user_id="u1"), Deadline.after(5)
+    )
+    assert result.bundle_version == "v1"
+    assert len(backend.recalls) == 1 and backend.ranks[0][0].embedding_version == "v1"
+
+
+def test_no_common_version_is_unavailable_not_a_mix(tmp_path):
+    backend = Rollout(recall_versions=["v3"], rank_versions=["v2", "v1"])
+    with pytest.raises(Unavailable, match="rollout"):
+        rollout_core(tmp_path, backend).recommend(RecommendQuery(user_id="u1"), Deadline.after(5))
+    assert backend.ranks == []  # nothing was ranked in another space
+    assert backend.asked == ["", "v1", "v2"]
+
+
+class Shard(Rollout):
+    def get_items(self, ids, timeout):
+        raise AssertionError("not used")
+
+
+def test_shards_in_different_versions_are_re_asked_in_one_they_all_hold():
+    swapped, behind = Shard(["v2", "v1"], []), Shard(["v1"], [])
+    merged = ShardedRecall([swapped, behind]).recall(RecallQuery(k=4), 5)
+    assert merged.bundle_version == "v1"
+    assert [q.embedding_version for q, _ in swapped.recalls] == ["", "v1"]
+    assert [q.embedding_version for q, _ in behind.recalls] == [""]
+    # no version every shard holds: UNAVAILABLE, never a merge across spaces
+    with pytest.raises(Unavailable, match="different bundle versions"):
+        ShardedRecall([Shard(["v2"], []), Shard(["v1"], [])]).recall(RecallQuery(k=4), 5)
+
+
+@pytest.mark.parametrize(
+    "value,targets",
+    [
+        ("127.0.0.1:1", ["127.0.0.1:1"]),
+        ("a:1, b:2", ["a:1", "b:2"]),
+        ("dns:///s0:1,dns:///s1:1", ["dns:///s0:1", "dns:///s1:1"]),
+        ("ipv4:10.0.0.1:1,10.0.0.2:1", ["ipv4:10.0.0.1:1,10.0.0.2:1"]),
+        ("ipv4:h:1,h:2,ipv4:h:3,h:4", ["ipv4:h:1,h:2", "ipv4:h:3,h:4"]),
+        ("ipv4:h:1,dns:///s1:1", ["ipv4:h:1", "dns:///s1:1"]),
+    ],
+)
+def test_recall_address_names_one_target_per_shard(value, targets):
+    assert shard_targets(value) == targets

@@ -15,17 +15,17 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rank_service.core import CoreRetired, RankCore, load_core
-from rank_service.reload import BundleReloader
+from rank_service.core import RankCore, load_core
 from rank_service.runner import RankerRunner
+from rank_service.server import rank_lifecycle
 from recstack.bundle import MANIFEST, Bundle, write_manifest
-from recstack.config import RankOptions
+from recstack.config import OrtOptions, RankOptions
 from recstack.deadline import Deadline
 from recstack.domain import RankQuery
 from recstack.errors import BundleError, FailedPrecondition, InvalidArgument
 from recstack.features import candidate_features, history_similarities
+from recstack.lifecycle import VersionNotServed
 from recstack.ort import CPU, CUDA, SessionOptions
-from recstack.server import CoreRef
 from recstack.v1 import rank_pb2
 from recstack.vectors import pack
 
@@ -250,8 +250,8 @@ def test_batching_on_and_off_match_direct_onnx_under_concurrency(bundle, catalog
                 assert y.score == pytest.approx(float(want[y.id]), abs=1e-5)
     finally:
         release.set()
-        on.retire(WAIT)
-        off.retire(WAIT)
+        on.close(WAIT)
+        off.close(WAIT)
 
 
 def test_diversity_lambda_validation_and_mmr_order(bundle, catalog):
@@ -275,7 +275,7 @@ def test_diversity_lambda_validation_and_mmr_order(bundle, catalog):
             with pytest.raises(InvalidArgument, match="diversity_lambda"):
                 core.rank(query(bundle, cids, vecs, user, diversity_lambda=bad), Deadline.none())
     finally:
-        core.retire(WAIT)
+        core.close(WAIT)
 
 
 # ---- side features ----
@@ -292,7 +292,7 @@ def test_features_sent_to_a_ranker_without_side_features(bundle_dir, catalog, tm
         assert err.value.field == "candidate_features"
         assert core.info().side_features == ()
     finally:
-        core.retire(WAIT)
+        core.close(WAIT)
 
 
 def test_side_features_are_fed_and_validated(bundle_dir, bundle, catalog, tmp_path):
@@ -319,7 +319,7 @@ def test_side_features_are_fed_and_validated(bundle_dir, bundle, catalog, tmp_pa
                         query(fb, ids[:n], items, user, candidate_features=bad), Deadline.none()
                     )
         finally:
-            core.retire(WAIT)
+            core.close(WAIT)
 
 
 def test_manifest_and_model_disagreeing_on_features_is_refused(bundle_dir, tmp_path):
@@ -338,14 +338,14 @@ def test_provider_selection_without_gpu(bundle):
         assert core.provider == CPU and not core.runner.io_binding and not core.runner.pinned
         assert core.info().execution_provider == CPU
     finally:
-        core.retire(WAIT)
+        core.close(WAIT)
     with pytest.raises(BundleError, match="onnxruntime-gpu"):
         RankCore(bundle, RankOptions(), SessionOptions(device="cuda", allow_cpu_fallback=False))
     auto = RankCore(bundle, RankOptions(), SessionOptions(device="auto"))
     try:
         assert auto.provider == CPU
     finally:
-        auto.retire(WAIT)
+        auto.close(WAIT)
 
 
 def test_io_binding_path_matches_plain_run_on_cpu(bundle, catalog):
@@ -373,7 +373,7 @@ def test_optimized_model_is_saved(bundle, tmp_path):
         RankOptions(bundle=str(bundle.root)),
         SessionOptions(device="cpu", optimized_model_path=str(out)),
     )
-    core.retire(WAIT)
+    core.close(WAIT)
     assert out.is_file() and onnx.load(str(out)).graph.node
 
 
@@ -392,8 +392,8 @@ def test_cuda_provider_with_io_binding_matches_cpu(bundle, catalog):
         for x, y in zip(a.items, b.items, strict=True):
             assert x.score == pytest.approx(y.score, abs=1e-4)
     finally:
-        gpu.retire(WAIT)
-        cpu.retire(WAIT)
+        gpu.close(WAIT)
+        cpu.close(WAIT)
 
 
 # ---- hot swap ----
@@ -410,9 +410,25 @@ def bundle_root(bundle_dir, tmp_path):
     return root
 
 
+def lifecycle_over(root, grace_s=60.0, before_batch=None, load_previous=True):
+    lc = rank_lifecycle(
+        RankOptions(
+            bundle=str(root),
+            bundle_poll_s=0,
+            version_grace_s=grace_s,
+            load_previous=load_previous,
+        ),
+        OrtOptions(device="cpu"),
+        before_batch=before_batch,
+    )
+    lc.load_initial()
+    return lc
+
+
 def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, bundle, catalog):
     """The in-flight request is held in v1's batcher until the test releases it (no expiry
-    that could let it finish early, and no request deadline that the hold could run out)."""
+    that could let it finish early, and no request deadline that the hold could run out).
+    With no grace period, v1 is retired as soon as that request ends."""
     ids, vectors = catalog
     hold = threading.Event()
     held = threading.Event()
@@ -424,19 +440,16 @@ def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, bundle,
             hold.wait()  # set by the test body (always, in its finally)
 
     armed = threading.Event()
-    ref: CoreRef[RankCore] = CoreRef("rank")
-    reloader = BundleReloader(
-        ref, RankOptions(bundle=str(bundle_root)), SessionOptions("cpu"), before_batch=hook
-    )
-    reloader.load_initial()
-    old = ref.get()
+    lc = lifecycle_over(bundle_root, grace_s=0, before_batch=hook)
+    old = lc.versions.primary()
     assert old.version == "v1"
     box = {}
 
     def in_flight():
         q = query(bundle, ids[:5], vectors[:5], vectors[9], version="v1")
         try:
-            box["result"] = old.rank(q, Deadline.none())
+            with lc.versions.lease("v1") as core:
+                box["result"] = core.rank(q, Deadline.none())
         except Exception as exc:  # surfaced by the asserts below
             box["error"] = exc
 
@@ -446,51 +459,106 @@ def test_hot_swap_in_flight_requests_finish_on_the_old_core(bundle_root, bundle,
     try:
         assert held.wait(WAIT), "the in-flight request never reached v1's ranker"
         (bundle_root / "CURRENT").write_text("v2\n")
-        outcome = reloader.reload()
+        outcome = lc.reload()
         assert (outcome.bundle_version, outcome.previous_version, outcome.swapped) == (
             "v2",
             "v1",
             True,
         )
-        new = ref.get()
-        assert new.version == "v2"
-        q2 = query(bundle, ids[:5], vectors[:5], vectors[9], version="v2")
-        assert new.rank(q2, Deadline.after(WAIT)).bundle_version == "v2"
+        assert lc.versions.held() == ("v2",)
+        with lc.versions.lease("v2") as new:
+            q2 = query(bundle, ids[:5], vectors[:5], vectors[9], version="v2")
+            assert new.rank(q2, Deadline.after(WAIT)).bundle_version == "v2"
+        with pytest.raises(VersionNotServed) as refused, lc.versions.lease("v1"):
+            pass
+        assert refused.value.field == "embedding_version" and refused.value.held == ("v2",)
         assert t.is_alive()  # still running on v1
+        assert old.batcher._worker.is_alive(), "v1 closed while a request was inside it"
     finally:
         hold.set()
     t.join(WAIT)
     assert not t.is_alive(), "the in-flight request never finished after its release"
     assert "error" not in box, box["error"]
     assert box["result"].bundle_version == "v1" and len(box["result"].items) == 5
-    old.batcher._worker.join(WAIT)  # retired in the background once its request finished
-    assert not old.batcher._worker.is_alive(), "the old core was never retired"
-    with pytest.raises(CoreRetired):
-        old.rank(query(bundle, ids[:5], vectors[:5], vectors[9], version="v1"), Deadline.none())
-    assert reloader.reload().swapped is False
-    reloader.close()
+    old.batcher._worker.join(WAIT)  # closed in the background once its request finished
+    assert not old.batcher._worker.is_alive(), "the old core was never closed"
+    assert lc.reload().swapped is False
+    lc.close()
+
+
+def test_replaced_version_is_kept_for_its_callers_then_retired(bundle_root, bundle, catalog):
+    """A rollout: after the swap both versions rank (each its own vectors' space) until
+    v1 has not been named for the grace period."""
+    ids, vectors = catalog
+    lc = lifecycle_over(bundle_root, grace_s=60.0)
+    (bundle_root / "CURRENT").write_text("v2\n")
+    assert lc.reload().swapped
+    assert lc.versions.held() == ("v2", "v1")
+    for version in ("v1", "v2"):
+        with lc.versions.lease(version) as core:
+            got = core.rank(
+                query(bundle, ids[:4], vectors[:4], vectors[9], version=version), Deadline.none()
+            )
+        assert got.bundle_version == version
+    assert lc.versions.sweep() == []  # named just now
+    lc.versions.grace_s = 0.0
+    (retired,) = lc.versions.sweep()
+    assert retired == "v1" and lc.versions.held() == ("v2",)
+    lc.close()
+
+
+def test_previous_version_is_loaded_at_start(bundle_root):
+    """A process started mid-rollout (root with PREVIOUS) serves both versions."""
+    (bundle_root / "CURRENT").write_text("v2\n")
+    (bundle_root / "PREVIOUS").write_text("v1\n")
+    lc = lifecycle_over(bundle_root)
+    assert lc.versions.held() == ("v2", "v1")
+    lc.close()
+    off = lifecycle_over(bundle_root, load_previous=False)
+    assert off.versions.held() == ("v2",)
+    off.close()
+    (bundle_root / "PREVIOUS").write_text("gone\n")  # names nothing: only the current one
+    missing = lifecycle_over(bundle_root)
+    assert missing.versions.held() == ("v2",)
+    missing.close()
 
 
 def test_bad_bundle_is_refused_and_old_keeps_serving(bundle_root, bundle, bundle_dir, catalog):
     ids, vectors = catalog
-    ref: CoreRef[RankCore] = CoreRef("rank")
-    reloader = BundleReloader(ref, RankOptions(bundle=str(bundle_root)), SessionOptions("cpu"))
-    reloader.load_initial()
+    lc = lifecycle_over(bundle_root)
     bad = copy_bundle(Path(bundle_dir), bundle_root / "v3", version="v3")
     with (bad / "ranker" / "model.onnx").open("ab") as f:
         f.write(b"\0")
     (bundle_root / "CURRENT").write_text("v3\n")
     with pytest.raises(FailedPrecondition, match="checksum mismatch"):
-        reloader.reload()
+        lc.reload()
     (bundle_root / "CURRENT").write_text("nope\n")
     with pytest.raises(FailedPrecondition, match="reload refused"):
-        reloader.reload()
+        lc.reload()
     (bundle_root / "CURRENT").write_text("v2\n")
     with pytest.raises(FailedPrecondition, match="expected_version"):
-        reloader.reload(expected_version="v9")
-    core = ref.get()
-    assert core.version == "v1"
-    q = query(bundle, ids[:4], vectors[:4], vectors[9], version="v1")
-    assert core.rank(q, Deadline.none()).bundle_version == "v1"
-    assert reloader.reload(expected_version="v2").swapped
-    reloader.close()
+        lc.reload(expected_version="v9")
+    assert lc.versions.held() == ("v1",)
+    with lc.versions.lease("v1") as core:
+        q = query(bundle, ids[:4], vectors[:4], vectors[9], version="v1")
+        assert core.rank(q, Deadline.none()).bundle_version == "v1"
+    assert lc.reload(expected_version="v2").swapped
+    lc.close()
+
+
+def test_rank_verifies_only_the_files_it_loads(bundle_dir, tmp_path):
+    """Rank never hashes the encoder (it never runs it): a damaged encoder does not stop
+    it, a damaged ranker does."""
+    copy = copy_bundle(Path(bundle_dir), tmp_path / "b")
+    encoder = copy / "encoder" / "model.onnx"
+    data = bytearray(encoder.read_bytes())
+    data[-1] ^= 0xFF  # same size, other sha256
+    encoder.write_bytes(bytes(data))
+    core = load_core(RankOptions(bundle=str(copy)), SessionOptions("cpu"))
+    core.close(WAIT)
+    ranker = copy / "ranker" / "model.onnx"
+    data = bytearray(ranker.read_bytes())
+    data[-1] ^= 0xFF
+    ranker.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch for ranker/model.onnx"):
+        load_core(RankOptions(bundle=str(copy)), SessionOptions("cpu"))
