@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,6 +116,18 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, bundle_dir / MANIFEST)
     return manifest
+
+
+def copy_bundle(src: Path, dst: Path, *, version: str | None = None) -> Path:
+    """Copy a bundle directory, optionally under another version name (a distinct
+    embedding space to the services: rollout drills and tests), re-writing its manifest."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    manifest.pop("files", None)
+    if version:
+        manifest["version"] = version
+    write_manifest(dst, manifest)
+    return dst
 
 
 @dataclass(frozen=True)

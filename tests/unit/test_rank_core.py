@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rank_service.core import RankCore, load_core
 from rank_service.runner import RankerRunner
 from rank_service.server import rank_lifecycle
-from recstack.bundle import MANIFEST, Bundle, write_manifest
+from recstack.bundle import MANIFEST, Bundle, copy_bundle, write_manifest
 from recstack.config import OrtOptions, RankOptions
 from recstack.deadline import Deadline
 from recstack.domain import RankQuery
@@ -36,17 +36,6 @@ FEATURE_WEIGHTS = (0.5, -0.25)
 
 
 # ---- helpers (also imported by the integration tests) ----
-
-
-def copy_bundle(src: Path, dst: Path, *, version: str | None = None) -> Path:
-    """Copy a bundle, optionally renaming its version, and re-write its manifest."""
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / MANIFEST).read_text())
-    manifest.pop("files", None)
-    if version:
-        manifest["version"] = version
-    write_manifest(dst, manifest)
-    return dst
 
 
 def feature_ranker(dim: int, weights=FEATURE_WEIGHTS) -> onnx.ModelProto:
