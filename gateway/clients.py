@@ -1,8 +1,9 @@
 """gRPC implementations of the gateway's downstream protocols.
 
 Each call carries the time budget the core computed as its gRPC deadline; a downstream
-error comes back as the matching domain error (same kind, same field), so the caller
-sees e.g. INVALID_ARGUMENT naming ``history_item_ids`` rather than a generic failure.
+error comes back as the matching domain error (same kind, fields, reason, metadata and
+retry delay, decoded from its google.rpc.Status), so the caller sees e.g. INVALID_ARGUMENT
+naming ``history_item_ids`` rather than a generic failure.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
@@ -24,15 +25,24 @@ from recstack.domain import (
     RecallResult,
     ScoredItem,
 )
-from recstack.errors import FailedPrecondition, RecstackError, Unavailable, error_for_kind
+from recstack.errors import (
+    ErrorKind,
+    FailedPrecondition,
+    RecstackError,
+    Unavailable,
+    details_from_trailers,
+    error_for_kind,
+)
 from recstack.lifecycle import VERSION_FIELD
 from recstack.pbconv import filters_to_pb, recall_result_from_pb
-from recstack.server import FIELD_METADATA_KEY, KIND_FOR_STATUS
+from recstack.server import KIND_FOR_STATUS
 from recstack.sharding import shard_of
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack
 
 R = TypeVar("R")
+# A request the shards refuse for what it asks (not a shard failure): the same on every shard.
+BAD_REQUEST_KINDS = frozenset({ErrorKind.INVALID_ARGUMENT, ErrorKind.OUT_OF_RANGE})
 
 
 def relay_errors(service: str, call: Callable[[], R]) -> R:
@@ -45,9 +55,14 @@ def relay_errors(service: str, call: Callable[[], R]) -> R:
         kind = KIND_FOR_STATUS.get(code)
         if kind is None:
             raise Unavailable(f"{details} ({code.name})") from err
-        exc: RecstackError = error_for_kind(kind, details)
-        metadata: Any = err.trailing_metadata() or ()
-        exc.field = next((str(v) for k, v in metadata if k == FIELD_METADATA_KEY), None)
+        rich = details_from_trailers(err.trailing_metadata())
+        # Without details (e.g. grpc's own RESOURCE_EXHAUSTED past max_concurrent_rpcs)
+        # the kind alone is relayed.
+        exc: RecstackError = (
+            rich.to_error(f"{service}: ")
+            if rich is not None and rich.code == kind.value
+            else error_for_kind(kind, details)
+        )
         raise exc from err
 
 
@@ -179,7 +194,7 @@ class ShardedRecall:
             try:
                 answers[index] = future.result()
             except RecstackError as exc:
-                if self.policy != "partial" or exc.kind.value == "INVALID_ARGUMENT":
+                if self.policy != "partial" or exc.kind in BAD_REQUEST_KINDS:
                     raise  # a bad request is bad on every shard: report it, not a gap
                 first_error = first_error or exc
                 missing.append(index)

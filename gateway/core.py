@@ -36,7 +36,7 @@ from recstack.domain import (
     RecommendQuery,
     RecommendResult,
 )
-from recstack.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from recstack.errors import FailedPrecondition, InvalidArgument, Unavailable, limit_exceeded
 from recstack.features import (
     RANKER_FEATURES,
     RECENCY,
@@ -151,20 +151,19 @@ class GatewayCore:
         if not (q.user_id or q.history_item_ids or q.query_text.strip()):
             raise InvalidArgument(
                 "a request needs a user id, history item ids or query text",
-                field="user_id|history_item_ids|query_text",
+                field=("user_id", "history_item_ids", "query_text"),
+                reason="MISSING_QUERY",
             )
         k = q.k or o.default_k
         if k < 0:
             raise InvalidArgument(f"must be positive (0 = default {o.default_k})", field="k")
         if k > o.max_k:
-            raise ResourceExhausted(f"{k} exceeds the limit of {o.max_k}", field="k")
+            raise limit_exceeded("k", k, o.max_k)
         n = q.candidate_count or max(o.default_candidates, k)
         if n < k:
             raise InvalidArgument(f"{n} is smaller than k={k}", field="candidate_count")
         if n > o.max_candidates:
-            raise ResourceExhausted(
-                f"{n} exceeds the limit of {o.max_candidates}", field="candidate_count"
-            )
+            raise limit_exceeded("candidate_count", n, o.max_candidates)
         if len(q.history_item_ids) > o.max_history:
             raise InvalidArgument(
                 f"{len(q.history_item_ids)} ids exceeds {o.max_history}", field="history_item_ids"

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from recstack.errors import InvalidArgument, ResourceExhausted
+from recstack.errors import InvalidArgument, limit_exceeded
 from recstack.storage import POSTGRES, Database
 
 EVENT_TYPES = ("view", "click", "like", "purchase")
@@ -62,9 +62,7 @@ class EventStore:
         if not events:
             raise InvalidArgument("at least one event is required", field="events")
         if len(events) > self.max_batch:
-            raise ResourceExhausted(
-                f"{len(events)} events exceeds the limit of {self.max_batch}", field="events"
-            )
+            raise limit_exceeded("events", len(events), self.max_batch, "events")
         for i, e in enumerate(events):
             if not e.user_id:
                 raise InvalidArgument("must not be empty", field=f"events[{i}].user_id")

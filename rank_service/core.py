@@ -35,7 +35,7 @@ from recstack.errors import (
     BundleError,
     FailedPrecondition,
     InvalidArgument,
-    ResourceExhausted,
+    limit_exceeded,
 )
 from recstack.ort import CUDA, SessionOptions, create_session
 from recstack.vectors import F32Array
@@ -138,15 +138,14 @@ class RankCore:
                 f"vectors are from bundle {q.embedding_version!r} but this ranker serves "
                 f"{self.version!r}",
                 field="embedding_version",
+                reason="EMBEDDING_VERSION_MISMATCH",
+                metadata={"expected": self.version, "got": q.embedding_version},
             )
         n = len(q.candidate_ids)
         if n == 0:
             raise InvalidArgument("at least one candidate is required", field="candidate_ids")
         if n > self.options.max_candidates:
-            raise ResourceExhausted(
-                f"{n} candidates exceeds the limit of {self.options.max_candidates}",
-                field="candidate_ids",
-            )
+            raise limit_exceeded("candidate_ids", n, self.options.max_candidates, "candidates")
         if len(set(q.candidate_ids)) != n:
             raise InvalidArgument("ids must be distinct", field="candidate_ids")
         if q.top_k < 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rank_service.core import RankCore, load_core, publish_metrics
-from rank_service.servicer import RankServicer
+from rank_service.servicer import RankAdminServicer, RankServicer
 from recstack.batcher import BeforeRunHook
 from recstack.config import OrtOptions, RankOptions, ServerOptions
 from recstack.lifecycle import Lifecycle
@@ -21,6 +21,7 @@ from recstack.server import RunningServer, ServiceSpec, start_server
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 
 SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name
+ADMIN_SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankAdminService"].full_name
 
 
 def rank_lifecycle(
@@ -58,6 +59,7 @@ def serve(
     """
     lifecycle = rank_lifecycle(options, ort, before_batch=before_batch)
     servicer = RankServicer(lifecycle, reload_rpc=options.reload_rpc)
+    admin = RankAdminServicer(servicer)
 
     def load() -> None:
         lifecycle.load_initial()
@@ -68,7 +70,11 @@ def serve(
         [
             ServiceSpec(
                 SERVICE_NAME, lambda s: rank_pb2_grpc.add_RankServiceServicer_to_server(servicer, s)
-            )
+            ),
+            ServiceSpec(
+                ADMIN_SERVICE_NAME,
+                lambda s: rank_pb2_grpc.add_RankAdminServiceServicer_to_server(admin, s),
+            ),
         ],
         load,
     )

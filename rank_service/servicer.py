@@ -8,7 +8,7 @@ import numpy as np
 from rank_service.core import RankCore
 from recstack.domain import RankQuery
 from recstack.errors import FailedPrecondition, InvalidArgument
-from recstack.lifecycle import Lifecycle
+from recstack.lifecycle import Lifecycle, ReloadOutcome
 from recstack.server import deadline_of
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from recstack.vectors import WIRE_DTYPE, F32Array, unpack_rows, unpack_vector
@@ -79,16 +79,42 @@ class RankServicer(rank_pb2_grpc.RankServiceServicer):
             serving_versions=list(self.versions.held()),
         )
 
+    def reload(self, expected_version: str) -> ReloadOutcome:
+        """The reload of both admin RPCs (RankAdminService.ReloadBundle, deprecated Reload)."""
+        if not self.reload_rpc:
+            raise FailedPrecondition(
+                "the reload RPC is disabled on this server (--reload-rpc)", reason="RELOAD_DISABLED"
+            )
+        self.versions.primary()  # UNAVAILABLE while the first bundle is still loading
+        return self.lifecycle.reload(expected_version)
+
     def Reload(
         self,
         request: rank_pb2.RankServiceReloadRequest,
         context: grpc.ServicerContext,
     ) -> rank_pb2.RankServiceReloadResponse:
-        if not self.reload_rpc:
-            raise FailedPrecondition("the Reload RPC is disabled on this server (--reload-rpc)")
-        self.versions.primary()  # UNAVAILABLE while the first bundle is still loading
-        outcome = self.lifecycle.reload(request.expected_version)
+        """Deprecated alias of RankAdminService.ReloadBundle (one release)."""
+        outcome = self.reload(request.expected_version)
         return rank_pb2.RankServiceReloadResponse(
+            bundle_version=outcome.bundle_version,
+            previous_version=outcome.previous_version,
+            swapped=outcome.swapped,
+        )
+
+
+class RankAdminServicer(rank_pb2_grpc.RankAdminServiceServicer):
+    """recstack.v1.RankAdminService: the operator RPCs, over the same reloader."""
+
+    def __init__(self, rank: RankServicer) -> None:
+        self.rank = rank
+
+    def ReloadBundle(
+        self,
+        request: rank_pb2.RankAdminServiceReloadBundleRequest,
+        context: grpc.ServicerContext,
+    ) -> rank_pb2.RankAdminServiceReloadBundleResponse:
+        outcome = self.rank.reload(request.expected_version)
+        return rank_pb2.RankAdminServiceReloadBundleResponse(
             bundle_version=outcome.bundle_version,
             previous_version=outcome.previous_version,
             swapped=outcome.swapped,

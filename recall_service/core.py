@@ -49,8 +49,8 @@ from recstack.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
-    ResourceExhausted,
     Unavailable,
+    limit_exceeded,
 )
 from recstack.features import summarize_similarities
 from recstack.sharding import shard_of
@@ -59,7 +59,7 @@ from recstack.vectors import F32Array, l2_normalize
 
 log = logging.getLogger(__name__)
 
-QUERY_FIELDS = "query_text|history_item_ids|query_vector"
+QUERY_FIELDS = ("query_text", "history_item_ids", "query_vector")
 ENCODER_BATCH_METRICS = BatchMetrics(
     metrics.ENCODER_BATCH_TEXTS,
     metrics.ENCODER_BATCH_REQUESTS,
@@ -139,11 +139,13 @@ class RecallCore:
         if q.k <= 0:
             raise InvalidArgument(f"must be positive, got {q.k}", field="k")
         if q.k > o.max_k:
-            raise ResourceExhausted(f"{q.k} exceeds the limit of {o.max_k}", field="k")
+            raise limit_exceeded("k", q.k, o.max_k)
         has_text = bool(q.query_text.strip()) or bool(q.history_item_ids)
         if q.query_vector is None and not has_text:
             raise InvalidArgument(
-                "a query needs text, history item ids or a vector", field=QUERY_FIELDS
+                "a query needs text, history item ids or a vector",
+                field=QUERY_FIELDS,
+                reason="MISSING_QUERY",
             )
         if q.query_vector is not None and has_text:
             raise InvalidArgument(
@@ -178,7 +180,11 @@ class RecallCore:
         unknown = [i for i, v in zip(recent, found, strict=True) if v is None]
         if unknown and not ignore_unknown:
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-            raise InvalidArgument(f"unknown item ids {unknown[:5]}{more}", field="history_item_ids")
+            raise InvalidArgument(
+                f"unknown item ids {unknown[:5]}{more}",
+                field="history_item_ids",
+                reason="UNKNOWN_ITEM",
+            )
         kept = [(i, v) for i, v in zip(recent, found, strict=True) if v is not None][::-1]
         if not kept:
             return [], np.zeros((0, self.dim), np.float32)
@@ -214,10 +220,7 @@ class RecallCore:
     ) -> list[RecallResult]:
         """Several recalls with one encoder call and one batched index search."""
         if len(queries) > self.options.max_batch:
-            raise ResourceExhausted(
-                f"{len(queries)} requests exceeds the limit of {self.options.max_batch}",
-                field="requests",
-            )
+            raise limit_exceeded("requests", len(queries), self.options.max_batch, "requests")
         specs = []
         for q in queries:
             self.validate(q)
@@ -330,9 +333,7 @@ class RecallCore:
         """At most ``max_batch`` ids, none empty (the ``ids`` of GetItems and Delete);
         ``owned``: each must also belong to this replica's shard (writes)."""
         if len(ids) > self.options.max_batch:
-            raise ResourceExhausted(
-                f"{len(ids)} ids exceeds the limit of {self.options.max_batch}", field="ids"
-            )
+            raise limit_exceeded("ids", len(ids), self.options.max_batch, "ids")
         for i, item_id in enumerate(ids):
             if not item_id:
                 raise InvalidArgument("must not be empty", field=f"ids[{i}]")
@@ -346,6 +347,12 @@ class RecallCore:
                 f"item {item_id!r} belongs to shard {shard_of(item_id, o.shard_count)} of "
                 f"{o.shard_count}; this replica serves shard {o.shard_index}",
                 field=where,
+                reason="WRONG_SHARD",
+                metadata={
+                    "shard": str(shard_of(item_id, o.shard_count)),
+                    "shard_count": str(o.shard_count),
+                    "serving_shard": str(o.shard_index),
+                },
             )
 
     def upsert(self, items: Sequence[ItemWrite]) -> int:
@@ -353,9 +360,7 @@ class RecallCore:
         if not items:
             raise InvalidArgument("at least one item is required", field="items")
         if len(items) > self.options.max_batch:
-            raise ResourceExhausted(
-                f"{len(items)} items exceeds the limit of {self.options.max_batch}", field="items"
-            )
+            raise limit_exceeded("items", len(items), self.options.max_batch, "items")
         for i, it in enumerate(items):
             where = f"items[{i}]"
             if not it.id:
@@ -374,6 +379,8 @@ class RecallCore:
                     f"vector is from bundle {it.embedding_version!r}, this replica serves "
                     f"{self.version!r}",
                     field=f"{where}.embedding_version",
+                    reason="EMBEDDING_VERSION_MISMATCH",
+                    metadata={"expected": self.version, "got": it.embedding_version},
                 )
             if it.vector.shape != (self.dim,) or not np.any(it.vector):
                 raise InvalidArgument(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from recall_service.replica import Replica
-from recall_service.servicer import RecallServicer
+from recall_service.servicer import RecallAdminServicer, RecallServicer
 from recstack.config import OrtOptions, RecallOptions, ServerOptions
 from recstack.server import RunningServer, ServiceSpec, start_server
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 
 SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name
+ADMIN_SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["RecallAdminService"].full_name
 
 
 def serve(
@@ -18,13 +19,18 @@ def serve(
     replayed and the self-check passed. ``running.replica`` is the replica."""
     replica = Replica(options, (ort or OrtOptions()).session_options())
     servicer = RecallServicer(replica)
+    admin = RecallAdminServicer(replica)
     running = start_server(
         server,
         [
             ServiceSpec(
                 SERVICE_NAME,
                 lambda s: recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, s),
-            )
+            ),
+            ServiceSpec(
+                ADMIN_SERVICE_NAME,
+                lambda s: recall_pb2_grpc.add_RecallAdminServiceServicer_to_server(admin, s),
+            ),
         ],
         replica.load,
         on_stop=replica.close,

@@ -126,6 +126,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
     def ReloadBundle(
         self, request: recall_pb2.ReloadBundleRequest, context: grpc.ServicerContext
     ) -> recall_pb2.ReloadBundleResponse:
+        """Deprecated alias of RecallAdminService.ReloadBundle (one release)."""
         outcome = self.replica.reload()
         return recall_pb2.ReloadBundleResponse(
             bundle_version=outcome.bundle_version, swapped=outcome.swapped
@@ -149,4 +150,21 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
             applied_sequence=i.applied_sequence,
             filter_fields=i.filter_fields,
             serving_versions=list(self.versions.held()),
+        )
+
+
+class RecallAdminServicer(recall_pb2_grpc.RecallAdminServiceServicer):
+    """recstack.v1.RecallAdminService: the operator RPCs, over the same replica."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def ReloadBundle(
+        self,
+        request: recall_pb2.RecallAdminServiceReloadBundleRequest,
+        context: grpc.ServicerContext,
+    ) -> recall_pb2.RecallAdminServiceReloadBundleResponse:
+        outcome = self.replica.reload()
+        return recall_pb2.RecallAdminServiceReloadBundleResponse(
+            bundle_version=outcome.bundle_version, swapped=outcome.swapped
         )

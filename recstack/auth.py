@@ -2,9 +2,11 @@
 
 Tokens file (one per service, ``--auth-tokens-file``): one token per line as
 ``<token> <permission>[,<permission>]`` with permissions ``read`` and/or ``write``; ``#``
-starts a comment. Read methods (Recall, RecallBatch, GetItems, Rank, Recommend, GetInfo,
-reflection) need ``read``; write methods (Upsert, Delete, RecordEvents, DeleteUser, ReloadBundle,
-Reload) need ``write``. ``grpc.health.v1.Health`` is exempt so that Kubernetes probes,
+starts a comment. The permission of a recstack.v1 method comes from its declared
+``idempotency_level`` (recstack.contracts): NO_SIDE_EFFECTS methods (Recall, RecallBatch,
+GetItems, Rank, Recommend, GetInfo) need ``read``; all others (Upsert, Delete, RecordEvents,
+DeleteUser and the admin services' ReloadBundle) need ``write``. Other services (server
+reflection) need ``read``. ``grpc.health.v1.Health`` is exempt so that Kubernetes probes,
 which cannot send tokens, keep working; health reveals nothing but serving status.
 
 Tokens are compared with ``hmac.compare_digest`` against every configured token (no early
@@ -19,12 +21,10 @@ from pathlib import Path
 
 import grpc
 
+from recstack.contracts import method_table
 from recstack.errors import BundleError, PermissionDenied, Unauthenticated
 
 READ, WRITE = "read", "write"
-WRITE_METHODS = frozenset(
-    {"Upsert", "Delete", "RecordEvents", "DeleteUser", "ReloadBundle", "Reload"}
-)
 EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health"})
 
 
@@ -61,10 +61,11 @@ class TokenTable:
 
 def required_permission(method: str) -> str | None:
     """``read``/``write`` for a full method name ``/pkg.Service/Method``; None if exempt."""
-    _, service, name = method.split("/", 2) if method.count("/") >= 2 else ("", "", method)
+    _, service, _name = method.split("/", 2) if method.count("/") >= 2 else ("", "", method)
     if service in EXEMPT_SERVICES:
         return None
-    return WRITE if name in WRITE_METHODS else READ
+    declared = method_table().get(method)
+    return WRITE if declared is not None and not declared.read_only else READ
 
 
 def authorize(table: TokenTable, method: str, authorization: str | None) -> None:
@@ -73,12 +74,19 @@ def authorize(table: TokenTable, method: str, authorization: str | None) -> None
     if needed is None:
         return
     if not authorization or not authorization.startswith("Bearer "):
-        raise Unauthenticated("missing bearer token (metadata 'authorization: Bearer <token>')")
+        raise Unauthenticated(
+            "missing bearer token (metadata 'authorization: Bearer <token>')",
+            reason="MISSING_TOKEN",
+        )
     perms = table.permissions(authorization[len("Bearer ") :].strip())
     if not perms:
-        raise Unauthenticated("invalid bearer token")
+        raise Unauthenticated("invalid bearer token", reason="INVALID_TOKEN")
     if needed not in perms:
-        raise PermissionDenied(f"token lacks '{needed}' permission for {method}")
+        raise PermissionDenied(
+            f"token lacks '{needed}' permission for {method}",
+            reason="MISSING_PERMISSION",
+            metadata={"permission": needed, "method": method},
+        )
 
 
 def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:

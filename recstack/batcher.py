@@ -134,7 +134,9 @@ class Batcher:
                 self._metrics.dropped.labels("queue_full").inc()
                 raise ResourceExhausted(
                     f"{self._what}'s queue full ({self.max_queue_requests} requests "
-                    "waiting); retry later"
+                    "waiting); retry later",
+                    reason="QUEUE_FULL",
+                    metadata={"queue": self._what, "limit": str(self.max_queue_requests)},
                 )
             self._queue.append(pending)
             self._queued_rows += rows

@@ -1,10 +1,14 @@
 """Typed Python clients (sync and asyncio) for the gateway and the recall service.
 
 Defaults a caller should not have to think about: every call has a deadline (``timeout``,
-default 1 s); idempotent reads (Recommend, Recall, RecallBatch, GetItems, Rank, GetInfo) are retried
-with exponential backoff on UNAVAILABLE only, by gRPC itself via the channel's service
-config; writes (Upsert, Delete, RecordEvents) are never retried automatically. Errors
-arrive as ``grpc.RpcError`` with the status code and a message naming the bad field.
+default 1 s); methods the protos declare NO_SIDE_EFFECTS or IDEMPOTENT (Recommend, Recall,
+RecallBatch, GetItems, Rank, GetInfo, Delete, DeleteUser) are retried with exponential
+backoff on UNAVAILABLE only, by gRPC itself via the channel's service config
+(recstack.contracts, the same document as protos/recstack/v1/service_config.json); other
+writes (Upsert, RecordEvents) are never retried automatically. A failed call raises
+``RecstackRpcError`` (a ``grpc.RpcError``: ``code()``, ``details()``) with the decoded
+google.rpc details: ``reason``, ``fields`` (one per offending field), ``metadata`` and
+``retry_delay_s`` (see recstack.errors); ``error_details(err)`` decodes any RpcError.
 For TLS, mutual TLS and bearer tokens pass ``credentials=recstack.auth.channel_credentials(
 ca=..., cert=..., key=..., token=...)``.
 
@@ -18,51 +22,100 @@ ca=..., cert=..., key=..., token=...)``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
+from recstack import contracts
 from recstack.config import GATEWAY_PORT, RECALL_PORT, ServerOptions
 from recstack.domain import MetadataFilter
+from recstack.errors import ErrorDetails, details_from_trailers
 from recstack.pbconv import filters_to_pb
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc, recall_pb2, recall_pb2_grpc
 from recstack.vectors import F32Array, pack, unpack_rows, unpack_vector
 
 DEFAULT_TIMEOUT_S = 1.0
-IDEMPOTENT = {
-    "recstack.v1.RecommendService": ["Recommend"],
-    "recstack.v1.RecallService": ["Recall", "RecallBatch", "GetItems", "GetInfo"],
-    "recstack.v1.RankService": ["Rank", "GetInfo"],
-}
+R = TypeVar("R")
 
 
-def service_config(max_attempts: int = 4, initial_backoff_s: float = 0.05) -> str:
-    """Retry UNAVAILABLE with backoff on idempotent methods; round-robin over addresses.
+class RecstackRpcError(grpc.RpcError):  # type: ignore[misc]
+    """A failed call: the gRPC status plus its decoded google.rpc details."""
 
-    ``max_attempts`` counts the first try; 1 disables retries.
-    """
-    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
-    if max_attempts >= 2:
-        names = [{"service": s, "method": m} for s, methods in IDEMPOTENT.items() for m in methods]
-        config["methodConfig"] = [
-            {
-                "name": names,
-                "retryPolicy": {
-                    "maxAttempts": max_attempts,
-                    "initialBackoff": f"{initial_backoff_s}s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    return json.dumps(config)
+    def __init__(self, error: grpc.RpcError) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.rich: ErrorDetails | None = error_details(error)
+
+    def code(self) -> grpc.StatusCode:
+        return self.error.code()
+
+    def details(self) -> str | None:
+        return self.error.details()
+
+    def trailing_metadata(self) -> Any:
+        return self.error.trailing_metadata()
+
+    @property
+    def reason(self) -> str:
+        """ErrorInfo.reason (stable, UPPER_SNAKE); "" when the server sent none."""
+        return self.rich.reason if self.rich else ""
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The offending request fields (BadRequest field violations)."""
+        return self.rich.fields if self.rich else ()
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """ErrorInfo.metadata, e.g. ``limit`` and ``value`` for LIMIT_EXCEEDED."""
+        return self.rich.metadata if self.rich else {}
+
+    @property
+    def retry_delay_s(self) -> float | None:
+        """RetryInfo: when to retry after load shedding (RESOURCE_EXHAUSTED)."""
+        return self.rich.retry_delay_s if self.rich else None
+
+    def __str__(self) -> str:
+        return f"{self.code().name}: {self.details()}"
+
+
+def error_details(error: grpc.RpcError) -> ErrorDetails | None:
+    """The google.rpc details (grpc-status-details-bin) of any RpcError, or None."""
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    return details_from_trailers(trailers)
+
+
+def _call(method: Callable[..., R], request: Any, timeout: float) -> R:
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as err:
+        raise RecstackRpcError(err) from err
+
+
+async def _acall(method: Callable[..., Awaitable[R]], request: Any, timeout: float) -> R:
+    try:
+        return await method(request, timeout=timeout)
+    except grpc.RpcError as err:
+        raise RecstackRpcError(err) from err
+
+
+def service_config(
+    max_attempts: int = contracts.MAX_ATTEMPTS,
+    initial_backoff_s: float = contracts.INITIAL_BACKOFF_S,
+) -> str:
+    """Retry UNAVAILABLE with backoff on the methods the protos declare idempotent;
+    round-robin over addresses (recstack.contracts). ``max_attempts`` counts the first
+    try; 1 disables retries."""
+    return json.dumps(
+        contracts.service_config(max_attempts=max_attempts, initial_backoff_s=initial_backoff_s)
+    )
 
 
 def channel_options(
-    max_attempts: int = 4, initial_backoff_s: float = 0.05
+    max_attempts: int = contracts.MAX_ATTEMPTS,
+    initial_backoff_s: float = contracts.INITIAL_BACKOFF_S,
 ) -> list[tuple[str, Any]]:
     """Our servers' message-size/keepalive settings plus the retrying service config."""
     config = service_config(max_attempts, initial_backoff_s)
@@ -75,8 +128,8 @@ def channel_options(
 
 def open_channel(
     address: str,
-    max_attempts: int = 4,
-    initial_backoff_s: float = 0.05,
+    max_attempts: int = contracts.MAX_ATTEMPTS,
+    initial_backoff_s: float = contracts.INITIAL_BACKOFF_S,
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.Channel:
     """A retrying channel; TLS (and a bearer token) when ``credentials`` are given
@@ -89,8 +142,8 @@ def open_channel(
 
 def open_aio_channel(
     address: str,
-    max_attempts: int = 4,
-    initial_backoff_s: float = 0.05,
+    max_attempts: int = contracts.MAX_ATTEMPTS,
+    initial_backoff_s: float = contracts.INITIAL_BACKOFF_S,
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
     options = channel_options(max_attempts, initial_backoff_s)
@@ -192,27 +245,27 @@ class RecstackClient:
         **options: Any,
     ) -> gateway_pb2.RecommendResponse:
         request = recommend_request(user_id, history, query, k, **options)
-        return self.gateway.Recommend(request, timeout=timeout or self.timeout)
+        return _call(self.gateway.Recommend, request, timeout or self.timeout)
 
     def record_events(
         self, events: Iterable[tuple[str, str, str]], *, timeout: float | None = None
     ) -> int:
         """Store (user_id, item_id, type) events now; returns the committed sequence."""
         request = events_request(events)
-        return int(self.gateway.RecordEvents(request, timeout=timeout or self.timeout).sequence)
+        return int(_call(self.gateway.RecordEvents, request, timeout or self.timeout).sequence)
 
     def recall(
         self, request: recall_pb2.RecallRequest, *, timeout: float | None = None
     ) -> recall_pb2.RecallResponse:
-        return self.recall_stub.Recall(request, timeout=timeout or self.timeout)
+        return _call(self.recall_stub.Recall, request, timeout or self.timeout)
 
     def upsert(self, items: Sequence[recall_pb2.ItemWrite], *, timeout: float | None = None) -> int:
         request = recall_pb2.UpsertRequest(items=list(items))
-        return int(self.recall_stub.Upsert(request, timeout=timeout or self.timeout).sequence)
+        return int(_call(self.recall_stub.Upsert, request, timeout or self.timeout).sequence)
 
     def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> int:
         request = recall_pb2.DeleteRequest(ids=list(ids))
-        return int(self.recall_stub.Delete(request, timeout=timeout or self.timeout).sequence)
+        return int(_call(self.recall_stub.Delete, request, timeout or self.timeout).sequence)
 
     def close(self) -> None:
         for channel in self._channels:
@@ -251,8 +304,8 @@ class AsyncRecstackClient:
         **options: Any,
     ) -> gateway_pb2.RecommendResponse:
         request = recommend_request(user_id, history, query, k, **options)
-        response: gateway_pb2.RecommendResponse = await self.gateway.Recommend(
-            request, timeout=timeout or self.timeout
+        response: gateway_pb2.RecommendResponse = await _acall(
+            self.gateway.Recommend, request, timeout or self.timeout
         )
         return response
 
@@ -260,7 +313,7 @@ class AsyncRecstackClient:
         self, events: Iterable[tuple[str, str, str]], *, timeout: float | None = None
     ) -> int:
         request = events_request(events)
-        response = await self.gateway.RecordEvents(request, timeout=timeout or self.timeout)
+        response = await _acall(self.gateway.RecordEvents, request, timeout or self.timeout)
         return int(response.sequence)
 
     async def close(self) -> None:

@@ -94,6 +94,14 @@ class ServerOptions:
     max_message_bytes: int = _opt(16 * MiB, "max request/response message size")
     keepalive_time_s: float = _opt(30.0, "ping idle client connections every N seconds")
     keepalive_timeout_s: float = _opt(10.0, "close a connection whose ping is unanswered")
+    max_connection_age_s: float = _opt(
+        300.0,
+        "send GOAWAY to a client connection after this many seconds (jittered by gRPC), so "
+        "clients reconnect and re-balance onto replicas added since (0 = never)",
+    )
+    max_connection_age_grace_s: float = _opt(
+        30.0, "after that GOAWAY, time the connection's in-flight RPCs get to finish"
+    )
     grace_seconds: float = _opt(10.0, "on SIGTERM, time in-flight RPCs get to finish")
     port_file: str = _opt("", "write the bound port to this file once listening")
     metrics_port: int = _opt(0, "HTTP port serving Prometheus /metrics (0 = off)")
@@ -131,6 +139,16 @@ class ServerOptions:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.so_reuseport", 1 if self.reuse_port else 0),
         ]
+
+    def server_grpc_options(self) -> list[tuple[str, Any]]:
+        """``grpc_options`` plus the server-only connection-age limits (docs/deploy.md)."""
+        options = self.grpc_options()
+        if self.max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(self.max_connection_age_grace_s * 1000)),
+            ]
+        return options
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ class VersionNotServed(FailedPrecondition):
             f"bundle version {version!r} is not served here (serving {list(held)}); "
             "ask in one of those",
             field=VERSION_FIELD,
+            reason="VERSION_NOT_SERVED",
+            metadata={"version": version, "serving": ",".join(held)},
         )
         self.version = version
         self.held = held

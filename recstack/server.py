@@ -13,6 +13,7 @@ or SIGINT, drain (health NOT_SERVING at once, no new RPCs, in-flight RPCs finish
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import signal
@@ -28,13 +29,21 @@ from typing import Any, Generic, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 from threadpoolctl import threadpool_limits
 
 from recstack import logs, metrics
 from recstack.auth import TokenTable, authorize, server_credentials
 from recstack.config import ServerOptions, add_arguments, from_args
 from recstack.deadline import Deadline
-from recstack.errors import BundleError, ErrorKind, RecstackError, Unavailable
+from recstack.errors import (
+    FIELD_METADATA_KEY,
+    BundleError,
+    ErrorKind,
+    RecstackError,
+    Unavailable,
+    to_status,
+)
 from recstack.workers import supervise
 
 log = logging.getLogger(__name__)
@@ -44,12 +53,12 @@ T = TypeVar("T")
 # downstream service's error to our caller).
 STATUS_FOR_KIND: dict[ErrorKind, grpc.StatusCode] = {k: grpc.StatusCode[k.value] for k in ErrorKind}
 KIND_FOR_STATUS: dict[grpc.StatusCode, ErrorKind] = {v: k for k, v in STATUS_FOR_KIND.items()}
-FIELD_METADATA_KEY = "recstack-field"
 NO_DEADLINE_S = 365 * 24 * 3600.0
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Turn domain errors raised by servicers/cores into status codes naming the field.
+    """Turn domain errors raised by servicers/cores into status codes naming the field
+    (with the google.rpc.Status details of ``rich_status``).
 
     Anything else is a bug: it is logged with its traceback and answered INTERNAL, and the
     server keeps serving. Every unary RPC is counted and timed here (per method and code).
@@ -69,9 +78,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 return inner(request, context)
             except RecstackError as exc:
                 code = STATUS_FOR_KIND[exc.kind]
-                if exc.field:
-                    context.set_trailing_metadata(((FIELD_METADATA_KEY, exc.field),))
-                context.abort(code, str(exc))
+                context.abort_with_status(rich_status(exc))
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unhandled error in %s", method)
@@ -104,16 +111,35 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         except RecstackError as exc:
             code = STATUS_FOR_KIND[exc.kind]
             metrics.RPC_REQUESTS.labels(details.method, code.name).inc()
-            return _refusal(continuation(details), code, str(exc))
+            return _refusal(continuation(details), exc)
         return continuation(details)
 
 
-def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+def rich_status(exc: RecstackError) -> grpc.Status:
+    """The status of a domain error: code, message, the google.rpc.Status details in
+    ``grpc-status-details-bin`` (recstack.errors.to_status) and, deprecated, the
+    ``recstack-field`` trailer."""
+    status = rpc_status.to_status(to_status(exc))
+    trailers = tuple(status.trailing_metadata)
+    if exc.field:
+        trailers += ((FIELD_METADATA_KEY, exc.field),)
+    return _Status(STATUS_FOR_KIND[exc.kind], status.details, trailers)
+
+
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")),
+    grpc.Status,  # type: ignore[misc]
+):
+    """A concrete grpc.Status (grpc only defines the interface)."""
+
+
+def _refusal(handler: Any, exc: RecstackError) -> Any:
     if handler is None:
         return None
+    status = rich_status(exc)
 
     def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
+        context.abort_with_status(status)
 
     serializers = {
         "request_deserializer": handler.request_deserializer,
@@ -157,7 +183,7 @@ class CoreRef(Generic[T]):
     def get(self) -> T:
         core = self._core
         if core is None:
-            raise Unavailable(f"{self._what} is still loading its bundle")
+            raise Unavailable(f"{self._what} is still loading its bundle", reason="LOADING")
         return core
 
     def peek(self) -> T | None:
@@ -250,7 +276,7 @@ def start_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.max_workers, thread_name_prefix="rpc"),
         interceptors=interceptors,
-        options=options.grpc_options(),
+        options=options.server_grpc_options(),
         maximum_concurrent_rpcs=options.max_concurrent_rpcs,
     )
     for spec in services:

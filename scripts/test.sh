@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): install, check generated code and protos, lint,
-# type-check, then run unit, integration and process tests. Extra args go to pytest.
+# The test command (README, .ci/run): install, check generated code and protos (buf lint,
+# buf breaking), lint, type-check, then run unit, integration and process tests (the
+# integration tier includes a Node.js client: node and npm are needed, as for buf).
+# Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh train,dev
@@ -13,6 +15,8 @@ echo "==> generated stubs match protos/"
 python scripts/gen_protos.py --check
 echo "==> buf lint"
 scripts/buf.sh lint
+echo "==> buf breaking (against the committed baseline image buf.baseline.binpb)"
+scripts/buf.sh breaking
 echo "==> ruff check / ruff format --check"
 ruff check .
 ruff format --check .

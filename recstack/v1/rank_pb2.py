@@ -24,13 +24,20 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recstack/v1/rank.proto\x12\x0brecstack.v1\"\xb4\x01\n\x0bRankRequest\x12\x13\n\x0buser_vector\x18\x01 \x01(\x0c\x12\x15\n\rcandidate_ids\x18\x02 \x03(\t\x12\x19\n\x11\x63\x61ndidate_vectors\x18\x03 \x01(\x0c\x12\x19\n\x11\x65mbedding_version\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x18\n\x10\x64iversity_lambda\x18\x06 \x01(\x02\x12\x1a\n\x12\x63\x61ndidate_features\x18\x07 \x01(\x0c\"\'\n\nScoredItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"N\n\x0cRankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\"\x1b\n\x19RankServiceGetInfoRequest\"\xd0\x01\n\x1aRankServiceGetInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x03 \x01(\t\x12\x16\n\x0emax_candidates\x18\x04 \x01(\r\x12\x15\n\rside_features\x18\x05 \x03(\t\x12\x10\n\x08\x62\x61tching\x18\x06 \x01(\x08\x12\x16\n\x0emax_batch_rows\x18\x07 \x01(\r\x12\x18\n\x10serving_versions\x18\x08 \x03(\t\"4\n\x18RankServiceReloadRequest\x12\x18\n\x10\x65xpected_version\x18\x01 \x01(\t\"^\n\x19RankServiceReloadResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07swapped\x18\x03 \x01(\x08\x32\xff\x01\n\x0bRankService\x12;\n\x04Rank\x12\x18.recstack.v1.RankRequest\x1a\x19.recstack.v1.RankResponse\x12Z\n\x07GetInfo\x12&.recstack.v1.RankServiceGetInfoRequest\x1a\'.recstack.v1.RankServiceGetInfoResponse\x12W\n\x06Reload\x12%.recstack.v1.RankServiceReloadRequest\x1a&.recstack.v1.RankServiceReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recstack/v1/rank.proto\x12\x0brecstack.v1\"\xb4\x01\n\x0bRankRequest\x12\x13\n\x0buser_vector\x18\x01 \x01(\x0c\x12\x15\n\rcandidate_ids\x18\x02 \x03(\t\x12\x19\n\x11\x63\x61ndidate_vectors\x18\x03 \x01(\x0c\x12\x19\n\x11\x65mbedding_version\x18\x04 \x01(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x18\n\x10\x64iversity_lambda\x18\x06 \x01(\x02\x12\x1a\n\x12\x63\x61ndidate_features\x18\x07 \x01(\x0c\"\'\n\nScoredItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"N\n\x0cRankResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recstack.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\"\x1b\n\x19RankServiceGetInfoRequest\"\xd0\x01\n\x1aRankServiceGetInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x03 \x01(\t\x12\x16\n\x0emax_candidates\x18\x04 \x01(\r\x12\x15\n\rside_features\x18\x05 \x03(\t\x12\x10\n\x08\x62\x61tching\x18\x06 \x01(\x08\x12\x16\n\x0emax_batch_rows\x18\x07 \x01(\r\x12\x18\n\x10serving_versions\x18\x08 \x03(\t\"4\n\x18RankServiceReloadRequest\x12\x18\n\x10\x65xpected_version\x18\x01 \x01(\t\"^\n\x19RankServiceReloadResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07swapped\x18\x03 \x01(\x08\"?\n#RankAdminServiceReloadBundleRequest\x12\x18\n\x10\x65xpected_version\x18\x01 \x01(\t\"i\n$RankAdminServiceReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07swapped\x18\x03 \x01(\x08\x32\x8e\x02\n\x0bRankService\x12@\n\x04Rank\x12\x18.recstack.v1.RankRequest\x1a\x19.recstack.v1.RankResponse\"\x03\x90\x02\x01\x12_\n\x07GetInfo\x12&.recstack.v1.RankServiceGetInfoRequest\x1a\'.recstack.v1.RankServiceGetInfoResponse\"\x03\x90\x02\x01\x12\\\n\x06Reload\x12%.recstack.v1.RankServiceReloadRequest\x1a&.recstack.v1.RankServiceReloadResponse\"\x03\x88\x02\x01\x32\x87\x01\n\x10RankAdminService\x12s\n\x0cReloadBundle\x12\x30.recstack.v1.RankAdminServiceReloadBundleRequest\x1a\x31.recstack.v1.RankAdminServiceReloadBundleResponseBg\n\x0f\x64\x65v.recstack.v1B\tRankProtoP\x01Z*recstack.dev/gen/go/recstack/v1;recstackv1\xaa\x02\x0bRecstack.V1\xea\x02\x0cRecstack::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recstack.v1.rank_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.recstack.v1B\tRankProtoP\001Z*recstack.dev/gen/go/recstack/v1;recstackv1\252\002\013Recstack.V1\352\002\014Recstack::V1'
+  _globals['_RANKSERVICE'].methods_by_name['Rank']._loaded_options = None
+  _globals['_RANKSERVICE'].methods_by_name['Rank']._serialized_options = b'\220\002\001'
+  _globals['_RANKSERVICE'].methods_by_name['GetInfo']._loaded_options = None
+  _globals['_RANKSERVICE'].methods_by_name['GetInfo']._serialized_options = b'\220\002\001'
+  _globals['_RANKSERVICE'].methods_by_name['Reload']._loaded_options = None
+  _globals['_RANKSERVICE'].methods_by_name['Reload']._serialized_options = b'\210\002\001'
   _globals['_RANKREQUEST']._serialized_start=40
   _globals['_RANKREQUEST']._serialized_end=220
   _globals['_SCOREDITEM']._serialized_start=222
@@ -45,6 +52,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RANKSERVICERELOADREQUEST']._serialized_end=635
   _globals['_RANKSERVICERELOADRESPONSE']._serialized_start=637
   _globals['_RANKSERVICERELOADRESPONSE']._serialized_end=731
-  _globals['_RANKSERVICE']._serialized_start=734
-  _globals['_RANKSERVICE']._serialized_end=989
+  _globals['_RANKADMINSERVICERELOADBUNDLEREQUEST']._serialized_start=733
+  _globals['_RANKADMINSERVICERELOADBUNDLEREQUEST']._serialized_end=796
+  _globals['_RANKADMINSERVICERELOADBUNDLERESPONSE']._serialized_start=798
+  _globals['_RANKADMINSERVICERELOADBUNDLERESPONSE']._serialized_end=903
+  _globals['_RANKSERVICE']._serialized_start=906
+  _globals['_RANKSERVICE']._serialized_end=1176
+  _globals['_RANKADMINSERVICE']._serialized_start=1179
+  _globals['_RANKADMINSERVICE']._serialized_end=1314
 # @@protoc_insertion_point(module_scope)

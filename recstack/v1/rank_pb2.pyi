@@ -79,3 +79,19 @@ class RankServiceReloadResponse(_message.Message):
     previous_version: str
     swapped: bool
     def __init__(self, bundle_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
+
+class RankAdminServiceReloadBundleRequest(_message.Message):
+    __slots__ = ("expected_version",)
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    expected_version: str
+    def __init__(self, expected_version: _Optional[str] = ...) -> None: ...
+
+class RankAdminServiceReloadBundleResponse(_message.Message):
+    __slots__ = ("bundle_version", "previous_version", "swapped")
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SWAPPED_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    previous_version: str
+    swapped: bool
+    def __init__(self, bundle_version: _Optional[str] = ..., previous_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...

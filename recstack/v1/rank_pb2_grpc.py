@@ -85,12 +85,8 @@ class RankServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reload(self, request, context):
-        """Reload (admin) re-reads the server's configured bundle path (a root's
-        CURRENT pointer may now name another version); if it names a different
-        bundle, loads it in the background, verifies its checksums, self-checks
-        it and swaps it in atomically. In-flight requests finish on the old
-        ranker. A bundle that fails any check is refused (FAILED_PRECONDITION)
-        and the old one keeps serving. The request cannot name a path.
+        """Reload is deprecated: call RankAdminService.ReloadBundle (same behaviour).
+        It will be removed in the next release.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,6 +200,96 @@ class RankService:
             '/recstack.v1.RankService/Reload',
             recstack_dot_v1_dot_rank__pb2.RankServiceReloadRequest.SerializeToString,
             recstack_dot_v1_dot_rank__pb2.RankServiceReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RankAdminServiceStub:
+    """RankAdminService holds the rank service's operator RPCs. It is served on the
+    same port as RankService and needs the write permission; it is a service of
+    its own so that a proxy or policy can expose RankService to applications and
+    RankAdminService to operators only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadBundle = channel.unary_unary(
+                '/recstack.v1.RankAdminService/ReloadBundle',
+                request_serializer=recstack_dot_v1_dot_rank__pb2.RankAdminServiceReloadBundleRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_rank__pb2.RankAdminServiceReloadBundleResponse.FromString,
+                _registered_method=True)
+
+
+class RankAdminServiceServicer:
+    """RankAdminService holds the rank service's operator RPCs. It is served on the
+    same port as RankService and needs the write permission; it is a service of
+    its own so that a proxy or policy can expose RankService to applications and
+    RankAdminService to operators only.
+    """
+
+    def ReloadBundle(self, request, context):
+        """ReloadBundle re-reads the server's configured bundle path (a root's
+        CURRENT pointer may now name another version); if it names a different
+        bundle, loads it in the background, verifies its checksums, self-checks
+        it and swaps it in atomically. In-flight requests finish on the old
+        ranker. A bundle that fails any check is refused (FAILED_PRECONDITION)
+        and the old one keeps serving. The request cannot name a path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RankAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadBundle,
+                    request_deserializer=recstack_dot_v1_dot_rank__pb2.RankAdminServiceReloadBundleRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_rank__pb2.RankAdminServiceReloadBundleResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'recstack.v1.RankAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('recstack.v1.RankAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RankAdminService:
+    """RankAdminService holds the rank service's operator RPCs. It is served on the
+    same port as RankService and needs the write permission; it is a service of
+    its own so that a proxy or policy can expose RankService to applications and
+    RankAdminService to operators only.
+    """
+
+    @staticmethod
+    def ReloadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RankAdminService/ReloadBundle',
+            recstack_dot_v1_dot_rank__pb2.RankAdminServiceReloadBundleRequest.SerializeToString,
+            recstack_dot_v1_dot_rank__pb2.RankAdminServiceReloadBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

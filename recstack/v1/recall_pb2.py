@@ -24,13 +24,26 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recstack/v1/recall.proto\x12\x0brecstack.v1\"\xdd\x02\n\rRecallRequest\x12\x12\n\nquery_text\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\x14\n\x0cquery_vector\x18\x03 \x01(\x0c\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\t\x12\x14\n\x0comit_vectors\x18\x06 \x01(\x08\x12,\n\x07\x66ilters\x18\x07 \x03(\x0b\x32\x1b.recstack.v1.MetadataFilter\x12\x14\n\x0cmin_sequence\x18\x08 \x01(\x04\x12\r\n\x05\x65xact\x18\t \x01(\x08\x12\x1e\n\x16ignore_unknown_history\x18\n \x01(\x08\x12\x12\n\nuser_prior\x18\x0b \x01(\x08\x12\x17\n\x0f\x65xclude_history\x18\x0c \x01(\x08\x12\x17\n\x0finclude_details\x18\r \x01(\x08\x12\x19\n\x11\x65mbedding_version\x18\x0e \x01(\t\"c\n\x0eMetadataFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\x12\x10\n\x03min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"B\n\x12RecallBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.recstack.v1.RecallRequest\"E\n\x13RecallBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.recstack.v1.RecallResponse\"v\n\tItemWrite\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12\x19\n\x11\x65mbedding_version\x18\x06 \x01(\t\"6\n\rUpsertRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.recstack.v1.ItemWrite\"\"\n\x0eUpsertResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x1c\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\"\n\x0e\x44\x65leteResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x15\n\x13ReloadBundleRequest\"?\n\x14ReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0f\n\x07swapped\x18\x02 \x01(\x08\"\x8a\x02\n\x0eRecallResponse\x12\x14\n\x0cquery_vector\x18\x02 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12\x0b\n\x03ids\x18\x05 \x03(\t\x12\x0e\n\x06scores\x18\x06 \x01(\x0c\x12\x0f\n\x07vectors\x18\x07 \x01(\x0c\x12\x1c\n\x14history_similarities\x18\x08 \x01(\x0c\x12\x18\n\x10\x62\x65\x63\x61use_item_ids\x18\t \x03(\t\x12\x15\n\rbecause_query\x18\n \x03(\x08\x12\x0f\n\x07written\x18\x0b \x03(\x08\x12\x0e\n\x06titles\x18\x0c \x03(\t\x12\r\n\x05texts\x18\r \x03(\tJ\x04\x08\x01\x10\x02R\ncandidates\"\x1e\n\x0fGetItemsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"W\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x0f\n\x07written\x18\x05 \x01(\x08\"a\n\x10GetItemsResponse\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.recstack.v1.Item\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\"\x1d\n\x1bRecallServiceGetInfoRequest\"\xbb\x02\n\x1cRecallServiceGetInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x12\n\nitem_count\x18\x03 \x01(\x04\x12\x0e\n\x06hnsw_m\x18\x04 \x01(\r\x12\x1c\n\x14hnsw_ef_construction\x18\x05 \x01(\r\x12\x16\n\x0ehnsw_ef_search\x18\x06 \x01(\r\x12\x18\n\x10\x65ncoder_provider\x18\x07 \x01(\t\x12\r\n\x05max_k\x18\x08 \x01(\r\x12\x13\n\x0bshard_index\x18\t \x01(\r\x12\x13\n\x0bshard_count\x18\n \x01(\r\x12\x18\n\x10\x61pplied_sequence\x18\x0b \x01(\x04\x12\x15\n\rfilter_fields\x18\x0c \x03(\t\x12\x18\n\x10serving_versions\x18\r \x03(\t2\xa8\x04\n\rRecallService\x12\x41\n\x06Recall\x12\x1a.recstack.v1.RecallRequest\x1a\x1b.recstack.v1.RecallResponse\x12^\n\x07GetInfo\x12(.recstack.v1.RecallServiceGetInfoRequest\x1a).recstack.v1.RecallServiceGetInfoResponse\x12P\n\x0bRecallBatch\x12\x1f.recstack.v1.RecallBatchRequest\x1a .recstack.v1.RecallBatchResponse\x12\x41\n\x06Upsert\x12\x1a.recstack.v1.UpsertRequest\x1a\x1b.recstack.v1.UpsertResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.recstack.v1.DeleteRequest\x1a\x1b.recstack.v1.DeleteResponse\x12G\n\x08GetItems\x12\x1c.recstack.v1.GetItemsRequest\x1a\x1d.recstack.v1.GetItemsResponse\x12S\n\x0cReloadBundle\x12 .recstack.v1.ReloadBundleRequest\x1a!.recstack.v1.ReloadBundleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18recstack/v1/recall.proto\x12\x0brecstack.v1\"\xdd\x02\n\rRecallRequest\x12\x12\n\nquery_text\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\x14\n\x0cquery_vector\x18\x03 \x01(\x0c\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\t\x12\x14\n\x0comit_vectors\x18\x06 \x01(\x08\x12,\n\x07\x66ilters\x18\x07 \x03(\x0b\x32\x1b.recstack.v1.MetadataFilter\x12\x14\n\x0cmin_sequence\x18\x08 \x01(\x04\x12\r\n\x05\x65xact\x18\t \x01(\x08\x12\x1e\n\x16ignore_unknown_history\x18\n \x01(\x08\x12\x12\n\nuser_prior\x18\x0b \x01(\x08\x12\x17\n\x0f\x65xclude_history\x18\x0c \x01(\x08\x12\x17\n\x0finclude_details\x18\r \x01(\x08\x12\x19\n\x11\x65mbedding_version\x18\x0e \x01(\t\"c\n\x0eMetadataFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\x12\x10\n\x03min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"B\n\x12RecallBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.recstack.v1.RecallRequest\"E\n\x13RecallBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.recstack.v1.RecallResponse\"v\n\tItemWrite\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12\x19\n\x11\x65mbedding_version\x18\x06 \x01(\t\"6\n\rUpsertRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.recstack.v1.ItemWrite\"\"\n\x0eUpsertResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x1c\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\"\n\x0e\x44\x65leteResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x15\n\x13ReloadBundleRequest\"?\n\x14ReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0f\n\x07swapped\x18\x02 \x01(\x08\"\'\n%RecallAdminServiceReloadBundleRequest\"Q\n&RecallAdminServiceReloadBundleResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0f\n\x07swapped\x18\x02 \x01(\x08\"\x8a\x02\n\x0eRecallResponse\x12\x14\n\x0cquery_vector\x18\x02 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\t\x12\x0b\n\x03ids\x18\x05 \x03(\t\x12\x0e\n\x06scores\x18\x06 \x01(\x0c\x12\x0f\n\x07vectors\x18\x07 \x01(\x0c\x12\x1c\n\x14history_similarities\x18\x08 \x01(\x0c\x12\x18\n\x10\x62\x65\x63\x61use_item_ids\x18\t \x03(\t\x12\x15\n\rbecause_query\x18\n \x03(\x08\x12\x0f\n\x07written\x18\x0b \x03(\x08\x12\x0e\n\x06titles\x18\x0c \x03(\t\x12\r\n\x05texts\x18\r \x03(\tJ\x04\x08\x01\x10\x02R\ncandidates\"\x1e\n\x0fGetItemsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"W\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x0f\n\x07written\x18\x05 \x01(\x08\"a\n\x10GetItemsResponse\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.recstack.v1.Item\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\"\x1d\n\x1bRecallServiceGetInfoRequest\"\xbb\x02\n\x1cRecallServiceGetInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x12\n\nitem_count\x18\x03 \x01(\x04\x12\x0e\n\x06hnsw_m\x18\x04 \x01(\r\x12\x1c\n\x14hnsw_ef_construction\x18\x05 \x01(\r\x12\x16\n\x0ehnsw_ef_search\x18\x06 \x01(\r\x12\x18\n\x10\x65ncoder_provider\x18\x07 \x01(\t\x12\r\n\x05max_k\x18\x08 \x01(\r\x12\x13\n\x0bshard_index\x18\t \x01(\r\x12\x13\n\x0bshard_count\x18\n \x01(\r\x12\x18\n\x10\x61pplied_sequence\x18\x0b \x01(\x04\x12\x15\n\rfilter_fields\x18\x0c \x03(\t\x12\x18\n\x10serving_versions\x18\r \x03(\t2\xc6\x04\n\rRecallService\x12\x46\n\x06Recall\x12\x1a.recstack.v1.RecallRequest\x1a\x1b.recstack.v1.RecallResponse\"\x03\x90\x02\x01\x12\x63\n\x07GetInfo\x12(.recstack.v1.RecallServiceGetInfoRequest\x1a).recstack.v1.RecallServiceGetInfoResponse\"\x03\x90\x02\x01\x12U\n\x0bRecallBatch\x12\x1f.recstack.v1.RecallBatchRequest\x1a .recstack.v1.RecallBatchResponse\"\x03\x90\x02\x01\x12\x41\n\x06Upsert\x12\x1a.recstack.v1.UpsertRequest\x1a\x1b.recstack.v1.UpsertResponse\x12\x46\n\x06\x44\x65lete\x12\x1a.recstack.v1.DeleteRequest\x1a\x1b.recstack.v1.DeleteResponse\"\x03\x90\x02\x02\x12L\n\x08GetItems\x12\x1c.recstack.v1.GetItemsRequest\x1a\x1d.recstack.v1.GetItemsResponse\"\x03\x90\x02\x01\x12X\n\x0cReloadBundle\x12 .recstack.v1.ReloadBundleRequest\x1a!.recstack.v1.ReloadBundleResponse\"\x03\x88\x02\x01\x32\x8d\x01\n\x12RecallAdminService\x12w\n\x0cReloadBundle\x12\x32.recstack.v1.RecallAdminServiceReloadBundleRequest\x1a\x33.recstack.v1.RecallAdminServiceReloadBundleResponseBi\n\x0f\x64\x65v.recstack.v1B\x0bRecallProtoP\x01Z*recstack.dev/gen/go/recstack/v1;recstackv1\xaa\x02\x0bRecstack.V1\xea\x02\x0cRecstack::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recstack.v1.recall_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.recstack.v1B\013RecallProtoP\001Z*recstack.dev/gen/go/recstack/v1;recstackv1\252\002\013Recstack.V1\352\002\014Recstack::V1'
+  _globals['_RECALLSERVICE'].methods_by_name['Recall']._loaded_options = None
+  _globals['_RECALLSERVICE'].methods_by_name['Recall']._serialized_options = b'\220\002\001'
+  _globals['_RECALLSERVICE'].methods_by_name['GetInfo']._loaded_options = None
+  _globals['_RECALLSERVICE'].methods_by_name['GetInfo']._serialized_options = b'\220\002\001'
+  _globals['_RECALLSERVICE'].methods_by_name['RecallBatch']._loaded_options = None
+  _globals['_RECALLSERVICE'].methods_by_name['RecallBatch']._serialized_options = b'\220\002\001'
+  _globals['_RECALLSERVICE'].methods_by_name['Delete']._loaded_options = None
+  _globals['_RECALLSERVICE'].methods_by_name['Delete']._serialized_options = b'\220\002\002'
+  _globals['_RECALLSERVICE'].methods_by_name['GetItems']._loaded_options = None
+  _globals['_RECALLSERVICE'].methods_by_name['GetItems']._serialized_options = b'\220\002\001'
+  _globals['_RECALLSERVICE'].methods_by_name['ReloadBundle']._loaded_options = None
+  _globals['_RECALLSERVICE'].methods_by_name['ReloadBundle']._serialized_options = b'\210\002\001'
   _globals['_RECALLREQUEST']._serialized_start=42
   _globals['_RECALLREQUEST']._serialized_end=391
   _globals['_METADATAFILTER']._serialized_start=393
@@ -53,18 +66,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELOADBUNDLEREQUEST']._serialized_end=932
   _globals['_RELOADBUNDLERESPONSE']._serialized_start=934
   _globals['_RELOADBUNDLERESPONSE']._serialized_end=997
-  _globals['_RECALLRESPONSE']._serialized_start=1000
-  _globals['_RECALLRESPONSE']._serialized_end=1266
-  _globals['_GETITEMSREQUEST']._serialized_start=1268
-  _globals['_GETITEMSREQUEST']._serialized_end=1298
-  _globals['_ITEM']._serialized_start=1300
-  _globals['_ITEM']._serialized_end=1387
-  _globals['_GETITEMSRESPONSE']._serialized_start=1389
-  _globals['_GETITEMSRESPONSE']._serialized_end=1486
-  _globals['_RECALLSERVICEGETINFOREQUEST']._serialized_start=1488
-  _globals['_RECALLSERVICEGETINFOREQUEST']._serialized_end=1517
-  _globals['_RECALLSERVICEGETINFORESPONSE']._serialized_start=1520
-  _globals['_RECALLSERVICEGETINFORESPONSE']._serialized_end=1835
-  _globals['_RECALLSERVICE']._serialized_start=1838
-  _globals['_RECALLSERVICE']._serialized_end=2390
+  _globals['_RECALLADMINSERVICERELOADBUNDLEREQUEST']._serialized_start=999
+  _globals['_RECALLADMINSERVICERELOADBUNDLEREQUEST']._serialized_end=1038
+  _globals['_RECALLADMINSERVICERELOADBUNDLERESPONSE']._serialized_start=1040
+  _globals['_RECALLADMINSERVICERELOADBUNDLERESPONSE']._serialized_end=1121
+  _globals['_RECALLRESPONSE']._serialized_start=1124
+  _globals['_RECALLRESPONSE']._serialized_end=1390
+  _globals['_GETITEMSREQUEST']._serialized_start=1392
+  _globals['_GETITEMSREQUEST']._serialized_end=1422
+  _globals['_ITEM']._serialized_start=1424
+  _globals['_ITEM']._serialized_end=1511
+  _globals['_GETITEMSRESPONSE']._serialized_start=1513
+  _globals['_GETITEMSRESPONSE']._serialized_end=1610
+  _globals['_RECALLSERVICEGETINFOREQUEST']._serialized_start=1612
+  _globals['_RECALLSERVICEGETINFOREQUEST']._serialized_end=1641
+  _globals['_RECALLSERVICEGETINFORESPONSE']._serialized_start=1644
+  _globals['_RECALLSERVICEGETINFORESPONSE']._serialized_end=1959
+  _globals['_RECALLSERVICE']._serialized_start=1962
+  _globals['_RECALLSERVICE']._serialized_end=2544
+  _globals['_RECALLADMINSERVICE']._serialized_start=2547
+  _globals['_RECALLADMINSERVICE']._serialized_end=2688
 # @@protoc_insertion_point(module_scope)

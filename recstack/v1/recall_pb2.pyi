@@ -114,6 +114,18 @@ class ReloadBundleResponse(_message.Message):
     swapped: bool
     def __init__(self, bundle_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
 
+class RecallAdminServiceReloadBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RecallAdminServiceReloadBundleResponse(_message.Message):
+    __slots__ = ("bundle_version", "swapped")
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SWAPPED_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    swapped: bool
+    def __init__(self, bundle_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
+
 class RecallResponse(_message.Message):
     __slots__ = ("query_vector", "dim", "bundle_version", "ids", "scores", "vectors", "history_similarities", "because_item_ids", "because_query", "written", "titles", "texts")
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]

@@ -139,9 +139,8 @@ class RecallServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReloadBundle(self, request, context):
-        """ReloadBundle loads the bundle the configured path now points to (e.g. a
-        new CURRENT), self-checks it and swaps it in; the old one keeps serving
-        if the new one is refused.
+        """ReloadBundle is deprecated: call RecallAdminService.ReloadBundle (same
+        behaviour). It will be removed in the next release.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -383,6 +382,93 @@ class RecallService:
             '/recstack.v1.RecallService/ReloadBundle',
             recstack_dot_v1_dot_recall__pb2.ReloadBundleRequest.SerializeToString,
             recstack_dot_v1_dot_recall__pb2.ReloadBundleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RecallAdminServiceStub:
+    """RecallAdminService holds the recall service's operator RPCs. It is served on
+    the same port as RecallService and needs the write permission; it is a
+    service of its own so that a proxy or policy can expose RecallService to
+    applications and RecallAdminService to operators only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadBundle = channel.unary_unary(
+                '/recstack.v1.RecallAdminService/ReloadBundle',
+                request_serializer=recstack_dot_v1_dot_recall__pb2.RecallAdminServiceReloadBundleRequest.SerializeToString,
+                response_deserializer=recstack_dot_v1_dot_recall__pb2.RecallAdminServiceReloadBundleResponse.FromString,
+                _registered_method=True)
+
+
+class RecallAdminServiceServicer:
+    """RecallAdminService holds the recall service's operator RPCs. It is served on
+    the same port as RecallService and needs the write permission; it is a
+    service of its own so that a proxy or policy can expose RecallService to
+    applications and RecallAdminService to operators only.
+    """
+
+    def ReloadBundle(self, request, context):
+        """ReloadBundle loads the bundle the configured path now points to (e.g. a
+        new CURRENT), self-checks it and swaps it in; the old one keeps serving
+        if the new one is refused (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RecallAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadBundle,
+                    request_deserializer=recstack_dot_v1_dot_recall__pb2.RecallAdminServiceReloadBundleRequest.FromString,
+                    response_serializer=recstack_dot_v1_dot_recall__pb2.RecallAdminServiceReloadBundleResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'recstack.v1.RecallAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('recstack.v1.RecallAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RecallAdminService:
+    """RecallAdminService holds the recall service's operator RPCs. It is served on
+    the same port as RecallService and needs the write permission; it is a
+    service of its own so that a proxy or policy can expose RecallService to
+    applications and RecallAdminService to operators only.
+    """
+
+    @staticmethod
+    def ReloadBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recstack.v1.RecallAdminService/ReloadBundle',
+            recstack_dot_v1_dot_recall__pb2.RecallAdminServiceReloadBundleRequest.SerializeToString,
+            recstack_dot_v1_dot_recall__pb2.RecallAdminServiceReloadBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,12 +6,14 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 
 from recall_service.server import serve as serve_recall
 from recstack import metrics
 from recstack.client import (
     AsyncRecstackClient,
     RecstackClient,
+    RecstackRpcError,
     candidate_vectors,
     item_write,
     open_channel,
@@ -71,6 +73,38 @@ def test_async_client(gateway_server, bundle):
 
     results = asyncio.run(run())
     assert len({tuple(i.id for i in r.items) for r in results}) == 1
+
+
+def test_sync_client_errors_carry_the_decoded_details(gateway_server, recall_server):
+    gateway, recall = addresses(gateway_server, recall_server)
+    with RecstackClient(gateway, recall, timeout=10) as client:
+        with pytest.raises(RecstackRpcError) as err:
+            client.recommend(k=3)  # no user, history or query
+        assert isinstance(err.value, grpc.RpcError)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.reason == "MISSING_QUERY"
+        assert err.value.fields == ("user_id", "history_item_ids", "query_text")
+        assert err.value.retry_delay_s is None
+        with pytest.raises(RecstackRpcError) as err:
+            client.recall(recall_pb2.RecallRequest(query_text="x", k=10**6))
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert (err.value.reason, err.value.fields) == ("LIMIT_EXCEEDED", ("k",))
+        assert int(err.value.metadata["limit"]) < 10**6
+        assert err.value.metadata["value"] == str(10**6)
+        with pytest.raises(RecstackRpcError) as err:
+            client.record_events([("u", "i", "no-such-type")])
+        assert err.value.fields == ("events[0].type",)
+
+
+def test_async_client_errors_carry_the_decoded_details(gateway_server):
+    async def run():
+        async with AsyncRecstackClient(f"127.0.0.1:{gateway_server.port}", timeout=10) as c:
+            await c.recommend(query="x", k=500)
+
+    with pytest.raises(RecstackRpcError) as err:
+        asyncio.run(run())
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert err.value.reason == "LIMIT_EXCEEDED" and err.value.fields == ("k",)
 
 
 def unavailable_count(method):

@@ -3,6 +3,7 @@
 import grpc
 import pytest
 
+from recstack.client import error_details
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc, recall_pb2, recall_pb2_grpc
 from tests.conftest import channel_to
 
@@ -49,22 +50,58 @@ def test_cold_start_by_query_and_by_history(stub, bundle):
 
 
 @pytest.mark.parametrize(
-    ("fields", "code", "field"),
+    ("fields", "code", "reason", "violations"),
     [
-        (dict(), "INVALID_ARGUMENT", "user_id|history_item_ids|query_text"),
-        (dict(query_text="x", k=-1), "INVALID_ARGUMENT", "k"),
-        (dict(query_text="x", k=500), "RESOURCE_EXHAUSTED", "k"),
-        (dict(query_text="x", k=10, candidate_count=5), "INVALID_ARGUMENT", "candidate_count"),
-        (dict(history_item_ids=["no-such-item"]), "INVALID_ARGUMENT", "history_item_ids"),
-        (dict(query_text="x", diversity_lambda=2.0), "INVALID_ARGUMENT", "diversity_lambda"),
+        (
+            dict(),
+            "INVALID_ARGUMENT",
+            "MISSING_QUERY",
+            ("user_id", "history_item_ids", "query_text"),
+        ),
+        (dict(query_text="x", k=-1), "INVALID_ARGUMENT", "INVALID_ARGUMENT", ("k",)),
+        (dict(query_text="x", k=500), "OUT_OF_RANGE", "LIMIT_EXCEEDED", ("k",)),
+        (
+            dict(query_text="x", k=10, candidate_count=5),
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT",
+            ("candidate_count",),
+        ),
+        # relayed from the recall service with its details intact
+        (
+            dict(history_item_ids=["no-such-item"]),
+            "INVALID_ARGUMENT",
+            "UNKNOWN_ITEM",
+            ("history_item_ids",),
+        ),
+        (
+            dict(query_text="x", diversity_lambda=2.0),
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT",
+            ("diversity_lambda",),
+        ),
     ],
 )
-def test_bad_input_names_the_field(stub, fields, code, field):
+def test_bad_input_names_the_field(stub, fields, code, reason, violations):
     with pytest.raises(grpc.RpcError) as err:
         stub.Recommend(gateway_pb2.RecommendRequest(**fields), timeout=10)
     assert err.value.code() == grpc.StatusCode[code]
-    assert field in err.value.details()
+    details = error_details(err.value)
+    assert details is not None, "no google.rpc.Status in grpc-status-details-bin"
+    assert details.code == code and details.domain == "recstack.dev"
+    assert details.reason == reason
+    assert details.fields == violations
+    assert violations[0] in err.value.details()
+    # deprecated, kept for one release: the fields joined by "|"
+    assert ("recstack-field", "|".join(violations)) in err.value.trailing_metadata()
     assert stub.Recommend(gateway_pb2.RecommendRequest(query_text="ok", k=1)).items
+
+
+def test_limit_violation_reports_the_limit(stub):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(gateway_pb2.RecommendRequest(query_text="x", k=500), timeout=10)
+    details = error_details(err.value)
+    assert details is not None and details.retry_delay_s is None  # not load: no RetryInfo
+    assert dict(details.metadata) == {"limit": "20", "value": "500"}
 
 
 def test_expired_deadline_is_deadline_exceeded(stub):

@@ -4,6 +4,7 @@ import grpc
 import numpy as np
 import pytest
 
+from recstack.client import error_details
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from tests.conftest import channel_to
 from tests.unit.test_rank_core import direct_scores, rank_request
@@ -63,7 +64,7 @@ def test_version_mismatch_is_failed_precondition_naming_both(stub, bundle, sampl
         (lambda ids, v, u: ([ids[0]] * 2, v[:2], u), "INVALID_ARGUMENT", "candidate_ids"),
         (
             lambda ids, v, u: ([str(i) for i in range(60)], np.ones((60, v.shape[1])), u),
-            "RESOURCE_EXHAUSTED",
+            "OUT_OF_RANGE",
             "candidate_ids",
         ),
     ],
@@ -74,6 +75,8 @@ def test_bad_input(stub, bundle, sample, mutate, code, field):
         stub.Rank(request(bundle, ids, vectors, user))
     assert err.value.code() == grpc.StatusCode[code]
     assert field in err.value.details()
+    details = error_details(err.value)
+    assert details is not None and details.fields == (field,)
     assert stub.Rank(request(bundle, *sample)).items
 
 

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 
 from rank_service.server import serve
 from recstack.bundle import Bundle
+from recstack.client import error_details
 from recstack.config import RankOptions, ServerOptions
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from recstack.vectors import pack
@@ -133,6 +134,9 @@ def test_full_queue_is_resource_exhausted(bundle, bundle_dir, catalog):
             stub.Rank(req, timeout=WAIT)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue full" in err.value.details()
+        details = error_details(err.value)
+        assert details is not None and details.reason == "QUEUE_FULL"
+        assert details.retry_delay_s is not None and details.retry_delay_s > 0
         hold.set()
         for f in [first, *queued]:
             assert len(f.result(timeout=WAIT).items) == 5
@@ -217,6 +221,8 @@ def test_diversity_and_feature_validation_over_grpc(rank_server, bundle, catalog
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "candidate_features" in err.value.details()
         assert ("recstack-field", "candidate_features") in err.value.trailing_metadata()
+        details = error_details(err.value)
+        assert details is not None and details.fields == ("candidate_features",)
 
 
 def test_side_features_over_grpc(bundle_dir, catalog, tmp_path):
@@ -256,12 +262,15 @@ def test_reload_rpc_and_pointer_watcher_hot_swap(bundle_dir, bundle, catalog, tm
     running = started(RankOptions(bundle=str(root), bundle_poll_s=0.05))
     try:
         stub = rank_pb2_grpc.RankServiceStub(channel_to(running))
+        admin = rank_pb2_grpc.RankAdminServiceStub(channel_to(running))
 
         def version():
             return stub.GetInfo(rank_pb2.RankServiceGetInfoRequest()).bundle_version
 
         assert version() == "v1"
-        r = stub.Reload(rank_pb2.RankServiceReloadRequest())
+        r = stub.Reload(rank_pb2.RankServiceReloadRequest())  # deprecated alias, one release
+        assert (r.bundle_version, r.swapped) == ("v1", False)
+        r = admin.ReloadBundle(rank_pb2.RankAdminServiceReloadBundleRequest())
         assert (r.bundle_version, r.swapped) == ("v1", False)
         # the watcher picks up a new CURRENT by itself
         (root / "CURRENT").write_text("v2\n")
@@ -282,7 +291,7 @@ def test_reload_rpc_and_pointer_watcher_hot_swap(bundle_dir, bundle, catalog, tm
         # a bad bundle is refused; the old one keeps serving
         (root / "CURRENT").write_text("v3\n")
         with pytest.raises(grpc.RpcError) as err:
-            stub.Reload(rank_pb2.RankServiceReloadRequest())
+            admin.ReloadBundle(rank_pb2.RankAdminServiceReloadBundleRequest())
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "checksum mismatch" in err.value.details() and "v2" in err.value.details()
         assert version() == "v2"
@@ -291,9 +300,9 @@ def test_reload_rpc_and_pointer_watcher_hot_swap(bundle_dir, bundle, catalog, tm
         # explicit reload back to v1, pinned by expected_version
         (root / "CURRENT").write_text("v1\n")
         with pytest.raises(grpc.RpcError) as err:
-            stub.Reload(rank_pb2.RankServiceReloadRequest(expected_version="v7"))
+            admin.ReloadBundle(rank_pb2.RankAdminServiceReloadBundleRequest(expected_version="v7"))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        r = stub.Reload(rank_pb2.RankServiceReloadRequest(expected_version="v1"))
+        r = admin.ReloadBundle(rank_pb2.RankAdminServiceReloadBundleRequest(expected_version="v1"))
         assert (r.bundle_version, r.previous_version) in {("v1", "v2"), ("v1", "v1")}
         assert version() == "v1"
     finally:
@@ -303,10 +312,12 @@ def test_reload_rpc_and_pointer_watcher_hot_swap(bundle_dir, bundle, catalog, tm
 def test_reload_rpc_can_be_disabled(bundle_dir):
     running = started(RankOptions(bundle=str(bundle_dir), reload_rpc=False, bundle_poll_s=0))
     try:
-        stub = rank_pb2_grpc.RankServiceStub(channel_to(running))
+        admin = rank_pb2_grpc.RankAdminServiceStub(channel_to(running))
         with pytest.raises(grpc.RpcError) as err:
-            stub.Reload(rank_pb2.RankServiceReloadRequest())
+            admin.ReloadBundle(rank_pb2.RankAdminServiceReloadBundleRequest())
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = error_details(err.value)
+        assert details is not None and details.reason == "RELOAD_DISABLED"
     finally:
         running.stop(0)
 

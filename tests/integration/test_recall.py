@@ -4,7 +4,7 @@ import grpc
 import numpy as np
 import pytest
 
-from recstack.client import candidate_scores, candidate_vectors
+from recstack.client import candidate_scores, candidate_vectors, error_details
 from recstack.encoder import TextEncoder
 from recstack.ort import SessionOptions
 from recstack.user_tower import UserTower
@@ -119,7 +119,7 @@ def bad_requests(dim):
         (dict(query_vector=pack(np.zeros(dim)), k=5), "INVALID_ARGUMENT", "query_vector"),
         (dict(query_text="x", k=0), "INVALID_ARGUMENT", "k"),
         (dict(query_text="x", k=-3), "INVALID_ARGUMENT", "k"),
-        (dict(query_text="x", k=10**6), "RESOURCE_EXHAUSTED", "k"),
+        (dict(query_text="x", k=10**6), "OUT_OF_RANGE", "k"),
         (dict(history_item_ids=["no-such-item"], k=5), "INVALID_ARGUMENT", "history_item_ids"),
         (dict(k=5), "INVALID_ARGUMENT", "query_text|history_item_ids|query_vector"),
         (dict(), "INVALID_ARGUMENT", "k"),
@@ -139,6 +139,10 @@ def test_bad_input_names_the_field_and_server_keeps_serving(stub, bundle, case):
         stub.Recall(recall_pb2.RecallRequest(**fields))
     assert err.value.code() == grpc.StatusCode[code]
     assert field in err.value.details()
+    details = error_details(err.value)
+    assert details is not None and details.code == code
+    # one BadRequest violation per offending field; the deprecated trailer joins them
+    assert details.fields == tuple(field.split("|"))
     assert ("recstack-field", field) in err.value.trailing_metadata()
     assert len(stub.Recall(recall_pb2.RecallRequest(query_text="ok", k=2)).ids) == 2
 

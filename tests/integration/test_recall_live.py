@@ -12,7 +12,7 @@ import pytest
 from recall_service import core as recall_core
 from recall_service.server import serve
 from recstack.bundle import MANIFEST, write_manifest
-from recstack.client import candidate_scores, candidate_vectors
+from recstack.client import candidate_scores, candidate_vectors, error_details
 from recstack.config import ServerOptions
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from recstack.vectors import l2_normalize, pack
@@ -169,7 +169,10 @@ def test_batch_equals_single_calls(stub):
     assert "requests[1].query_vector" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         stub.RecallBatch(recall_pb2.RecallBatchRequest(requests=requests * 100))
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    details = error_details(err.value)
+    assert details is not None and details.reason == "LIMIT_EXCEEDED"
+    assert details.fields == ("requests",)
 
 
 @pytest.mark.parametrize(
@@ -313,9 +316,13 @@ def test_hot_swap_keeps_live_writes_and_refuses_bad_bundles(bundle_dir, tmp_path
                 items=[recall_pb2.ItemWrite(id="live", text="an item written before the swap")]
             )
         )
+        admin = recall_pb2_grpc.RecallAdminServiceStub(channel_to(running))
+        # the deprecated alias (one release) and the admin service reload alike
         assert stub.ReloadBundle(recall_pb2.ReloadBundleRequest()).swapped is False
+        reload = recall_pb2.RecallAdminServiceReloadBundleRequest()
+        assert admin.ReloadBundle(reload).swapped is False
         make_version(bundle_dir, root, "v-two")
-        resp = stub.ReloadBundle(recall_pb2.ReloadBundleRequest())
+        resp = admin.ReloadBundle(reload)
         assert resp.swapped and resp.bundle_version == "v-two"
         got = stub.Recall(
             recall_pb2.RecallRequest(query_text="an item written before the swap", k=1)
@@ -325,7 +332,7 @@ def test_hot_swap_keeps_live_writes_and_refuses_bad_bundles(bundle_dir, tmp_path
         with (bad / "index" / "hnsw.bin").open("ab") as f:
             f.write(b"junk")
         with pytest.raises(grpc.RpcError) as err:
-            stub.ReloadBundle(recall_pb2.ReloadBundleRequest())
+            admin.ReloadBundle(reload)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "checksum mismatch" in err.value.details()
         info = stub.GetInfo(recall_pb2.RecallServiceGetInfoRequest())

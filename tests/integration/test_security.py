@@ -8,7 +8,7 @@ from gateway.server import serve as serve_gateway
 from rank_service.server import serve as serve_rank
 from recall_service.server import serve as serve_recall
 from recstack.auth import channel_credentials
-from recstack.client import RecstackClient, open_channel
+from recstack.client import RecstackClient, error_details, open_channel
 from recstack.config import GatewayOptions, RankOptions, ServerOptions
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2
 from tests.conftest import recall_options
@@ -69,15 +69,15 @@ def test_mutual_tls_and_token_allow_reads(rank, pki, bundle):
 
 
 @pytest.mark.parametrize(
-    ("credentials", "code"),
+    ("credentials", "code", "reason"),
     [
-        ("plaintext", grpc.StatusCode.UNAVAILABLE),
-        ("no-client-cert", grpc.StatusCode.UNAVAILABLE),
-        ("no-token", grpc.StatusCode.UNAUTHENTICATED),
-        ("wrong-token", grpc.StatusCode.UNAUTHENTICATED),
+        ("plaintext", grpc.StatusCode.UNAVAILABLE, None),
+        ("no-client-cert", grpc.StatusCode.UNAVAILABLE, None),
+        ("no-token", grpc.StatusCode.UNAUTHENTICATED, "MISSING_TOKEN"),
+        ("wrong-token", grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN"),
     ],
 )
-def test_refusals(rank, pki, credentials, code):
+def test_refusals(rank, pki, credentials, code, reason):
     chosen = {
         "plaintext": None,
         "no-client-cert": creds(pki, "reader-token", client_cert=False),
@@ -87,24 +87,37 @@ def test_refusals(rank, pki, credentials, code):
     with pytest.raises(grpc.RpcError) as err:
         info(rank.port, chosen)
     assert err.value.code() == code
+    if reason is not None:  # refused by our interceptor, not by the TLS handshake
+        details = error_details(err.value)
+        assert details is not None and details.reason == reason
 
 
 def test_write_needs_write_permission(rank, pki):
-    stub = rank_pb2_grpc.RankServiceStub(
-        open_channel(
-            f"localhost:{rank.port}", max_attempts=1, credentials=creds(pki, "reader-token")
-        )
+    reader = open_channel(
+        f"localhost:{rank.port}", max_attempts=1, credentials=creds(pki, "reader-token")
     )
+    admin_service = rank_pb2_grpc.RankAdminServiceStub(reader)
     with pytest.raises(grpc.RpcError) as err:
-        stub.Reload(rank_pb2.RankServiceReloadRequest(), timeout=30)
+        admin_service.ReloadBundle(rank_pb2.RankAdminServiceReloadBundleRequest(), timeout=30)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "write" in err.value.details()
-    admin = rank_pb2_grpc.RankServiceStub(
-        open_channel(
-            f"localhost:{rank.port}", max_attempts=1, credentials=creds(pki, "admin-token")
+    details = error_details(err.value)
+    assert details is not None and details.reason == "MISSING_PERMISSION"
+    assert details.metadata["permission"] == "write"
+    # the deprecated alias in the data-plane service needs the same permission
+    with pytest.raises(grpc.RpcError) as err:
+        rank_pb2_grpc.RankServiceStub(reader).Reload(
+            rank_pb2.RankServiceReloadRequest(), timeout=30
         )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    writer = open_channel(
+        f"localhost:{rank.port}", max_attempts=1, credentials=creds(pki, "admin-token")
     )
-    admin.Reload(rank_pb2.RankServiceReloadRequest(), timeout=30)
+    reply = rank_pb2_grpc.RankAdminServiceStub(writer).ReloadBundle(
+        rank_pb2.RankAdminServiceReloadBundleRequest(), timeout=30
+    )
+    assert reply.swapped is False and reply.bundle_version
+    rank_pb2_grpc.RankServiceStub(writer).Reload(rank_pb2.RankServiceReloadRequest(), timeout=30)
 
 
 def test_health_needs_no_token_and_has_a_plaintext_port(rank, pki):

@@ -20,7 +20,7 @@ from recstack.domain import (
     RecommendQuery,
     ScoredItem,
 )
-from recstack.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from recstack.errors import FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
 from recstack.lifecycle import VersionNotServed
 
 DIM = 4
@@ -116,22 +116,26 @@ def test_explicit_history_comes_first_and_include_seen(setup):
 @pytest.mark.parametrize(
     ("query", "error", "field"),
     [
-        (RecommendQuery(), InvalidArgument, "user_id|history_item_ids|query_text"),
-        (RecommendQuery(query_text="x", k=-1), InvalidArgument, "k"),
-        (RecommendQuery(query_text="x", k=6), ResourceExhausted, "k"),
+        (RecommendQuery(), InvalidArgument, ("user_id", "history_item_ids", "query_text")),
+        (RecommendQuery(query_text="x", k=-1), InvalidArgument, ("k",)),
+        (RecommendQuery(query_text="x", k=6), OutOfRange, ("k",)),
         (
             RecommendQuery(query_text="x", k=4, candidate_count=2),
             InvalidArgument,
-            "candidate_count",
+            ("candidate_count",),
         ),
-        (RecommendQuery(query_text="x", diversity_lambda=1.5), InvalidArgument, "diversity_lambda"),
+        (
+            RecommendQuery(query_text="x", diversity_lambda=1.5),
+            InvalidArgument,
+            ("diversity_lambda",),
+        ),
     ],
 )
 def test_bad_requests_name_the_field(setup, query, error, field):
     core, backend = setup
     with pytest.raises(error) as err:
         core.recommend(query, Deadline.after(5))
-    assert err.value.field == field
+    assert err.value.fields == field
     assert not backend.recalls
 
 
