@@ -117,12 +117,13 @@ def serving_versions(proc: ServiceProcess) -> list[str]:
 def reload(proc: ServiceProcess, version: str) -> None:
     """The service's admin reload RPC; it must now serve ``version`` as its primary."""
     if proc.name.startswith("recall"):
-        recall = recall_pb2_grpc.RecallServiceStub(proc.channel())
-        got = recall.ReloadBundle(recall_pb2.ReloadBundleRequest(), timeout=300).bundle_version
+        recall = recall_pb2_grpc.RecallAdminServiceStub(proc.channel())
+        request = recall_pb2.RecallAdminServiceReloadBundleRequest()
+        got = recall.ReloadBundle(request, timeout=300).bundle_version
     else:
-        rank = rank_pb2_grpc.RankServiceStub(proc.channel())
-        request = rank_pb2.RankServiceReloadRequest(expected_version=version)
-        got = rank.Reload(request, timeout=300).bundle_version
+        rank = rank_pb2_grpc.RankAdminServiceStub(proc.channel())
+        ranked = rank_pb2.RankAdminServiceReloadBundleRequest(expected_version=version)
+        got = rank.ReloadBundle(ranked, timeout=300).bundle_version
     if got != version:
         raise RuntimeError(f"{proc.name} serves {got} after reload, expected {version}")
 
