@@ -7,6 +7,7 @@ sees e.g. INVALID_ARGUMENT naming ``history_item_ids`` rather than a generic fai
 
 from __future__ import annotations
 
+import contextvars
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -138,7 +139,13 @@ class ShardedRecall:
     def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult:
         if len(self.shards) == 1:
             return self.shards[0].recall(query, timeout)
-        futures = [self._pool.submit(s.recall, query, timeout) for s in self.shards]
+        # Each shard call runs in a copy of this thread's context, so the caller's trace
+        # span (contextvars) is the parent of the shard calls' spans; one copy per task,
+        # since a context cannot be entered by two threads at once.
+        futures = [
+            self._pool.submit(contextvars.copy_context().run, s.recall, query, timeout)
+            for s in self.shards
+        ]
         results: list[RecallResult] = []
         missing: list[int] = []
         first_error: RecstackError | None = None
@@ -164,7 +171,9 @@ class ShardedRecall:
         for i in ids:
             owned.setdefault(shard_of(i, len(self.shards)), []).append(i)
         futures = {
-            s: self._pool.submit(self.shards[s].get_items, part, timeout)
+            s: self._pool.submit(
+                contextvars.copy_context().run, self.shards[s].get_items, part, timeout
+            )
             for s, part in owned.items()
         }
         results = {s: f.result() for s, f in futures.items()}
