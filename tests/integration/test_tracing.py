@@ -150,11 +150,12 @@ def test_an_unsampled_caller_is_not_recorded(stack: Stack) -> None:
 
 def test_a_bad_request_is_traced_with_its_code_but_not_as_a_server_error(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        stack.recommend(query="a good story", k=10_000)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stack.recommend(query="a good story", k=10_000)  # above the gateway's --max-k
+    code = err.value.code()
+    assert code != grpc.StatusCode.OK and code not in tracing.SERVER_ERROR_CODES
     span = one(stack.spans(), RECOMMEND, SpanKind.SERVER)
-    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert span.status.status_code == StatusCode.UNSET
+    assert span.attributes["rpc.grpc.status_code"] == code.value[0]
+    assert span.status.status_code == StatusCode.UNSET  # the caller's mistake, not ours
 
 
 def test_latency_histogram_carries_the_trace_as_exemplar(stack: Stack) -> None:
