@@ -1,5 +1,6 @@
 """deploy/k8s/monitoring: ServiceMonitor, alert rules and Grafana dashboard, checked offline.
 
+- the servers' /metrics passes ``promtool check metrics``;
 - the rules pass ``promtool check rules`` and the alert unit tests (``promtool test
   rules`` on alerts_test.yaml): each alert fires on its situation and not on a healthy one;
 - every metric name (and label) the rules and the dashboard use is one a real server
@@ -113,11 +114,11 @@ def test_alerts_cover_the_operational_failures(rendered: list[Obj]) -> None:
 
 
 @pytest.fixture(scope="module")
-def exposed(bundle_dir: Path) -> dict[str, set[str]]:
-    """Sample name -> label names, from a real rank server's /metrics (text format).
+def scraped(bundle_dir: Path) -> str:
+    """A real rank server's /metrics (text format) after a good and a refused RPC.
 
     All recstack metrics are declared in recstack/metrics.py and exposed (at least their
-    HELP/TYPE) by any server; one RPC makes the per-method series appear.
+    HELP/TYPE) by any server; the RPCs make the per-method series appear.
     """
     running = serve_rank(
         ServerOptions(port=0, metrics_port=free_port()), RankOptions(bundle=str(bundle_dir))
@@ -129,11 +130,16 @@ def exposed(bundle_dir: Path) -> dict[str, set[str]]:
         with pytest.raises(grpc.RpcError):
             stub.Rank(rank_pb2.RankRequest(), timeout=30)
         url = f"http://127.0.0.1:{running.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        return urllib.request.urlopen(url, timeout=10).read().decode()
     finally:
         running.stop(0)
+
+
+@pytest.fixture(scope="module")
+def exposed(scraped: str) -> dict[str, set[str]]:
+    """Sample name -> label names of every recstack metric on /metrics."""
     out: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(scraped):
         # (the text format exposes each counter's and histogram's creation time as a
         # separate *_created gauge; it is not a metric of ours)
         if not family.name.startswith("recstack_") or family.name.endswith("_created"):
@@ -144,6 +150,14 @@ def exposed(bundle_dir: Path) -> dict[str, set[str]]:
         for suffix in suffixes.get(family.type, [""]):
             out[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return out
+
+
+def test_exposition_passes_promtool_check_metrics(scraped: str) -> None:
+    """Prometheus's own lint of the exposition (names, units, HELP, counter suffixes)."""
+    done = subprocess.run(
+        [promtool(), "check", "metrics"], input=scraped, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
 
 
 def _declared_labels(name: str) -> tuple[str, ...]:
