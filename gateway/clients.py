@@ -7,10 +7,8 @@ sees e.g. INVALID_ARGUMENT naming ``history_item_ids`` rather than a generic fai
 
 from __future__ import annotations
 
-import contextvars
 import json
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +26,7 @@ from recstack.errors import RecstackError, Unavailable, error_for_kind
 from recstack.pbconv import filters_to_pb, recall_result_from_pb
 from recstack.server import FIELD_METADATA_KEY, KIND_FOR_STATUS
 from recstack.sharding import shard_of
+from recstack.tracing import ContextThreadPool
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack
 
@@ -134,18 +133,13 @@ class ShardedRecall:
             raise ValueError("at least one recall shard is required")
         self.shards = list(shards)
         self.policy = policy
-        self._pool = ThreadPoolExecutor(max_workers=4 * len(shards), thread_name_prefix="fanout")
+        # Shard calls run in the submitter's context: their trace spans are the caller's.
+        self._pool = ContextThreadPool(max_workers=4 * len(shards), thread_name_prefix="fanout")
 
     def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult:
         if len(self.shards) == 1:
             return self.shards[0].recall(query, timeout)
-        # Each shard call runs in a copy of this thread's context, so the caller's trace
-        # span (contextvars) is the parent of the shard calls' spans; one copy per task,
-        # since a context cannot be entered by two threads at once.
-        futures = [
-            self._pool.submit(contextvars.copy_context().run, s.recall, query, timeout)
-            for s in self.shards
-        ]
+        futures = [self._pool.submit(s.recall, query, timeout) for s in self.shards]
         results: list[RecallResult] = []
         missing: list[int] = []
         first_error: RecstackError | None = None
@@ -171,9 +165,7 @@ class ShardedRecall:
         for i in ids:
             owned.setdefault(shard_of(i, len(self.shards)), []).append(i)
         futures = {
-            s: self._pool.submit(
-                contextvars.copy_context().run, self.shards[s].get_items, part, timeout
-            )
+            s: self._pool.submit(self.shards[s].get_items, part, timeout)
             for s, part in owned.items()
         }
         results = {s: f.result() for s, f in futures.items()}

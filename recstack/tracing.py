@@ -17,13 +17,16 @@ When on:
   histograms carry the trace as an OpenMetrics exemplar.
 
 Spans live in ``contextvars``; work handed to another thread must run in a copy of the
-caller's context (``contextvars.copy_context().run``), as the gateway's shard fan-out does.
+caller's context: ``ContextThreadPool`` does that for every task (the gateway's shard
+fan-out uses it).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -269,6 +272,17 @@ class ClientTracingInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignor
         # span when they complete.
         call.add_done_callback(done)
         return call
+
+
+class ContextThreadPool(ThreadPoolExecutor):
+    """A thread pool whose tasks run in a copy of the submitting thread's context.
+
+    So a span current at ``submit`` is the parent of spans the task starts. One copy per
+    task: a context cannot be entered by two threads at once.
+    """
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 def server_interceptors() -> list[grpc.ServerInterceptor]:

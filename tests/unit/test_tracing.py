@@ -89,3 +89,15 @@ def test_servers_need_no_opentelemetry_unless_tracing_is_asked_for() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "recstack[tracing]" in done.stdout
+
+
+def test_context_thread_pool_runs_tasks_in_the_submitters_context() -> None:
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("caller")
+    with tracing.ContextThreadPool(max_workers=2) as pool:
+        assert [f.result() for f in [pool.submit(var.get) for _ in range(4)]] == ["caller"] * 4
+    with ThreadPoolExecutor(max_workers=1) as plain:  # what the fan-out would see without it
+        assert plain.submit(var.get).result() == "unset"
