@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -134,7 +135,9 @@ class ShardedRecall:
         self.shards = list(shards)
         self.policy = policy
         # Shard calls run in the submitter's context: their trace spans are the caller's.
-        self._pool = ContextThreadPool(max_workers=4 * len(shards), thread_name_prefix="fanout")
+        self._pool: ThreadPoolExecutor = ContextThreadPool(
+            max_workers=4 * len(shards), thread_name_prefix="fanout"
+        )
 
     def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult:
         if len(self.shards) == 1:
