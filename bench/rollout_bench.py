@@ -168,10 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="40", help="comma-separated Recommend req/s")
     parser.add_argument("--dwell", type=float, default=5.0, help="seconds between steps")
     parser.add_argument("--out", default=str(RESULTS / "rollout.json"))
+    parser.add_argument(
+        "--workdir", default="", help="keep the bundles, service logs and load reports here"
+    )
     args = parser.parse_args(argv)
     bundle = resolve_bundle_dir(args.bundle)
     runs = []
-    with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rollout-bench-") as scratch:
+        tmp = args.workdir or scratch
         root = two_versions(bundle, Path(tmp) / "bundles")
         for rate in (float(r) for r in args.rates.split(",")):
             work = Path(tmp) / f"rate-{rate:g}"

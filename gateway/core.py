@@ -136,6 +136,9 @@ class GatewayCore:
                 field="side_features",
             )
         self._no_recency = np.zeros(len(RECENCY), np.float32)
+        # (version, until): recall is asked in this version while rank does not serve
+        # recall's own (a rollout). One tuple store: readers see the old or the new pin.
+        self._pin: tuple[str, float] = ("", 0.0)
 
     def _history(self, q: RecommendQuery) -> tuple[tuple[str, ...], bool]:
         """The user's history (explicit first, then stored) and whether any was stored."""
@@ -232,7 +235,7 @@ class GatewayCore:
             ignore_unknown_history=stored,
             user_prior=True,
         )
-        recalled = self.recall_backend.recall(query, deadline.budget(self.options.recall_share))
+        recalled = self._recall(query, deadline)
         timings["recall"] = (time.perf_counter() - t0) * 1000
         items: list[RecommendedItem] = []
         if len(recalled):
@@ -245,6 +248,7 @@ class GatewayCore:
                     raise
                 # A rollout: rank does not serve recall's version (yet, or any more).
                 recalled = self._recall_in_rank_version(query, recalled.bundle_version, deadline)
+                self._pin = (recalled.bundle_version, time.monotonic() + self.options.version_pin_s)
                 ranked = self._rank(recalled, q, k, len(history), deadline)
             timings["rank"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
@@ -274,6 +278,22 @@ class GatewayCore:
             timings,
             missing_shards=recalled.missing_shards,
         )
+
+    def _recall(self, query: RecallQuery, deadline: Deadline) -> RecallResult:
+        """Recall, in the pinned version while a pin is active (so a rollout's overlap costs
+        one extra recall per ``version_pin_s``, not one per request)."""
+        version, until = self._pin
+        if version and time.monotonic() < until:
+            try:
+                return self.recall_backend.recall(
+                    replace(query, embedding_version=version),
+                    deadline.budget(self.options.recall_share),
+                )
+            except FailedPrecondition as exc:
+                if exc.field != VERSION_FIELD:
+                    raise
+                self._pin = ("", 0.0)  # recall dropped it: back to its own version
+        return self.recall_backend.recall(query, deadline.budget(self.options.recall_share))
 
     def _rank(
         self, recalled: RecallResult, q: RecommendQuery, k: int, history: int, deadline: Deadline

@@ -193,8 +193,8 @@ class Bundle:
             size = meta.get("bytes")
             if size is not None and full.stat().st_size != int(size):
                 raise BundleError(
-                    f"bundle {self.version}: {rel} has {full.stat().st_size} bytes, "
-                    f"the manifest says {size}"
+                    f"bundle {self.version}: checksum mismatch for {rel} (it has "
+                    f"{full.stat().st_size} bytes, the manifest says {size})"
                 )
 
     def verify(self) -> None:

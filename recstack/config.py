@@ -288,3 +288,8 @@ class GatewayOptions:
     default_timeout_s: float = _opt(2.0, "deadline used when the caller sets none")
     recall_share: float = _opt(0.6, "fraction of the remaining deadline given to recall")
     max_history: int = _opt(200, "most history_item_ids accepted")
+    version_pin_s: float = _opt(
+        1.0,
+        "during a rollout, after rank refused recall's bundle version: ask recall directly "
+        "in the version rank served, for this long, before trying recall's own again",
+    )

@@ -81,8 +81,23 @@ def by_kind(objs: list[Obj], kind: str) -> list[Obj]:
     return [o for o in objs if o["kind"] == kind]
 
 
+DATABASE = "postgres"  # app.kubernetes.io/component of the in-cluster PostgreSQL
+
+
 def workloads(objs: list[Obj]) -> list[Obj]:
-    return [o for o in objs if o["kind"] in WORKLOAD_KINDS]
+    """recstack's own Deployments/StatefulSets (recall, rank, gateway), not its database."""
+    return [o for o in objs if o["kind"] in WORKLOAD_KINDS and component(o) != DATABASE]
+
+
+def databases(objs: list[Obj]) -> list[Obj]:
+    """The in-cluster PostgreSQL StatefulSet(s) (none with overlays/postgres)."""
+    return [o for o in objs if o["kind"] in WORKLOAD_KINDS and component(o) == DATABASE]
+
+
+def component(obj: Obj) -> str:
+    return str(
+        obj["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
+    )
 
 
 def pod_spec(obj: Obj) -> Obj:
@@ -126,8 +141,11 @@ def label_selector_matches(selector: Obj, labels: dict[str, str]) -> bool:
     return True
 
 
-def container_env(container: Obj, objs: list[Obj]) -> dict[str, str | None]:
-    """The container's environment as the kubelet builds it; ``None`` = from a secret/field.
+def container_env(
+    container: Obj, objs: list[Obj], secrets: dict[tuple[str, str], str] | None = None
+) -> dict[str, str | None]:
+    """The container's environment as the kubelet builds it; ``None`` = from a secret/field
+    (unless ``secrets`` has its (name, key)).
 
     envFrom sources apply in order (later wins), then ``env`` entries override them.
     """
@@ -140,7 +158,13 @@ def container_env(container: Obj, objs: list[Obj]) -> dict[str, str | None]:
         assert name in configmaps, f"{container['name']}: envFrom ConfigMap {name} not rendered"
         env.update({k: str(v) for k, v in configmaps[name].items()})
     for entry in container.get("env", []):
-        env[entry["name"]] = str(entry["value"]) if "value" in entry else None
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if "value" in entry:
+            env[entry["name"]] = str(entry["value"])
+        elif ref is not None and (ref["name"], ref["key"]) in (secrets or {}):
+            env[entry["name"]] = (secrets or {})[(ref["name"], ref["key"])]
+        else:
+            env[entry["name"]] = None
     return env
 
 

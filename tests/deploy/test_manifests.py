@@ -395,7 +395,7 @@ def test_services_route_to_pods(serving: list[Obj]) -> None:
     for svc in k8s.by_kind(serving, "Service"):
         targets = [
             o
-            for o in k8s.workloads(serving)
+            for o in [*k8s.workloads(serving), *k8s.databases(serving)]
             if k8s.selects(svc["spec"]["selector"], k8s.pod_labels(o))
         ]
         assert len(targets) == 1, f"{name_of(svc)} selects {[name_of(t) for t in targets]}"
@@ -475,6 +475,50 @@ def test_recall_shards_and_gateway_agree(name: str, shards: int) -> None:
     assert m and services[m.group(1)]["spec"].get("clusterIP") == "None"
 
 
+@pytest.mark.parametrize("name", ["cpu", "gpu", "sharded"])
+def test_default_state_lives_in_the_in_cluster_postgres(name: str) -> None:
+    """Stateless gateway and recall replicas: events and the catalog log in the one
+    PostgreSQL of the deployment, its password from a Secret the repo does not render."""
+    objs = overlay(name)
+    assert k8s.by_kind(objs, "Secret") == [], "credentials must not be rendered from the repo"
+    (db,) = k8s.databases(objs)
+    (pg,) = k8s.pod_spec(db)["containers"]
+    env = {e["name"]: e for e in pg["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "recstack-postgres"
+    assert any(v["metadata"]["name"] == "data" for v in db["spec"]["volumeClaimTemplates"])
+    (svc,) = [
+        s for s in k8s.by_kind(objs, "Service") if s["metadata"]["name"] == db["metadata"]["name"]
+    ]
+    port = svc["spec"]["ports"][0]["port"]
+    for obj in k8s.workloads(objs):
+        if obj["metadata"]["name"] == "recstack-rank":
+            continue  # stateless, no database
+        (c,) = k8s.pod_spec(obj)["containers"]
+        role = k8s.role_of(c)
+        assert role is not None
+        options = k8s.effective_options(role, c, objs)
+        dsn = options.events_dsn if role.command == "recstack-gateway" else options.catalog_dsn
+        assert dsn == f"postgresql://recstack@{svc['metadata']['name']}:{port}/recstack", dsn
+        password = {e["name"]: e for e in c.get("env", [])}["PGPASSWORD"]
+        assert password["valueFrom"]["secretKeyRef"] == {
+            "name": "recstack-postgres",
+            "key": "password",
+        }
+    recall = [o for o in k8s.workloads(objs) if k8s.component(o) == "recall"]
+    assert recall and all(o["spec"]["replicas"] >= 2 for o in recall), "shared catalog"
+    # Only recall and gateway pods may reach the database.
+    (policy,) = [
+        p
+        for p in k8s.by_kind(objs, "NetworkPolicy")
+        if k8s.selects(p["spec"]["podSelector"]["matchLabels"], k8s.pod_labels(db))
+        and p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
+    ]
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    (expr,) = peer["podSelector"]["matchExpressions"]
+    assert sorted(expr["values"]) == ["gateway", "recall"]
+
+
 def test_postgres_overlay_takes_dsns_from_a_secret() -> None:
     objs = overlay("postgres")
     assert k8s.by_kind(objs, "Secret") == [], "credentials must not be rendered from the repo"
@@ -492,6 +536,10 @@ def test_postgres_overlay_takes_dsns_from_a_secret() -> None:
         role = k8s.role_of(c)
         assert role is not None
         k8s.effective_options(role, c, objs)
+    assert k8s.databases(objs) == [], "the external database replaces the in-cluster one"
+    for obj in k8s.workloads(objs):
+        (c,) = k8s.pod_spec(obj)["containers"]
+        assert "PGPASSWORD" not in {e["name"] for e in c.get("env", [])}, name_of(obj)
     recall = [o for o in k8s.by_kind(objs, "StatefulSet")]
     assert all(o["spec"]["replicas"] >= 2 for o in recall), "shared catalog: >1 replica/shard"
 

@@ -293,12 +293,24 @@ def rollout_core(tmp_path, backend):
 
 def test_recall_swapped_first_is_re_asked_in_the_version_rank_serves(tmp_path):
     backend = Rollout(recall_versions=["v2", "v1"], rank_versions=["v1"])
-    result = rollout_core(tmp_path, backend).recommend(
-        RecommendQuery(user_id="u1"), Deadline.after(5)
-    )
+    core = rollout_core(tmp_path, backend)
+    result = core.recommend(RecommendQuery(user_id="u1"), Deadline.after(5))
     assert result.bundle_version == "v1" and len(result.items) == 3
     assert [q.embedding_version for q, _ in backend.recalls] == ["", "v1"]
     assert [q.embedding_version for q, _ in backend.ranks] == ["v1"]
+    # While the pin lasts, recall is asked in v1 directly: one recall per request.
+    core.recommend(RecommendQuery(user_id="u1"), Deadline.after(5))
+    assert backend.asked == ["", "v1", "v1"]
+    # A pin recall no longer serves is dropped: recall's own version again.
+    backend.recall_versions = ["v2"]
+    backend.rank_versions = ["v2", "v1"]
+    assert core.recommend(RecommendQuery(user_id="u1"), Deadline.after(5)).bundle_version == "v2"
+    assert backend.asked[3:] == ["v1", ""]
+    # After version_pin_s, recall's own version is tried first again.
+    core._pin = ("v1", 0.0)
+    backend.recall_versions = ["v2", "v1"]
+    core.recommend(RecommendQuery(user_id="u1"), Deadline.after(5))
+    assert backend.asked[5:] == [""]
 
 
 def test_rank_swapped_first_serves_the_old_version_without_a_second_recall(tmp_path):
