@@ -37,6 +37,7 @@ from recstack.lifecycle import VERSION_FIELD
 from recstack.pbconv import filters_to_pb, recall_result_from_pb
 from recstack.server import KIND_FOR_STATUS
 from recstack.sharding import shard_of
+from recstack.tracing import ContextThreadPool
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
 from recstack.vectors import pack
 
@@ -181,7 +182,10 @@ class ShardedRecall:
             raise ValueError("at least one recall shard is required")
         self.shards = list(shards)
         self.policy = policy
-        self._pool = ThreadPoolExecutor(max_workers=4 * len(shards), thread_name_prefix="fanout")
+        # Shard calls run in the submitter's context: their trace spans are the caller's.
+        self._pool: ThreadPoolExecutor = ContextThreadPool(
+            max_workers=4 * len(shards), thread_name_prefix="fanout"
+        )
 
     def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult:
         if len(self.shards) == 1:

@@ -19,6 +19,7 @@ from gateway.events import EventStore
 from gateway.servicer import RecommendServicer
 from rank_service.server import SERVICE_NAME as RANK_SERVICE
 from recall_service.server import SERVICE_NAME as RECALL_SERVICE
+from recstack import tracing
 from recstack.auth import channel_credentials
 from recstack.bundle import Bundle
 from recstack.client import open_channel
@@ -73,10 +74,12 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
         for channel in recall_channels:
             wait_serving(channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
         wait_serving(rank_channel, RANK_SERVICE, DOWNSTREAM_WAIT_S)
+        # Instrumented here, after start_server has configured tracing (a no-op when off).
         recall = ShardedRecall(
-            [GrpcRecall(c) for c in recall_channels], options.shard_failure_policy
+            [GrpcRecall(tracing.instrument(c)) for c in recall_channels],
+            options.shard_failure_policy,
         )
-        rank = GrpcRank(rank_channel)
+        rank = GrpcRank(tracing.instrument(rank_channel))
         ref.set(
             assemble(options, bundle, recall, rank, events, rank.side_features(DOWNSTREAM_WAIT_S))
         )

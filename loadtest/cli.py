@@ -80,6 +80,12 @@ def _common() -> argparse.ArgumentParser:
         help="a non-loopback host that may be loaded (repeatable)",
     )
     g.add_argument("--allow-remote", action="store_true", help="allow any host (careful)")
+    g.add_argument("--tls-ca", default="", help="PEM CA verifying the target (enables TLS)")
+    g.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
+    g.add_argument("--tls-key", default="", help="PEM key of --tls-cert")
+    g.add_argument(
+        "--token-file", default="", help="file holding the bearer token to send (needs --tls-ca)"
+    )
     g.add_argument("--bundle", default="bundles", help="bundle the requests are drawn from")
     g.add_argument(
         "--accept-versions",
@@ -269,7 +275,13 @@ def execute(args: argparse.Namespace, log: Callable[[str], None] = print) -> int
         seed=args.seed,
     )
     pool = Generator(args.service, BundleData.load(bundle), mix, options).pool()
-    channel = open_channel(target)
+    channel = open_channel(
+        target,
+        ca=args.tls_ca,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        token_file=args.token_file,
+    )
     try:
         if args.wait_ready > 0:
             try:
@@ -319,6 +331,8 @@ def execute(args: argparse.Namespace, log: Callable[[str], None] = print) -> int
         "mode": args.mode,
         "service": args.service,
         "target": target,
+        "tls": bool(args.tls_ca),
+        "token": bool(args.token_file),
         "bundle": {"version": bundle.version, "path": str(bundle.root)},
         "mix": mix,
         "workload": vars(options),

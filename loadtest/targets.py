@@ -1,5 +1,9 @@
 """gRPC side of the harness: which hosts may be loaded, channels, senders, readiness.
 
+Channels are the client library's (``recstack.client.open_channel``), with TLS, mutual
+TLS and a bearer token when asked for (``--tls-ca``, ``--tls-cert``/``--tls-key``,
+``--token-file``), exactly as an application would connect.
+
 Only loopback addresses are accepted unless the caller allows a host explicitly
 (``--allow-host``) or any host (``--allow-remote``): a load test is a small, deliberate
 denial of service and must not reach a shared system by a typo.
@@ -19,19 +23,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from recstack import client
+from recstack.auth import channel_credentials
 from recstack.config import GATEWAY_PORT, RANK_PORT, RECALL_PORT
 from recstack.v1 import gateway_pb2_grpc, rank_pb2_grpc, recall_pb2_grpc
 
 DEFAULT_PORTS = {"recall": RECALL_PORT, "rank": RANK_PORT, "recommend": GATEWAY_PORT}
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
-]
 Done = Callable[[str], None]
 
 
@@ -143,8 +146,18 @@ def _code_name(exc: grpc.RpcError) -> str:
     return code.name if code is not None else "UNKNOWN"
 
 
-def open_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_channel(
+    address: str, *, ca: str = "", cert: str = "", key: str = "", token_file: str = ""
+) -> grpc.Channel:
+    """The project's one channel (recstack.client.open_channel) without automatic retries
+    (a retried request would hide the failure and distort its latency); TLS with ``ca``,
+    mutual TLS with ``cert``/``key``, a bearer token read from ``token_file``."""
+    token = Path(token_file).read_text().strip() if token_file else ""
+    try:
+        credentials = channel_credentials(ca, cert, key, token)
+    except ValueError as exc:
+        raise TargetError(f"{exc} (--tls-ca)") from exc
+    return client.open_channel(address, max_attempts=1, credentials=credentials)
 
 
 def wait_serving(channel: grpc.Channel, timeout_s: float) -> None:

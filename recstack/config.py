@@ -123,6 +123,15 @@ class ServerOptions:
         "numpy BLAS threads in this process (0 = the library's default, one per core); "
         "per-request matrix products are small, and BLAS threads only fight the RPC threads",
     )
+    otlp_endpoint: str = _opt(
+        "",
+        "OTLP/gRPC collector receiving trace spans, e.g. http://otel-collector:4317 "
+        "(http:// = plaintext); empty = tracing off. Needs recstack[tracing]",
+    )
+    trace_sample_ratio: float = _opt(
+        1.0,
+        "share of new traces kept (0..1); a caller's traceparent sampled flag always wins",
+    )
     health_port: int = _opt(
         -1,
         "extra plaintext port serving only grpc.health.v1, for probes "

@@ -1,4 +1,7 @@
-"""Structured (one JSON object per line) logging for every recstack process."""
+"""Structured (one JSON object per line) logging for every recstack process.
+
+Inside a traced RPC (recstack.tracing) each line also carries ``trace_id`` and ``span_id``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from recstack import tracing
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -22,6 +27,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        out.update(tracing.log_fields())  # trace_id/span_id inside a traced RPC
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -3,7 +3,10 @@
 Metric objects are module-level (one registry per process); servers in the same process
 (tests) share them and are told apart by the ``method`` label, which is the full gRPC
 method name. Service-specific gauges and histograms are defined here too, so every metric
-name in the project is listed in one place.
+name in the project is listed in one place (deploy/k8s/monitoring's dashboard and alert
+rules use these names; tests/deploy/test_monitoring.py checks them against a live scrape).
+Latency histograms carry the current trace as an exemplar (OpenMetrics exposition, asked
+for with ``Accept: application/openmetrics-text``) when tracing is on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ BUNDLE_INFO = Gauge(
     "recstack_bundle_info",
     "1 for the bundle version being served",
     ["service", "version", "provider"],
+)
+SERVING = Gauge(
+    "recstack_serving",
+    "1 while health reports SERVING for the service, 0 while loading, after a failed load "
+    "and while draining (grpc_service: the gRPC service name the health check names)",
+    ["grpc_service"],
 )
 INDEX_ITEMS = Gauge("recstack_index_items", "items in the recall index")
 APPLIED_SEQUENCE = Gauge(

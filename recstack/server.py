@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from threadpoolctl import threadpool_limits
 
-from recstack import logs, metrics
+from recstack import logs, metrics, tracing
 from recstack.auth import TokenTable, authorize, server_credentials
 from recstack.config import ServerOptions, add_arguments, from_args
 from recstack.deadline import Deadline
@@ -84,7 +84,9 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 log.exception("unhandled error in %s", method)
                 context.abort(code, f"internal error in {method} (logged)")
             finally:
-                metrics.RPC_LATENCY.labels(method).observe(time.perf_counter() - started)
+                metrics.RPC_LATENCY.labels(method).observe(
+                    time.perf_counter() - started, tracing.exemplar()
+                )
                 metrics.RPC_REQUESTS.labels(method, code.name).inc()
 
         return grpc.unary_unary_rpc_method_handler(
@@ -224,6 +226,11 @@ class RunningServer:
     def _set_health(self, status: int) -> None:
         for name in ["", *self.names]:
             self.health.set(name, status)
+        self._set_serving_metric(status == health_pb2.HealthCheckResponse.SERVING)
+
+    def _set_serving_metric(self, serving: bool) -> None:
+        for name in self.names:
+            metrics.SERVING.labels(name).set(1 if serving else 0)
 
     def _load(self, load: Callable[[], None]) -> None:
         try:
@@ -247,6 +254,7 @@ class RunningServer:
     def drain(self) -> None:
         """Report NOT_SERVING to every health check and watcher (first step of shutdown)."""
         self.health.enter_graceful_shutdown()
+        self._set_serving_metric(False)
 
     def stop(self, grace: float | None = None) -> None:
         """Drain, refuse new RPCs, give in-flight ones ``grace`` seconds, then close."""
@@ -269,7 +277,10 @@ def start_server(
     if options.blas_threads > 0:
         # Process-wide; numpy's BLAS pool otherwise spins on every core for tiny products.
         threadpool_limits(options.blas_threads, user_api="blas")
-    interceptors: list[grpc.ServerInterceptor] = []
+    names = [s.name for s in services]
+    tracing.configure(options.otlp_endpoint, options.trace_sample_ratio, names[0])
+    # Tracing (when on) runs outermost, so its span covers authentication and error mapping.
+    interceptors: list[grpc.ServerInterceptor] = tracing.server_interceptors()
     if options.auth_tokens_file:
         interceptors.append(AuthInterceptor(TokenTable.load(options.auth_tokens_file)))
     interceptors.append(ErrorMappingInterceptor())
@@ -283,7 +294,6 @@ def start_server(
         spec.register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [s.name for s in services]
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
@@ -354,6 +364,7 @@ def serve_forever(running: RunningServer, options: ServerOptions) -> int:
         extra={"signal": received[0] if received else None, "grace_seconds": options.grace_seconds},
     )
     running.stop(options.grace_seconds)
+    tracing.shutdown()  # flush spans still queued for the collector
     log.info("stopped")
     return 0
 

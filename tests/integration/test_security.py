@@ -1,10 +1,14 @@
-"""TLS, mutual TLS and bearer-token permissions on real servers; health stays reachable."""
+"""TLS, mutual TLS and bearer-token permissions on real servers; health stays reachable;
+the load harness connects with the same credentials."""
+
+import json
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.server import serve as serve_gateway
+from loadtest.cli import main as loadtest_main
 from rank_service.server import serve as serve_rank
 from recall_service.server import serve as serve_recall
 from recstack.auth import channel_credentials
@@ -163,3 +167,60 @@ def test_gateway_calls_secured_downstreams(rank, bundle_dir, pki, tokens, tmp_pa
     finally:
         gateway.stop(0)
         recall.stop(0)
+
+
+def _loadtest(rank, bundle_dir, pki, tmp_path, token_file, *extra):
+    out = tmp_path / "report.json"
+    code = loadtest_main(
+        [
+            "closed",
+            "--service",
+            "rank",
+            "--target",
+            f"localhost:{rank.port}",
+            "--bundle",
+            str(bundle_dir),
+            "--tls-ca",
+            str(pki.ca),
+            "--tls-cert",
+            str(pki.client_cert),
+            "--tls-key",
+            str(pki.client_key),
+            "--token-file",
+            str(token_file),
+            "--concurrency",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup-requests",
+            "2",
+            "--timeout-ms",
+            "20000",
+            "--out",
+            str(out),
+            "--no-plots",
+            "--no-progress",
+            "--fail-on-errors",
+            *extra,
+        ]
+    )
+    return code, out
+
+
+def test_loadtest_speaks_mutual_tls_and_tokens(rank, bundle_dir, pki, tmp_path):
+    token_file = tmp_path / "loadtest.token"
+    token_file.write_text("reader-token\n")
+    code, out = _loadtest(rank, bundle_dir, pki, tmp_path, token_file)
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["tls"] is True and report["meta"]["token"] is True
+    (phase,) = report["phases"]
+    assert phase["ok"] == phase["sent"] > 0 and phase["error_count"] == 0
+
+
+def test_loadtest_with_a_wrong_token_is_refused(rank, bundle_dir, pki, tmp_path):
+    token_file = tmp_path / "loadtest.token"
+    token_file.write_text("not-a-token\n")
+    code, out = _loadtest(rank, bundle_dir, pki, tmp_path, token_file)
+    assert code == 1  # warm-up without one success: every call was UNAUTHENTICATED
+    assert not out.exists()
