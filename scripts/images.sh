@@ -128,8 +128,12 @@ cmd_wheels() {
     fi
     # Built next to the old set (reused through --find-links), then swapped in whole, so a
     # wheelhouse never holds wheels of superseded pins.
+    # The other sets' wheels too: they are built from the same pins (hnswlib is compiled once).
     rm -rf "$out.new"
-    if [ -d "$out" ]; then extra+=(--find-links "$out"); fi
+    local dir
+    for dir in "$CACHE"/wheels/*; do
+      if [ -d "$dir" ] && [ "$dir" != "$out.new" ]; then extra+=(--find-links "$dir"); fi
+    done
     PYTHON="$PY" sh deploy/docker/wheels.sh "$project" "${EXTRAS[$name]}" "$out.new" \
       --quiet "${extra[@]}"
     rm -rf "$project"
@@ -141,6 +145,21 @@ cmd_wheels() {
     mv "$out.new" "$out"
     say "wheels/$name: $(ls "$out"/*.whl | wc -l) wheels, $(du -sh "$out" | cut -f1), $((SECONDS - start)) s"
   done
+}
+
+# Everything a build reads: its Dockerfile, the build context the .dockerignore lets in, the
+# wheel set and the base. An image labelled with the same key is not rebuilt (podman would
+# find every layer in its cache, but checking that costs up to a minute for the training
+# image: it re-reads the whole context and the wheels).
+build_key() {
+  {
+    cat "deploy/docker/${DOCKERFILE[$1]}" .dockerignore "$CACHE/wheels/$1/.key"
+    "${PODMAN[@]}" image inspect --format '{{.Id}}' "$BASE_IMAGE"
+    find pyproject.toml README.md recstack recall_service rank_service gateway training \
+      deploy/docker/constraints.txt deploy/docker/wheels.sh -type f \
+      ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 \
+      | sort -z | xargs -0 sha256sum
+  } | sha256sum | cut -c1-16
 }
 
 cmd_build() {
@@ -159,10 +178,24 @@ cmd_build() {
   cmd_base
   cmd_wheels "${names[@]}"
   for name in "${names[@]}"; do
-    local start=$SECONDS ref="${IMAGE[$name]}:$TAG"
+    local start=$SECONDS ref="${IMAGE[$name]}:$TAG" key
+    key="$(build_key "$name")"
+    if [ "$("${PODMAN[@]}" image inspect --format '{{index .Labels "io.recstack.build-key"}}' \
+           "$ref" 2>/dev/null)" = "$key" ]; then
+      say "$ref up to date"
+      continue
+    fi
+    local same
+    same="$("${PODMAN[@]}" images --quiet --filter "label=io.recstack.build-key=$key" | head -1)"
+    if [ -n "$same" ]; then  # built from the same inputs under another tag
+      "${PODMAN[@]}" tag "$same" "$ref"
+      say "$ref up to date (tagged $same)"
+      continue
+    fi
     say "building $ref (deploy/docker/${DOCKERFILE[$name]})"
     local log="$CACHE/build-$name.log"
     if ! "${PODMAN[@]}" build --pull=never --network none --layers \
+      --label "io.recstack.build-key=$key" \
       --build-arg "${BASE_ARG[$name]}=$BASE_IMAGE" \
       --build-context "wheels=$CACHE/wheels/$name" \
       -f "deploy/docker/${DOCKERFILE[$name]}" -t "$ref" . >"$log" 2>&1; then
