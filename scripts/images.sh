@@ -237,9 +237,10 @@ cmd_clean() {
     # shellcheck disable=SC2086
     "${PODMAN[@]}" rmi --force $refs >/dev/null
   fi
-  "${PODMAN[@]}" image prune --force >/dev/null
   rm -rf "$CACHE"
   say "removed the recstack images, the base and $CACHE"
+  # (podman's layer cache is shared with whatever else builds on this machine, so it is left
+  # alone: `podman image prune` removes it)
 }
 
 case "${1:-}" in
