@@ -20,7 +20,8 @@
 # so a fresh clone on a warm machine rebuilds only what changed; see docs/deploy.md ("Images").
 #
 # Environment: RECSTACK_IMAGE_TAG (default: the version in pyproject.toml), RECSTACK_IMAGES_CACHE
-# (default ~/.cache/recstack/images), PYTHON (the CPython 3.11 the wheels are built with),
+# (default ~/.cache/recstack/images), RECSTACK_BASE_IMAGE (default
+# localhost/recstack-base:bookworm), PYTHON (the CPython 3.11 the wheels are built with),
 # RECSTACK_TORCH_INDEX (an index with torch==2.13.0+cpu, e.g. https://download.pytorch.org/whl/cpu,
 # when pip's configured indexes do not have it).
 set -euo pipefail
@@ -30,7 +31,7 @@ cd "$ROOT"
 CACHE="${RECSTACK_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/recstack/images}"
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)"
 TAG="${RECSTACK_IMAGE_TAG:-$VERSION}"
-BASE_IMAGE="localhost/recstack-base:bookworm"
+BASE_IMAGE="${RECSTACK_BASE_IMAGE:-localhost/recstack-base:bookworm}"
 # crun fails on cgroups v1/hybrid hosts ("cgroups in hybrid mode not supported"); runc works
 # on both v1 and v2.
 PODMAN=(podman --runtime runc)
@@ -84,10 +85,10 @@ cmd_base() {
   fi
   local start=$SECONDS tar="$CACHE/base.tar"
   mkdir -p "$CACHE"
+  rm -f "$tar"
   say "building $BASE_IMAGE with mmdebstrap (Debian bookworm minbase + python3)"
-  sudo_ mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$tar.part"
-  mv "$tar.part" "$tar"
+  sudo_ mmdebstrap --quiet --format=tar --variant=minbase \
+    --include=python3,python3-venv,ca-certificates bookworm "$tar"
   "${PODMAN[@]}" import --quiet --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
     "$tar" "$BASE_IMAGE" >/dev/null
   rm -f "$tar"
