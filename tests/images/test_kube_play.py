@@ -31,15 +31,26 @@ from recstack.publish import publish
 from tests.deploy import k8s
 from tests.images import podman
 
-SERVING_IMAGE = "ghcr.io/recstack/recstack"
 PUBLISHED_CLAIM = "recstack-bundles"
 
 
-def prefixed(objs: list[k8s.Obj], prefix: str, image: str) -> list[k8s.Obj]:
+def prefixed(objs: list[k8s.Obj], prefix: str, images: dict[str, str]) -> list[k8s.Obj]:
     """Per-session names for what podman creates host-wide (pods from Deployments, volumes
-    from pod volumes and PVCs), and this session's image."""
-    out = copy.deepcopy(objs)
-    for obj in out:
+    from pod volumes and PVCs), and the images this session built. A workload running an
+    image that is not built here (a registry's, which cannot be pulled on this machine) is
+    left out."""
+    built = {podman.IMAGES[name]: ref for name, ref in images.items()}
+
+    def repo(container: k8s.Obj) -> str:
+        return str(container["image"]).split("@")[0].rsplit(":", 1)[0]
+
+    out = []
+    for obj in copy.deepcopy(objs):
+        if obj["kind"] in k8s.WORKLOAD_KINDS and not all(
+            repo(c) in built for c in k8s.all_containers(obj)
+        ):
+            continue
+        out.append(obj)
         if obj["kind"] in ("Deployment", "StatefulSet", "PersistentVolumeClaim"):
             obj["metadata"]["name"] = f"{prefix}-{obj['metadata']['name']}"
         if obj["kind"] not in k8s.WORKLOAD_KINDS:
@@ -51,8 +62,7 @@ def prefixed(objs: list[k8s.Obj], prefix: str, image: str) -> list[k8s.Obj]:
             if claim:
                 claim["claimName"] = f"{prefix}-{claim['claimName']}"
         for container in k8s.all_containers(obj):
-            assert container["image"].startswith(SERVING_IMAGE + ":"), container["image"]
-            container["image"] = image
+            container["image"] = built[repo(container)]
             for mount in container.get("volumeMounts", []):
                 mount["name"] = f"{prefix}-{mount['name']}"
     return out
@@ -83,17 +93,22 @@ def prefix(request: pytest.FixtureRequest) -> str:
 
 def test_the_cpu_overlay_plays_with_its_security_context_env_and_limits(images, prefix, tmp_path):
     rendered = k8s.render("overlays/cpu")
-    objs = prefixed(rendered, prefix, images["serve"])
+    objs = prefixed(rendered, prefix, images)
     path = tmp_path / "cpu.yaml"
     try:
         play(objs, path, "--start=false")
-        for workload in k8s.by_kind(objs, "Deployment"):
+        deployments = k8s.by_kind(objs, "Deployment")
+        assert {d["metadata"]["name"] for d in deployments} >= {
+            f"{prefix}-recstack-gateway",
+            f"{prefix}-recstack-rank",
+        }
+        for workload in deployments:
             pod = f"{workload['metadata']['name']}-pod-0"
             spec = k8s.pod_spec(workload)
             for container in k8s.all_containers(workload):
                 got = inspect(f"{pod}-{container['name']}")
                 config, host = got["Config"], got["HostConfig"]
-                assert config["Image"] == images["serve"]
+                assert config["Image"] == container["image"]
                 assert config["Entrypoint"] == " ".join(container["command"]), container["name"]
                 env = dict(e.split("=", 1) for e in config["Env"])
                 for key, value in k8s.container_env(container, rendered).items():
@@ -140,7 +155,7 @@ def test_the_rank_pod_fetches_its_bundle_serves_and_drains(images, bundle, prefi
                k8s.all_containers(w)[-1]["command"]]  # fmt: skip
     keep = [*k8s.by_kind(rendered, "ConfigMap"), *k8s.by_kind(rendered, "PersistentVolumeClaim"),
             rank]  # fmt: skip
-    objs = for_podman(prefixed(keep, prefix, images["serve"]), bundle.version)
+    objs = for_podman(prefixed(keep, prefix, images), bundle.version)
     path = tmp_path / "rank.yaml"
     pod = f"{prefix}-{rank['metadata']['name']}-pod-0"
     (main,) = k8s.pod_spec(rank)["containers"]
