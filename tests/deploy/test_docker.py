@@ -74,9 +74,11 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 def test_dockerfile_invariants(dockerfile: Path) -> None:
     ins = _instructions(dockerfile)
     args = dict(a.split("=", 1) for w, a in ins if w == "ARG" and "=" in a)
-    stages = [a.split()[0] for w, a in ins if w == "FROM"]
-    assert len(stages) >= 2, "multi-stage build expected"
-    for image in stages:
+    froms = [a.split() for w, a in ins if w == "FROM"]
+    assert len(froms) >= 2, "multi-stage build expected"
+    # A stage may start from an earlier stage or from scratch; every image must be pinned.
+    stage_names = {f[2] for f in froms if len(f) == 3 and f[1].upper() == "AS"}
+    for image in {f[0] for f in froms} - stage_names - {"scratch"}:
         resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         tag = resolved.rsplit("/", 1)[-1].partition(":")[2]
         assert (tag and tag != "latest") or "@sha256:" in resolved, f"unpinned base {resolved}"

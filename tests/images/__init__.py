@@ -1,0 +1,1 @@
+"""Container images built and run with podman (scripts/images.sh): the ``images`` tier."""
