@@ -19,8 +19,10 @@ containers under restartPolicy Always, the release's bundle version).
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,9 @@ from tests.deploy import k8s
 from tests.images import podman
 
 PUBLISHED_CLAIM = "recstack-bundles"
+# What the operator creates before applying (docs/deploy.md: kubectl create secret generic
+# recstack-postgres --from-literal=password=...); the repo never renders it.
+SECRETS = {("recstack-postgres", "password"): "kube-play-test"}
 
 
 def prefixed(objs: list[k8s.Obj], prefix: str, images: dict[str, str]) -> list[k8s.Obj]:
@@ -65,7 +70,29 @@ def prefixed(objs: list[k8s.Obj], prefix: str, images: dict[str, str]) -> list[k
             container["image"] = built[repo(container)]
             for mount in container.get("volumeMounts", []):
                 mount["name"] = f"{prefix}-{mount['name']}"
+            for entry in container.get("env", []):
+                ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None:
+                    ref["name"] = f"{prefix}-{ref['name']}"
     return out
+
+
+def create_secrets(prefix: str) -> list[str]:
+    """The Secrets the workloads reference, as podman secrets (host-wide: prefixed). podman
+    4.3 reads a secretKeyRef from a secret holding a JSON map of base64 values (a Secret
+    created by ``kube play`` itself is not read back that way)."""
+    names = sorted({name for name, _ in SECRETS})
+    for name in names:
+        data = {
+            key: base64.b64encode(value.encode()).decode()
+            for (secret, key), value in SECRETS.items()
+            if secret == name
+        }
+        file = Path(tempfile.mkdtemp(prefix="secret-")) / "data.json"
+        file.write_text(json.dumps(data))
+        podman.podman("secret", "create", f"{prefix}-{name}", str(file))
+        file.unlink()
+    return [f"{prefix}-{name}" for name in names]
 
 
 def play(objs: list[k8s.Obj], path: Path, *flags: str) -> None:
@@ -73,8 +100,10 @@ def play(objs: list[k8s.Obj], path: Path, *flags: str) -> None:
     podman.podman("kube", "play", *flags, str(path), timeout=300)
 
 
-def down(path: Path, objs: list[k8s.Obj]) -> None:
+def down(path: Path, objs: list[k8s.Obj], secrets: list[str] = ()) -> None:
     podman.podman("kube", "down", str(path), check=False)
+    for name in secrets:
+        podman.podman("secret", "rm", name, check=False)
     for obj in objs:
         if obj["kind"] in k8s.WORKLOAD_KINDS:
             for volume in k8s.pod_spec(obj).get("volumes", []):
@@ -95,6 +124,7 @@ def test_the_cpu_overlay_plays_with_its_security_context_env_and_limits(images, 
     rendered = k8s.render("overlays/cpu")
     objs = prefixed(rendered, prefix, images)
     path = tmp_path / "cpu.yaml"
+    secrets = create_secrets(prefix)
     try:
         play(objs, path, "--start=false")
         deployments = k8s.by_kind(objs, "Deployment")
@@ -111,7 +141,8 @@ def test_the_cpu_overlay_plays_with_its_security_context_env_and_limits(images, 
                 assert config["Image"] == container["image"]
                 assert config["Entrypoint"] == " ".join(container["command"]), container["name"]
                 env = dict(e.split("=", 1) for e in config["Env"])
-                for key, value in k8s.container_env(container, rendered).items():
+                named = {(f"{prefix}-{n}", k): v for (n, k), v in SECRETS.items()}
+                for key, value in k8s.container_env(container, rendered, named).items():
                     assert env.get(key) == value, f"{pod}: {key}"
                 context = container["securityContext"]
                 assert config["User"] == f"{context['runAsUser']}:{context['runAsGroup']}"
@@ -127,7 +158,7 @@ def test_the_cpu_overlay_plays_with_its_security_context_env_and_limits(images, 
                 assert mounts == expected, container["name"]
             assert {c["name"] for c in spec["initContainers"]} == {"bundle-fetch"}
     finally:
-        down(path, objs)
+        down(path, objs, secrets)
 
 
 def for_podman(objs: list[k8s.Obj], version: str) -> list[k8s.Obj]:
