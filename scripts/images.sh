@@ -29,7 +29,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 CACHE="${RECSTACK_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/recstack/images}"
-VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | awk 'NR == 1')"
 TAG="${RECSTACK_IMAGE_TAG:-$VERSION}"
 BASE_IMAGE="${RECSTACK_BASE_IMAGE:-localhost/recstack-base:bookworm}"
 # crun fails on cgroups v1/hybrid hosts ("cgroups in hybrid mode not supported"); runc works
@@ -187,7 +187,9 @@ cmd_build() {
       continue
     fi
     local same
-    same="$("${PODMAN[@]}" images --quiet --filter "label=io.recstack.build-key=$key" | head -1)"
+    # awk reads every line (head would close the pipe early: SIGPIPE, exit 141 under pipefail
+    # once several images carry the key).
+    same="$("${PODMAN[@]}" images --quiet --filter "label=io.recstack.build-key=$key" | awk 'NR == 1')"
     if [ -n "$same" ]; then  # built from the same inputs under another tag
       "${PODMAN[@]}" tag "$same" "$ref"
       say "$ref up to date (tagged $same)"
