@@ -163,6 +163,24 @@ build_key() {
   } | sha256sum | cut -c1-16
 }
 
+# Earlier builds of image $1 from other inputs that only tests refer to (tagged test-*, the
+# per-checkout tags of tests/images, or not at all): each source change would otherwise leave
+# one behind. Release tags and images a container still uses are kept.
+prune_old() {
+  local name=$1 key=$2 id old kept
+  while read -r id old; do
+    [ "$old" = "$key" ] && continue
+    kept="$("${PODMAN[@]}" image inspect --format '{{range .RepoTags}}{{println .}}{{end}}' "$id" \
+      | awk 'NF && $0 !~ /:test-[0-9a-f]+$/' | wc -l)"
+    [ "$kept" -eq 0 ] || continue
+    if "${PODMAN[@]}" rmi --force=false $("${PODMAN[@]}" image inspect \
+         --format '{{range .RepoTags}}{{println .}}{{end}}' "$id") "$id" >/dev/null 2>&1; then
+      say "removed an earlier test build of $name ($id)"
+    fi
+  done < <("${PODMAN[@]}" images --noheading --filter "label=io.recstack.image=$name" \
+             --format '{{.ID}} {{index .Labels "io.recstack.build-key"}}' | sort -u)
+}
+
 cmd_build() {
   local names=("$@")
   [ ${#names[@]} -gt 0 ] || names=("${ALL[@]}")
@@ -198,7 +216,7 @@ cmd_build() {
     say "building $ref (deploy/docker/${DOCKERFILE[$name]})"
     local log="$CACHE/build-$name.log"
     if ! "${PODMAN[@]}" build --pull=never --network none --layers \
-      --label "io.recstack.build-key=$key" \
+      --label "io.recstack.build-key=$key" --label "io.recstack.image=$name" \
       --build-arg "${BASE_ARG[$name]}=$BASE_IMAGE" \
       --build-context "wheels=$CACHE/wheels/$name" \
       -f "deploy/docker/${DOCKERFILE[$name]}" -t "$ref" . >"$log" 2>&1; then
@@ -206,6 +224,7 @@ cmd_build() {
       die "building $ref failed (full log: $log)"
     fi
     say "$ref built in $((SECONDS - start)) s"
+    prune_old "$name" "$key"
   done
   exec 9>&-
   cmd_sizes "${names[@]}"

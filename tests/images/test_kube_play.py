@@ -102,6 +102,10 @@ def play(objs: list[k8s.Obj], path: Path, *flags: str) -> None:
 
 def down(path: Path, objs: list[k8s.Obj], secrets: list[str] = ()) -> None:
     podman.podman("kube", "down", str(path), check=False)
+    # kube down misses pods whose play failed half-way (or ran out of disk): by name too.
+    for obj in objs:
+        if obj["kind"] in k8s.WORKLOAD_KINDS:
+            podman.podman("pod", "rm", "--force", f"{obj['metadata']['name']}-pod-0", check=False)
     for name in secrets:
         podman.podman("secret", "rm", name, check=False)
     for obj in objs:
