@@ -47,7 +47,15 @@ from pathlib import Path
 from typing import Any
 
 from recstack import logs
-from recstack.bundle import CURRENT, MANIFEST, PREVIOUS, Bundle, safe_member
+from recstack.bundle import (
+    CURRENT,
+    MANIFEST,
+    PREVIOUS,
+    Bundle,
+    point_current,
+    safe_member,
+    write_pointer,
+)
 from recstack.errors import BundleError
 
 log = logging.getLogger("recstack.publish")
@@ -182,24 +190,6 @@ def _verified(path: Path, version: str) -> Bundle:
     return bundle
 
 
-def _write_pointer(dest: Path, name: str, version: str) -> None:
-    tmp = dest / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, dest / name)
-
-
-def _write_current(dest: Path, version: str) -> None:
-    """Point CURRENT at ``version``; the version it named before becomes PREVIOUS (written
-    first, so a reader never sees PREVIOUS equal to the new CURRENT)."""
-    try:
-        before = (dest / CURRENT).read_text().strip()
-    except FileNotFoundError:
-        before = ""
-    if before and before != version:
-        _write_pointer(dest, PREVIOUS, before)
-    _write_pointer(dest, CURRENT, version)
-
-
 def _install(src: Source, version: str, dest: Path, *, set_current: bool = True) -> Path:
     """Copy ``version`` from ``src`` into ``dest`` (staged, verified, renamed); see module doc."""
     version = check_version_name(version)
@@ -239,7 +229,7 @@ def _install(src: Source, version: str, dest: Path, *, set_current: bool = True)
             shutil.rmtree(staging, ignore_errors=True)
         log.info("bundle installed", extra={"version": version, "path": str(final)})
     if set_current:
-        _write_current(dest, version)
+        point_current(dest, version)
     return final
 
 
@@ -265,7 +255,7 @@ def fetch(
     _install(src, previous_version, Path(dest), set_current=False)
     final = _install(src, version, Path(dest))
     # Last: _install's CURRENT update set PREVIOUS to whatever this volume served before.
-    _write_pointer(Path(dest), PREVIOUS, check_version_name(previous_version))
+    write_pointer(Path(dest), PREVIOUS, check_version_name(previous_version))
     return final
 
 
