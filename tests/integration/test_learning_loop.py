@@ -101,7 +101,7 @@ def test_export_merges_base_events_and_catalog_and_drops_deleted_users(
     ]
     u000 = [r["item_id"] for r in inter if r["user_id"] == "u000"]
     kept = [x.item_id for x in base.user_interactions["u000"] if x.item_id != "i0003"]
-    assert u000 == kept + ["i0006", "i0012"]
+    assert u000 == [*kept, "i0006", "i0012"]
     assert [r["item_id"] for r in inter if r["user_id"] == "new-user"] == ["new-1"]
     assert summary["events"]["read"] == 7
     assert summary["events"]["kept_by_type"] == {"click": 1, "like": 1, "purchase": 1, "view": 2}
