@@ -95,18 +95,23 @@ def databases(objs: list[Obj]) -> list[Obj]:
 
 
 def component(obj: Obj) -> str:
-    return str(
-        obj["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
-    )
+    return pod_labels(obj).get("app.kubernetes.io/component", "")
+
+
+def pod_template(obj: Obj) -> Obj:
+    """The pod template of a workload, Job or CronJob."""
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    template: Obj = spec["template"]
+    return template
 
 
 def pod_spec(obj: Obj) -> Obj:
-    spec: Obj = obj["spec"]["template"]["spec"]
+    spec: Obj = pod_template(obj)["spec"]
     return spec
 
 
 def pod_labels(obj: Obj) -> dict[str, str]:
-    labels: dict[str, str] = obj["spec"]["template"]["metadata"].get("labels", {})
+    labels: dict[str, str] = pod_template(obj)["metadata"].get("labels", {})
     return labels
 
 
@@ -116,8 +121,8 @@ def all_containers(obj: Obj) -> list[Obj]:
 
 
 def pod_templates(objs: list[Obj]) -> list[Obj]:
-    """Every object with a pod template (workloads and Jobs)."""
-    return [o for o in objs if o["kind"] in (*WORKLOAD_KINDS, "Job")]
+    """Every object with a pod template (workloads, Jobs and CronJobs)."""
+    return [o for o in objs if o["kind"] in (*WORKLOAD_KINDS, "Job", "CronJob")]
 
 
 def selects(match_labels: dict[str, str], labels: dict[str, str]) -> bool:

@@ -41,7 +41,7 @@ def serving(request: pytest.FixtureRequest) -> list[Obj]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_renders(target: str) -> None:
     kinds = {o["kind"] for o in k8s.render(target)}
-    expected = {"Job", "PersistentVolumeClaim"} if target == "jobs" else {
+    expected = {"Job", "CronJob", "PersistentVolumeClaim"} if target == "jobs" else {
         "StatefulSet", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget",
         "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim",
     }  # fmt: skip
@@ -252,9 +252,12 @@ def test_bundle_fetch_init_containers(rendered: list[Obj]) -> None:
     assert len(versions) <= 1, versions
 
 
-def test_training_job_publishes_into_the_shared_bundle_volume() -> None:
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_training_job_publishes_into_the_shared_bundle_volume(kind: str) -> None:
+    """The training Job and the learning loop's CronJob: publish reads what training wrote
+    and writes the volume the serving pods read."""
     objs = k8s.render("jobs")
-    (job,) = k8s.by_kind(objs, "Job")
+    (job,) = k8s.by_kind(objs, kind)
     pod = k8s.pod_spec(job)
     (train,) = pod["initContainers"]
     (publish,) = pod["containers"]
@@ -506,7 +509,7 @@ def test_default_state_lives_in_the_in_cluster_postgres(name: str) -> None:
         }
     recall = [o for o in k8s.workloads(objs) if k8s.component(o) == "recall"]
     assert recall and all(o["spec"]["replicas"] >= 2 for o in recall), "shared catalog"
-    # Only recall and gateway pods may reach the database.
+    # Only recall and gateway pods, and the learning loop's, may reach the database.
     (policy,) = [
         p
         for p in k8s.by_kind(objs, "NetworkPolicy")
@@ -516,7 +519,27 @@ def test_default_state_lives_in_the_in_cluster_postgres(name: str) -> None:
     (rule,) = policy["spec"]["ingress"]
     (peer,) = rule["from"]
     (expr,) = peer["podSelector"]["matchExpressions"]
-    assert sorted(expr["values"]) == ["gateway", "recall"]
+    assert sorted(expr["values"]) == ["gateway", "learning", "recall"]
+    # The learning loop reads the stores recall and the gateway write.
+    (learn,) = k8s.by_kind(k8s.render("jobs"), "CronJob")
+    (init,) = k8s.pod_spec(learn)["initContainers"]
+    env = k8s.container_env(init, [])
+    written = {"catalog_dsn": set(), "events_dsn": set()}
+    for obj in k8s.workloads(objs):
+        for c in k8s.pod_spec(obj)["containers"]:
+            role = k8s.role_of(c)
+            if role is not None and role.command != "recstack-rank":
+                options = vars(k8s.effective_options(role, c, objs))
+                for option, seen in written.items():
+                    if option in options:
+                        seen.add(options[option])
+    assert written["catalog_dsn"] == {env["RECSTACK_CATALOG_DSN"]}
+    assert written["events_dsn"] == {env["RECSTACK_EVENTS_DSN"]}
+    assert {e["name"]: e for e in init["env"]}["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "recstack-postgres",
+        "key": "password",
+    }
+    assert k8s.pod_labels(learn)["app.kubernetes.io/component"] == "learning"
 
 
 def test_postgres_overlay_takes_dsns_from_a_secret() -> None:
@@ -549,12 +572,13 @@ def test_training_job_args_are_accepted_by_the_training_cli() -> None:
     import subprocess
     import sys
 
-    (job,) = k8s.by_kind(k8s.render("jobs"), "Job")
-    (train,) = k8s.pod_spec(job)["initContainers"]
-    argv = k8s.command_line(train, {})
-    out = subprocess.run(
-        [sys.executable, "-m", "training", *argv[3:4], "--help"], capture_output=True, text=True
-    )
-    assert out.returncode == 0, f"`python -m training {argv[3]} --help` failed: {out.stderr}"
-    for flag in [a for a in argv[4:] if a.startswith("--")]:
-        assert re.search(rf"(^|\s){re.escape(flag)}\b", out.stdout), f"training lacks {flag}"
+    rendered = k8s.render("jobs")
+    for job in [*k8s.by_kind(rendered, "Job"), *k8s.by_kind(rendered, "CronJob")]:
+        (train,) = k8s.pod_spec(job)["initContainers"]
+        argv = k8s.command_line(train, {})
+        out = subprocess.run(
+            [sys.executable, "-m", "training", *argv[3:4], "--help"], capture_output=True, text=True
+        )
+        assert out.returncode == 0, f"`python -m training {argv[3]} --help` failed: {out.stderr}"
+        for flag in [a for a in argv[4:] if a.startswith("--")]:
+            assert re.search(rf"(^|\s){re.escape(flag)}\b", out.stdout), f"training lacks {flag}"
