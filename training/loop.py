@@ -28,7 +28,6 @@ past ``T``); that favours it, so the gate errs towards keeping what serves.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ import numpy as np
 
 from training import evaluate as ev
 from training.data import DataError, load_dataset, write_dataset
-
-log = logging.getLogger("training.loop")
 
 DEFAULT_HOLDOUT_FRACTION = 0.2
 DEFAULT_MIN_GATE_USERS = 20
@@ -128,7 +125,8 @@ def run_loop(opts: LoopOptions) -> Path:
         opts.export_dir,
         opts.event_types,
     )
-    log.info("exported %s", json.dumps(summary["events"]))
+    if opts.progress:
+        print(f"exported: {json.dumps(summary['events'])}", flush=True)
     dataset = load_dataset(opts.export_dir, name=f"live-{summary['fingerprint'][:12]}")
     prof = PROFILES[opts.profile]
     gate: dict[str, Any] = {"export": summary}
@@ -159,44 +157,35 @@ def run_loop(opts: LoopOptions) -> Path:
             publish, decision = decide(scores["candidate"], scores["serving"], opts.min_gate_users)
             gate.update(decision, publish=publish, serving_version=serving.name)
             (opts.export_dir / GATE_REPORT).write_text(json.dumps(gate, indent=2) + "\n")
-            log.info(
-                "gate: %s (candidate %.4f, serving %.4f, %d users): %s",
-                "publish" if publish else "keep serving",
-                decision["candidate_ndcg@10"],
-                decision["serving_ndcg@10"],
-                decision["users"],
-                decision["reason"],
+            # The decision is the run's outcome: printed even with --quiet.
+            print(
+                f"gate: {'publish' if publish else 'keep serving'} (candidate "
+                f"{decision['candidate_ndcg@10']:.4f}, serving {decision['serving_ndcg@10']:.4f}"
+                f" NDCG@10, {decision['users']} users): {decision['reason']}",
+                flush=True,
             )
             if not publish:
                 raise GateRefused(f"gate kept {serving.name}: {decision['reason']}")
             report = json.loads((candidate / "report" / "report.json").read_text())
             training = report["training"]
-            refit = Refit(
+            refit: Refit | None = Refit(
                 tower_epochs=int(training["tower_best_epoch"]),
                 query_prior_weight=float(training["query_prior_weight"]),
                 held_out_report=report,
                 gate=gate,
             )
-            bundle = build_bundle(
-                opts.export_dir,
-                opts.out,
-                prof,
-                version=opts.version,
-                seed=opts.seed,
-                progress=opts.progress,
-                dataset_name=dataset.name,
-                refit=refit,
-            )
         else:
+            refit = None
             gate["publish"], gate["reason"] = True, "gate skipped (--no-gate)"
             (opts.export_dir / GATE_REPORT).write_text(json.dumps(gate, indent=2) + "\n")
-            bundle = build_bundle(
-                opts.export_dir,
-                opts.out,
-                prof,
-                version=opts.version,
-                seed=opts.seed,
-                progress=opts.progress,
-                dataset_name=dataset.name,
-            )
+        bundle = build_bundle(
+            opts.export_dir,
+            opts.out,
+            prof,
+            version=opts.version,
+            seed=opts.seed,
+            progress=opts.progress,
+            dataset_name=dataset.name,
+            refit=refit,
+        )
     return bundle
