@@ -28,8 +28,8 @@ from recstack.config import ServerOptions, add_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["cpu", "gpu", "sharded", "postgres"]
-# Everything `kubectl apply -k` is documented for: the four overlays and the training Job.
+OVERLAYS = ["cpu", "gpu", "sharded", "postgres", "follow"]
+# Everything `kubectl apply -k` is documented for: the overlays and the training jobs.
 TARGETS = [f"overlays/{name}" for name in OVERLAYS] + ["jobs"]
 # Pinned schema version for offline validation (kubernetes-validate ships its schemas);
 # matches the kubectl/kustomize client the CI machine has.
@@ -113,6 +113,19 @@ def pod_spec(obj: Obj) -> Obj:
 def pod_labels(obj: Obj) -> dict[str, str]:
     labels: dict[str, str] = pod_template(obj)["metadata"].get("labels", {})
     return labels
+
+
+# The bundle-follow sidecar of components/follow: the only container beside a service's.
+FOLLOW_COMMAND = ["python", "-m", "recstack.publish", "follow"]
+
+
+def is_sidecar(container: Obj) -> bool:
+    return bool(container.get("command") == FOLLOW_COMMAND)
+
+
+def service_containers(obj: Obj) -> list[Obj]:
+    """The pod's containers without the bundle-follow sidecar."""
+    return [c for c in pod_spec(obj)["containers"] if not is_sidecar(c)]
 
 
 def all_containers(obj: Obj) -> list[Obj]:
