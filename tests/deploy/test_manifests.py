@@ -282,7 +282,7 @@ def test_training_job_publishes_into_the_shared_bundle_volume(kind: str) -> None
 
 
 def test_follow_sidecars_keep_the_served_root_on_the_published_current() -> None:
-    """components/follow: recall and rank pods run `publish follow` from the fetch's source
+    """components/follow: recall, rank and gateway pods run `publish follow` from the fetch's source
     into the root their service watches; nothing else runs beside a service."""
     objs = overlay("follow")
     followed = set()
@@ -293,7 +293,7 @@ def test_follow_sidecars_keep_the_served_root_on_the_published_current() -> None
     for obj in k8s.workloads(objs):
         (main,) = k8s.service_containers(obj)
         sidecars = [c for c in k8s.pod_spec(obj)["containers"] if k8s.is_sidecar(c)]
-        if k8s.component(obj) not in ("recall", "rank"):
+        if k8s.component(obj) not in ("recall", "rank", "gateway"):
             assert not sidecars, name_of(obj)
             continue
         (sidecar,) = sidecars
@@ -308,13 +308,15 @@ def test_follow_sidecars_keep_the_served_root_on_the_published_current() -> None
         assert (args.source, args.dest) == (fetch.source, fetch.dest)
         assert fetch.version == "", "a following pod starts on the source's CURRENT"
         served = k8s.effective_options(k8s.role_of(main), main, objs)
-        assert served.bundle == args.dest and served.bundle_poll_s > 0, name_of(obj)
+        assert served.bundle == args.dest, name_of(obj)
+        # recall and rank watch CURRENT; the gateway reads a version when recall answers in it.
+        assert k8s.component(obj) == "gateway" or served.bundle_poll_s > 0, name_of(obj)
         mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
         main_mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
         assert mounts[args.dest]["name"] == main_mounts[served.bundle]
         assert mounts[args.source].get("readOnly") is True
         followed.add(k8s.component(obj))
-    assert followed == {"recall", "rank"}
+    assert followed == {"recall", "rank", "gateway"}
 
 
 # ---- availability: PDBs, HPAs, spread ------------------------------------------------------------
