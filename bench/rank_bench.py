@@ -22,29 +22,23 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import numpy_helper
 
 from bench.common import ensure_bundle, median_ms
+from bench.rank_load import RankProcess, drive
 from recstack.bundle import Bundle
 from recstack.features import candidate_features
 from recstack.procs import free_port
-from recstack.v1 import rank_pb2, rank_pb2_grpc
-from recstack.vectors import pack
 from training.ranker import FusionRanker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,126 +125,6 @@ def ort_vs_torch(bundle: Bundle, threads: int, budget_s: float) -> list[dict[str
 
 
 # ---------------------------------------------------------------- batching on vs off
-
-
-class RankProcess:
-    """A rank server subprocess on a free port, SERVING before __enter__ returns."""
-
-    def __init__(self, bundle: Path, extra: list[str], workdir: Path, name: str) -> None:
-        self.port_file = workdir / f"{name}.port"
-        self.metrics_port = free_port()
-        self.log = (workdir / f"{name}.log").open("w")
-        cmd = [
-            sys.executable, "-m", "rank_service",
-            "--bundle", str(bundle), "--port", "0", "--port-file", str(self.port_file),
-            "--metrics-port", str(self.metrics_port), "--log-level", "WARNING",
-            "--bundle-poll-s", "0", *extra,
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.port = 0
-
-    def __enter__(self) -> RankProcess:
-        deadline = time.monotonic() + 120
-        while not (self.port_file.is_file() and self.port_file.read_text().strip()):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"rank server did not start (see {self.log.name})")
-            time.sleep(0.05)
-        self.port = int(self.port_file.read_text())
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
-        while True:
-            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return self
-            if time.monotonic() > deadline:
-                raise SystemExit("rank server never became SERVING")
-            time.sleep(0.1)
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.log.close()
-
-    def metric(self, name: str) -> float:
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ).read()
-        for line in text.decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-
-def drive(port: int, bundle: Bundle, clients: int, candidates: int, seconds: float) -> dict:
-    """Closed loop: ``clients`` threads each send Rank back to back for ``seconds``."""
-    vectors = bundle.load_vectors()
-    ids = [i.id for i in bundle.iter_catalog()]
-    rng = np.random.default_rng(1)
-    reqs = []
-    for _ in range(64):
-        pick = rng.integers(0, len(ids), size=candidates)
-        user = vectors[int(rng.integers(len(ids)))]
-        names = tuple(bundle.section("ranker").get("side_features", ()))
-        feats = (
-            pack(candidate_features(vectors[pick] @ user, np.zeros(candidates), 10, names=names))
-            if names
-            else b""
-        )
-        reqs.append(
-            rank_pb2.RankRequest(
-                user_vector=pack(user),
-                candidate_ids=[f"{ids[p]}#{k}" for k, p in enumerate(pick)],
-                candidate_vectors=pack(vectors[pick]),
-                embedding_version=bundle.version,
-                top_k=10,
-                candidate_features=feats,
-            )
-        )
-    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(4)]
-    stubs = [rank_pb2_grpc.RankServiceStub(c) for c in channels]
-    for s in stubs:  # connect + warm up
-        for r in reqs[:8]:
-            s.Rank(r, timeout=10)
-    start = threading.Barrier(clients + 1)
-    stop_at = [0.0]
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0]
-
-    def client(i: int) -> None:
-        stub = stubs[i % len(stubs)]
-        mine = latencies[i]
-        start.wait()
-        k = i
-        while time.perf_counter() < stop_at[0]:
-            t = time.perf_counter()
-            try:
-                stub.Rank(reqs[k % len(reqs)], timeout=10)
-            except grpc.RpcError:
-                errors[0] += 1
-                continue
-            mine.append(time.perf_counter() - t)
-            k += clients
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    stop_at[0] = time.perf_counter() + seconds
-    began = time.perf_counter()
-    start.wait()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    for c in channels:
-        c.close()
-    flat = np.array([x for lat in latencies for x in lat])
-    return {
-        "requests": int(flat.size),
-        "errors": errors[0],
-        "seconds": round(elapsed, 2),
-        "rps": round(flat.size / elapsed, 1),
-        "p50_ms": round(float(np.percentile(flat, 50)) * 1000, 2),
-        "p95_ms": round(float(np.percentile(flat, 95)) * 1000, 2),
-    }
 
 
 def batching_on_off(bundle: Bundle, args: argparse.Namespace) -> dict[str, Any]:
