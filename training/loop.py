@@ -114,7 +114,7 @@ def run_loop(opts: LoopOptions) -> Path:
     from recstack.bundle import resolve_bundle_dir
     from training.live import export_live
     from training.pipeline import PROFILES, Refit, build_bundle
-    from training.timesplit import evaluate_bundle_on_future, past
+    from training.timesplit import evaluate_bundle_on_future, future_cases, past
 
     serving = resolve_bundle_dir(opts.serving)
     summary, event_seconds = export_live(
@@ -135,6 +135,16 @@ def run_loop(opts: LoopOptions) -> Path:
         if opts.gate:
             cut = holdout_cut(event_seconds, opts.holdout_fraction)
             gate.update(holdout_cut=cut, holdout_fraction=opts.holdout_fraction)
+            users = len(future_cases(dataset, cut))
+            if users < opts.min_gate_users:
+                # Undecidable whatever the candidate scores: no need to train it.
+                reason = (
+                    f"{users} holdout users, fewer than the {opts.min_gate_users} needed to decide"
+                )
+                gate.update(publish=False, users=users, reason=reason)
+                (opts.export_dir / GATE_REPORT).write_text(json.dumps(gate, indent=2) + "\n")
+                print(f"gate: keep serving: {reason}", flush=True)
+                raise GateRefused(f"gate kept {serving.name}: {reason}")
             before = write_dataset(scratch / "past", dataset.items, past(dataset, cut))
             candidate = build_bundle(
                 before,

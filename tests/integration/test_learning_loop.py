@@ -187,11 +187,13 @@ def test_a_loop_run_gates_refits_on_everything_and_publishes(bundle_dir, base_da
     assert bundle.manifest["dataset"]["interactions"] == sum(len(h) for h in histories.values())
     assert "new-1" in {it.id for it in bundle.iter_catalog()}
 
-    # Too few holdout users for the bar: the serving bundle stays.
+    # Too few holdout users for the bar: the serving bundle stays (decided before training).
     argv[argv.index("loop-1")] = "loop-2"
     argv[argv.index("5")] = "100000"
     assert cli_main(argv) == 3
     assert (root / CURRENT).read_text().strip() == "loop-1" and not (root / "loop-2").exists()
+    refused = json.loads((root / "live-data" / "gate.json").read_text())
+    assert refused["publish"] is False and "fewer than the 100000" in refused["reason"]
 
 
 def test_from_live_usage_errors(base_data, tmp_path, capsys):

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.process
 
 def test_gpu_check_runs_on_cpu_and_reports_spreads(bundle_dir, tmp_path):
     out = tmp_path / "gpu.json"
-    argv = ["--bundle", str(bundle_dir), "--devices", "cpu", "--rounds", "2", "--seconds",
+    argv = ["--bundle", str(bundle_dir), "--devices", "cpu", "--rounds", "1", "--seconds",
             "1", "--encoder-seconds", "0.2", "--clients", "4", "--out", str(out)]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", *argv], capture_output=True, text=True
