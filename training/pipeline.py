@@ -95,9 +95,10 @@ class Profile:
     rerank_n: int = RERANK_N
     # Recent-popularity candidates: the items most interacted with in the
     # ``recent_window_days`` before each request always join recall's top-``rerank_n``
-    # (``recstack.features.join_recent``); 0 = recall's candidates alone. The window is
+    # (``recstack.features.join_recent``); 0 = recall's candidates alone. Quick,
+    # validation served NDCG@10: 0 → 0.0816, 20 → 0.0868, 50 → 0.0789. The window is
     # recent popularity's best on the time split's validation cut (14 days).
-    recent_candidates: int = 0
+    recent_candidates: int = 20
     recent_window_days: int = 14
     parity_texts: int = 16
     cold_fraction: float = 0.05
