@@ -13,9 +13,10 @@ the most popular items (from the bundle), and the response says so in ``fallback
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from gateway.events import Event, EventStore
 from recstack import metrics
-from recstack.bundle import Bundle
+from recstack.bundle import MANIFEST, Bundle
 from recstack.config import GatewayOptions
 from recstack.deadline import Deadline
 from recstack.domain import (
@@ -48,6 +49,7 @@ from recstack.lifecycle import VERSION_FIELD
 
 log = logging.getLogger(__name__)
 POPULARITY = "popularity"
+MAX_VIEWS = 4  # bundle versions whose features the gateway keeps (a roll needs two)
 
 
 class RecallBackend(Protocol):
@@ -80,6 +82,28 @@ def open_events(options: GatewayOptions, bundle: Bundle | None) -> EventStore:
     return EventStore(dsn, seed, max_batch=options.max_events)
 
 
+@dataclass(frozen=True)
+class BundleView:
+    """What the gateway computes a version's ranker features from: the names its ranker
+    declares, in order, and the bundle's recency counts (item id -> counts per window)."""
+
+    version: str
+    side_features: tuple[str, ...]
+    recency: Mapping[str, np.ndarray]
+
+
+def bundles_root(bundle: Bundle | None) -> Path | None:
+    """Where the other versions of ``bundle`` live: its parent directory (a bundles root
+    holds one directory per version)."""
+    return None if bundle is None else bundle.root.parent
+
+
+def view_of(bundle: Bundle) -> BundleView:
+    """The view a bundle's manifest and recency file give (its ranker's declared features)."""
+    declared = tuple(bundle.section("ranker").get("side_features", ()))
+    return BundleView(bundle.version, declared, load_recency(bundle))
+
+
 def assemble(
     options: GatewayOptions,
     bundle: Bundle | None,
@@ -92,7 +116,17 @@ def assemble(
     (the one assembly: the gateway server and the in-process pipeline both use it)."""
     catalog, version = catalog_from_bundle(bundle)
     recency = load_recency(bundle) if bundle is not None else {}
-    return GatewayCore(recall, rank, events, options, catalog, version, side_features, recency)
+    return GatewayCore(
+        recall,
+        rank,
+        events,
+        options,
+        catalog,
+        version,
+        side_features,
+        recency,
+        bundle_root=bundles_root(bundle),
+    )
 
 
 class GatewayCore:
@@ -108,12 +142,15 @@ class GatewayCore:
         catalog_version: str = "",
         side_features: Sequence[str] = (),
         recency: Mapping[str, np.ndarray] | None = None,
+        bundle_root: Path | None = None,
     ) -> None:
         """``side_features``: the names the ranker declares (rank GetInfo), in its order;
         each must be one :func:`recstack.features.candidate_features` computes.
         ``recency``: item id -> interaction counts per recency window (the bundle's,
         :func:`recstack.features.load_recency`); required when the ranker declares
-        recency features."""
+        recency features. Both belong to ``catalog_version``; for any other version recall
+        answers in (a rollout, a hot swap) the gateway reads that version's manifest and
+        counts from ``bundle_root/<version>`` when it is there (:meth:`view`)."""
         self.recall_backend = recall
         self.rank_backend = rank
         self.events = events
@@ -136,6 +173,12 @@ class GatewayCore:
                 field="side_features",
             )
         self._no_recency = np.zeros(len(RECENCY), np.float32)
+        self._bundle_root = bundle_root
+        self._startup = BundleView(catalog_version, self.side_features, self.recency)
+        # version -> its view; loaded once under _views_lock (readers of an existing entry
+        # need no lock: a dict lookup is atomic and entries are never replaced).
+        self._views: dict[str, BundleView] = {catalog_version: self._startup}
+        self._views_lock = threading.Lock()
         # (version, until): recall is asked in this version while rank does not serve
         # recall's own (a rollout). One tuple store: readers see the old or the new pin.
         self._pin: tuple[str, float] = ("", 0.0)
@@ -352,18 +395,59 @@ class GatewayCore:
             "recall none of those (a rollout in progress); retry shortly"
         )
 
+    def view(self, version: str) -> BundleView:
+        """The features and recency counts of ``version``'s bundle: loaded from
+        ``bundle_root/<version>`` the first time recall answers in it, else (not on this
+        gateway's volume) the startup bundle's, with a warning once."""
+        got = self._views.get(version)
+        if got is not None:
+            return got
+        with self._views_lock:
+            got = self._views.get(version)
+            if got is not None:
+                return got
+            path = self._bundle_root / version if self._bundle_root and version else None
+            # The name comes from recall's answer: one plain path component only.
+            plain = bool(version) and "/" not in version and version not in (".", "..")
+            if path is not None and plain and (path / MANIFEST).is_file():
+                view = view_of(Bundle.open(path, verify="on_use"))
+                missing = unsupported(view.side_features)
+                if missing:
+                    raise FailedPrecondition(
+                        f"bundle {version}'s ranker declares side features {missing} that "
+                        "this gateway cannot compute",
+                        field="side_features",
+                    )
+                log.info("bundle %s: ranker features and recency counts loaded", version)
+            else:
+                view = self._startup
+                log.warning(
+                    "bundle %s is not under %s: its ranker gets the features of %s",
+                    version,
+                    self._bundle_root,
+                    self._startup.version,
+                )
+            # Bounded: a long-running gateway sees one new version per publish.
+            if len(self._views) >= MAX_VIEWS:
+                oldest = next(v for v in self._views if v != self._startup.version)
+                del self._views[oldest]
+            self._views[version] = view
+            return view
+
     def _features(self, recalled: RecallResult, history_length: int) -> np.ndarray | None:
-        """The ranker's declared side features of recall's candidates, flat [N * F]."""
-        if not self.side_features:
+        """The ranker's declared side features of recall's candidates, flat [N * F], as
+        the bundle of the version recall answered in defines them."""
+        view = self.view(recalled.bundle_version)
+        if not view.side_features:
             return None
         pop = self.events.popularity
-        recency = self.recency
+        recency = view.recency
         return candidate_features(
             recalled.scores,
             np.fromiter((pop.get(i, 0) for i in recalled.ids), np.float32, len(recalled)),
             history_length,
             recalled.similarities,
-            self.side_features,
+            view.side_features,
             # Items added live have no counts in the bundle: 0 interactions.
             np.stack([recency.get(i, self._no_recency) for i in recalled.ids]),
         ).reshape(-1)

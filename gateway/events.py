@@ -3,14 +3,17 @@
 Events go to one table (SQLite by default, PostgreSQL when gateways share it; see
 recstack.storage) and are acknowledged only after commit. A user's history is their
 recorded events, newest first, followed by their seed history from the bundle; a deleted
-user's events are removed and a tombstone hides their seed history from then on.
+user's events are removed and a tombstone hides their seed history from then on (also
+after they come back and record new events: the seed predates the deletion). The learning
+loop reads the table back with :meth:`EventStore.export` and :meth:`EventStore.deleted_users`
+(``training.live``).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from recstack.errors import InvalidArgument, limit_exceeded
@@ -90,14 +93,6 @@ class EventStore:
                 ),
                 rows,
             )
-            cur.execute(
-                db.sql(
-                    "DELETE FROM deleted_users WHERE user_id IN ("
-                    + ", ".join("?" for _ in rows)
-                    + ")"
-                ),
-                [r[0] for r in rows],
-            )
             cur.execute("SELECT max(sequence) FROM user_events")
             row = cur.fetchone()
         return int(row[0])
@@ -132,6 +127,44 @@ class EventStore:
             db.conn.execute(db.sql("DELETE FROM deleted_users WHERE user_id = ?"), (user_id,))
             db.conn.execute(db.sql("INSERT INTO deleted_users (user_id) VALUES (?)"), (user_id,))
         return int(removed)
+
+    def export(
+        self, types: Sequence[str] = EVENT_TYPES, page: int = 10_000
+    ) -> Iterator[tuple[str, str, str, int]]:
+        """Every recorded event of the given types as (user_id, item_id, type,
+        timestamp_ms), in (timestamp_ms, sequence) order, read in pages of ``page`` rows
+        (keyset on the sequence, so concurrent writes never skip or repeat a row)."""
+        unknown = [t for t in types if t not in EVENT_TYPES]
+        if unknown or not types:
+            raise InvalidArgument(f"event types must be some of {EVENT_TYPES}", field="types")
+        db = self.db
+        with db.lock:
+            row = db.conn.execute("SELECT max(sequence) FROM user_events").fetchone()
+        last, after = int(row[0] or 0), 0
+        rows: list[tuple[int, int, str, str, str]] = []
+        marks = ", ".join("?" for _ in types)
+        while after < last:
+            with db.lock:
+                got = db.conn.execute(
+                    db.sql(
+                        "SELECT sequence, timestamp_ms, user_id, item_id, type FROM user_events"
+                        f" WHERE sequence > ? AND sequence <= ? AND type IN ({marks})"
+                        " ORDER BY sequence LIMIT ?"
+                    ),
+                    (after, last, *types, page),
+                ).fetchall()
+            if not got:
+                break
+            rows.extend((int(q), int(t), u, i, k) for q, t, u, i, k in got)
+            after = int(got[-1][0])
+        for _, ts, user, item, kind in sorted(rows, key=lambda r: (r[1], r[0])):
+            yield user, item, kind, ts
+
+    def deleted_users(self) -> set[str]:
+        """Every user ever deleted with :meth:`delete_user` (their tombstones)."""
+        db = self.db
+        with db.lock:
+            return {r[0] for r in db.conn.execute("SELECT user_id FROM deleted_users").fetchall()}
 
     def most_popular(self, k: int, exclude: Iterable[str] = ()) -> list[tuple[str, int]]:
         skip = set(exclude)

@@ -118,6 +118,26 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
     return manifest
 
 
+def write_pointer(root: Path, name: str, version: str) -> None:
+    """Replace the pointer file ``root/name`` with ``version`` atomically."""
+    tmp = root / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, root / name)
+
+
+def point_current(root: Path, version: str) -> None:
+    """Point ``root``'s CURRENT at ``version``; the version it named before becomes PREVIOUS
+    (written first, so a reader never sees PREVIOUS equal to the new CURRENT). Each pointer
+    is replaced atomically (write + ``os.replace``)."""
+    try:
+        before = (root / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        before = ""
+    if before and before != version:
+        write_pointer(root, PREVIOUS, before)
+    write_pointer(root, CURRENT, version)
+
+
 def copy_bundle(src: Path, dst: Path, *, version: str | None = None) -> Path:
     """Copy a bundle directory, optionally under another version name (a distinct
     embedding space to the services: rollout drills and tests), re-writing its manifest."""

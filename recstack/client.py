@@ -174,10 +174,19 @@ def recommend_request(
     )
 
 
-def events_request(events: Iterable[tuple[str, str, str]]) -> gateway_pb2.RecordEventsRequest:
-    """(user_id, item_id, type) tuples, timestamped by the gateway on arrival."""
+EventTuple = tuple[str, str, str] | tuple[str, str, str, int]
+
+
+def events_request(events: Iterable[EventTuple]) -> gateway_pb2.RecordEventsRequest:
+    """(user_id, item_id, type[, timestamp_ms]) tuples; without a time (or 0) the gateway
+    stamps the event on arrival."""
     return gateway_pb2.RecordEventsRequest(
-        events=[gateway_pb2.Event(user_id=u, item_id=i, type=t) for u, i, t in events]
+        events=[
+            gateway_pb2.Event(
+                user_id=e[0], item_id=e[1], type=e[2], timestamp_ms=e[3] if len(e) > 3 else 0
+            )
+            for e in events
+        ]
     )
 
 
@@ -247,10 +256,9 @@ class RecstackClient:
         request = recommend_request(user_id, history, query, k, **options)
         return _call(self.gateway.Recommend, request, timeout or self.timeout)
 
-    def record_events(
-        self, events: Iterable[tuple[str, str, str]], *, timeout: float | None = None
-    ) -> int:
-        """Store (user_id, item_id, type) events now; returns the committed sequence."""
+    def record_events(self, events: Iterable[EventTuple], *, timeout: float | None = None) -> int:
+        """Store (user_id, item_id, type[, timestamp_ms]) events; returns the committed
+        sequence."""
         request = events_request(events)
         return int(_call(self.gateway.RecordEvents, request, timeout or self.timeout).sequence)
 
@@ -310,7 +318,7 @@ class AsyncRecstackClient:
         return response
 
     async def record_events(
-        self, events: Iterable[tuple[str, str, str]], *, timeout: float | None = None
+        self, events: Iterable[EventTuple], *, timeout: float | None = None
     ) -> int:
         request = events_request(events)
         response = await _acall(self.gateway.RecordEvents, request, timeout or self.timeout)

@@ -1,15 +1,20 @@
 """Publish a built bundle version and fetch it onto a serving pod's volume.
 
-Two subcommands (``python -m recstack.publish ...``)::
+Three subcommands (``python -m recstack.publish ...``)::
 
     publish --bundles ROOT [--version V] --dest DIR      copy ROOT/V (default: ROOT's
                                                          CURRENT) to DIR/V, point DIR/CURRENT
     fetch   --source SRC [--version V] --dest DIR        SRC is a local bundles root or an
                                                          http(s) URL of one; copy SRC/V to
                                                          DIR/V, point DIR/CURRENT at V
+    follow  --source SRC --dest DIR [--interval-s S]     keep DIR on SRC's CURRENT: install
+                                                         each new version, PREVIOUS = the
+                                                         one before, older ones removed
 
 ``publish`` is the release step (training output -> the shared bundle volume or a directory
-served over HTTP); ``fetch`` is what each pod's initContainer runs before the service starts.
+served over HTTP); ``fetch`` is what each pod's initContainer runs before the service starts;
+``follow`` is the optional sidecar that makes a pod take each newly published version (the
+services' CURRENT watchers hot-swap to it; overlays/follow).
 
 Invariants (both commands share ``_install``):
 
@@ -33,11 +38,14 @@ initContainer that cannot deliver a verified bundle keeps the pod from starting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -47,7 +55,15 @@ from pathlib import Path
 from typing import Any
 
 from recstack import logs
-from recstack.bundle import CURRENT, MANIFEST, PREVIOUS, Bundle, safe_member
+from recstack.bundle import (
+    CURRENT,
+    MANIFEST,
+    PREVIOUS,
+    Bundle,
+    point_current,
+    safe_member,
+    write_pointer,
+)
 from recstack.errors import BundleError
 
 log = logging.getLogger("recstack.publish")
@@ -182,24 +198,6 @@ def _verified(path: Path, version: str) -> Bundle:
     return bundle
 
 
-def _write_pointer(dest: Path, name: str, version: str) -> None:
-    tmp = dest / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, dest / name)
-
-
-def _write_current(dest: Path, version: str) -> None:
-    """Point CURRENT at ``version``; the version it named before becomes PREVIOUS (written
-    first, so a reader never sees PREVIOUS equal to the new CURRENT)."""
-    try:
-        before = (dest / CURRENT).read_text().strip()
-    except FileNotFoundError:
-        before = ""
-    if before and before != version:
-        _write_pointer(dest, PREVIOUS, before)
-    _write_pointer(dest, CURRENT, version)
-
-
 def _install(src: Source, version: str, dest: Path, *, set_current: bool = True) -> Path:
     """Copy ``version`` from ``src`` into ``dest`` (staged, verified, renamed); see module doc."""
     version = check_version_name(version)
@@ -239,7 +237,7 @@ def _install(src: Source, version: str, dest: Path, *, set_current: bool = True)
             shutil.rmtree(staging, ignore_errors=True)
         log.info("bundle installed", extra={"version": version, "path": str(final)})
     if set_current:
-        _write_current(dest, version)
+        point_current(dest, version)
     return final
 
 
@@ -265,7 +263,7 @@ def fetch(
     _install(src, previous_version, Path(dest), set_current=False)
     final = _install(src, version, Path(dest))
     # Last: _install's CURRENT update set PREVIOUS to whatever this volume served before.
-    _write_pointer(Path(dest), PREVIOUS, check_version_name(previous_version))
+    write_pointer(Path(dest), PREVIOUS, check_version_name(previous_version))
     return final
 
 
@@ -279,6 +277,50 @@ def publish(
     """Copy a built version from a local bundles root to ``dest`` (a volume or web root)."""
     src = LocalSource(Path(bundles))
     return _install(src, version or current_version(src), Path(dest), set_current=set_current)
+
+
+def follow_once(source: str, dest: str | os.PathLike[str]) -> str | None:
+    """One step of ``follow``: when the source's CURRENT names a version ``dest`` does not
+    serve, install it and point ``dest``'s CURRENT at it (the version served before becomes
+    PREVIOUS, so the service keeps answering callers on it during the roll); then remove
+    every other version from ``dest``. Returns the version installed, or None."""
+    dest = Path(dest)
+    src = open_source(source)
+    version = current_version(src)
+    try:
+        serving = (dest / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        serving = ""
+    installed = None
+    if version != serving:
+        _install(src, version, dest)
+        installed = version
+    keep = {version, serving} if installed else {version}
+    with contextlib.suppress(FileNotFoundError):
+        keep.add((dest / PREVIOUS).read_text().strip())
+    for entry in dest.iterdir():
+        # Only complete version directories go; hidden staging ones are _install's. A
+        # service may still hold CURRENT and PREVIOUS, never an older one (its grace period
+        # is far shorter than a training cycle).
+        old = not entry.name.startswith(".") and entry.name not in keep
+        if old and entry.is_dir() and (entry / MANIFEST).is_file():
+            shutil.rmtree(entry)
+            log.info("bundle removed", extra={"version": entry.name})
+    return installed
+
+
+def follow(
+    source: str, dest: str | os.PathLike[str], interval_s: float, stop: threading.Event
+) -> None:
+    """Run :func:`follow_once` every ``interval_s`` until ``stop`` is set. A failed step
+    (source unreachable, a corrupt copy) is logged and retried: the service keeps serving
+    what it has."""
+    while not stop.is_set():
+        try:
+            follow_once(source, dest)
+        except (PublishError, OSError) as exc:
+            log.warning("bundle follow step failed: %s", exc)
+        stop.wait(interval_s)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,12 +346,31 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="during a rollout: also install this version and point PREVIOUS at it",
     )
+    w = sub.add_parser(
+        "follow",
+        help="keep a local bundles root on the source's CURRENT (a pod's sidecar: the "
+        "services' CURRENT watchers then hot-swap)",
+    )
+    w.add_argument("--source", required=True, help="bundles root: a path or an http(s) URL")
+    w.add_argument("--dest", required=True, help="local bundles root the service reads")
+    w.add_argument(
+        "--interval-s", type=float, default=30.0, help="seconds between checks (default 30)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, "recstack-publish")
+    if args.command == "follow":
+        if args.interval_s <= 0:
+            log.error("--interval-s must be > 0")
+            return 2
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        follow(args.source, args.dest, args.interval_s, stop)
+        return 0
     try:
         if args.command == "publish":
             path = publish(args.bundles, args.dest, args.version, set_current=args.set_current)

@@ -82,3 +82,4 @@ def postgres_cluster() -> Iterator[str]:
             [*prefix, _bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
             capture_output=True,
         )
+        shutil.rmtree(tmp, ignore_errors=True)

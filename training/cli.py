@@ -1,8 +1,9 @@
-"""Command line: ``python -m training fetch-data`` and ``python -m training build``.
+"""Command line: ``python -m training fetch-data``, ``build`` (also ``build --from-live``,
+the learning loop) and ``timesplit``.
 
 User errors (a bad data directory, malformed CSV, an unknown profile, a failed download)
-print one ``error:`` line and exit with status 2; anything else is a bug and keeps its
-traceback.
+print one ``error:`` line and exit with status 2; a learning-loop run whose gate keeps the
+serving bundle exits with status 3; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gateway.events import EVENT_TYPES
 from training.data import INTERACTIONS_CSV, ITEMS_CSV, DataError, fetch_ml100k, fingerprint_files
+from training.loop import DEFAULT_HOLDOUT_FRACTION, DEFAULT_MIN_GATE_USERS
 
 ML100K = "ml100k"
 
@@ -70,6 +73,53 @@ def _parser() -> argparse.ArgumentParser:
         "docs/model-quality.md)",
     )
     b.add_argument("--quiet", action="store_true", help="no progress output")
+    live = b.add_argument_group(
+        "learning loop (--from-live; docs/model-quality.md, 'The learning loop')",
+        "export the live stores (merged with --data, the base data), hold out the most "
+        "recent events, train a candidate on the rest, gate it against the serving bundle, "
+        "then refit on everything and publish into --out",
+    )
+    live.add_argument("--from-live", action="store_true", help="train from the live stores")
+    live.add_argument(
+        "--events-dsn", help="the gateway's event store (sqlite:/// or postgresql://)"
+    )
+    live.add_argument("--catalog-dsn", help="recall's catalog log (sqlite:/// or postgresql://)")
+    live.add_argument(
+        "--serving-bundle",
+        type=Path,
+        help="the bundle serving now: a directory or a root with CURRENT (default: --out)",
+    )
+    live.add_argument(
+        "--event-types",
+        default=",".join(EVENT_TYPES),
+        help=f"comma-separated event types that count as interactions (default: all, "
+        f"{','.join(EVENT_TYPES)})",
+    )
+    live.add_argument(
+        "--export-dir",
+        type=Path,
+        help="where the merged data set goes (default: OUT/live-data; it can be the next "
+        "run's --data)",
+    )
+    live.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=DEFAULT_HOLDOUT_FRACTION,
+        help="share of the recorded events (the most recent) the gate holds out "
+        f"(default {DEFAULT_HOLDOUT_FRACTION})",
+    )
+    live.add_argument(
+        "--min-gate-users",
+        type=int,
+        default=DEFAULT_MIN_GATE_USERS,
+        help="fewer holdout users than this: the gate keeps the serving bundle "
+        f"(default {DEFAULT_MIN_GATE_USERS})",
+    )
+    live.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="publish without gating (and without refitting: a normal build on the export)",
+    )
     t = sub.add_parser(
         "timesplit",
         help="train on the past, evaluate on the future against recent and all-time "
@@ -195,12 +245,64 @@ def _summary(bundle_dir: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _from_live(args: argparse.Namespace, data_dir: Path, start: float) -> int:
+    from recstack.errors import BundleError
+    from training.loop import GateRefused, LoopOptions, run_loop
+
+    missing = [f for f in ("events_dsn", "catalog_dsn") if not getattr(args, f)]
+    if missing:
+        flags = " and ".join("--" + f.replace("_", "-") for f in missing)
+        raise UsageError(f"--from-live needs {flags}")
+    for flag in ("reuse", "int8"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag} does not apply to --from-live")
+    if args.fine_tune_layers is not None:
+        raise UsageError("--fine-tune-layers does not apply to --from-live (the profile's)")
+    if not 0.0 < args.holdout_fraction < 1.0:
+        raise UsageError(f"--holdout-fraction {args.holdout_fraction}: must be in (0, 1)")
+    types = [t.strip() for t in args.event_types.split(",") if t.strip()]
+    unknown = [t for t in types if t not in EVENT_TYPES]
+    if unknown or not types:
+        raise UsageError(f"--event-types {args.event_types}: choose from {','.join(EVENT_TYPES)}")
+    serving = args.serving_bundle or args.out
+    if not (serving / "CURRENT").is_file() and not (serving / "manifest.json").is_file():
+        raise UsageError(f"--serving-bundle {serving}: neither a bundle nor a root with CURRENT")
+    opts = LoopOptions(
+        base_data=data_dir,
+        serving=serving,
+        events_dsn=args.events_dsn,
+        catalog_dsn=args.catalog_dsn,
+        out=args.out,
+        export_dir=args.export_dir or args.out / "live-data",
+        profile=args.profile,
+        seed=args.seed,
+        version=args.version,
+        event_types=types,
+        holdout_fraction=args.holdout_fraction,
+        min_gate_users=args.min_gate_users,
+        gate=not args.no_gate,
+        progress=not args.quiet,
+    )
+    try:
+        bundle = run_loop(opts)
+    except BundleError as exc:  # an unreadable serving bundle or store DSN
+        raise UsageError(str(exc)) from exc
+    except GateRefused as exc:
+        print(f"not published: {exc} (see {opts.export_dir / 'gate.json'})")
+        return 3
+    print(_summary(bundle, time.perf_counter() - start))
+    print(f"gate:      {opts.export_dir / 'gate.json'}")
+    return 0
+
+
 def _build(args: argparse.Namespace) -> int:
     from training.base_encoder import BASE_LAYERS
     from training.pipeline import PROFILES, build_bundle, profile_with
 
     start = time.perf_counter()
     data_dir, name = _resolve_data(args.data, args.cache)
+    if args.from_live:
+        return _from_live(args, data_dir, start)
     profile = PROFILES[args.profile]
     if args.fine_tune_layers is not None:
         if not 0 <= args.fine_tune_layers <= BASE_LAYERS:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from recstack.bundle import Bundle, write_manifest
+from recstack.bundle import Bundle, point_current, write_manifest
 from recstack.encoder import TextEncoder
 from recstack.features import (
     DAY_S,
@@ -103,6 +103,20 @@ class Profile:
     parity_texts: int = 16
     cold_fraction: float = 0.05
     int8: bool = False
+
+
+@dataclass(frozen=True)
+class Refit:
+    """Train on **every** interaction with the choices a held-out run made (the learning
+    loop's publish step, ``training.loop``): the tower trains ``tower_epochs`` epochs (the
+    held-out run's best) with no validation, new users' prior weight is the held-out run's,
+    and no stage that needs held-out items runs (evaluation, cold start, int8). The bundle's
+    report carries the held-out run's evaluation (``report["refit"]`` says so) and the gate."""
+
+    tower_epochs: int
+    query_prior_weight: float
+    held_out_report: dict[str, Any]
+    gate: dict[str, Any]
 
 
 PROFILES: dict[str, Profile] = {
@@ -295,8 +309,10 @@ def build_bundle(
     progress: bool = True,
     dataset_name: str | None = None,
     int8: bool = False,
+    refit: Refit | None = None,
 ) -> Path:
-    """Train, export, index, evaluate and publish a bundle; returns its directory."""
+    """Train, export, index, evaluate and publish a bundle; returns its directory
+    (``refit``: train on everything with a held-out run's choices, see :class:`Refit`)."""
     if isinstance(profile, Profile):
         prof = profile
     elif profile in PROFILES:
@@ -315,14 +331,12 @@ def build_bundle(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        _build_into(work, Path(data_dir), prof, version, seed, progress, dataset_name, int8)
+        _build_into(work, Path(data_dir), prof, version, seed, progress, dataset_name, int8, refit)
         work.rename(final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    tmp_pointer = out_root / f".CURRENT.{os.getpid()}.tmp"
-    tmp_pointer.write_text(version + "\n")
-    os.replace(tmp_pointer, out_root / "CURRENT")
+    point_current(out_root, version)
     return final
 
 
@@ -335,6 +349,7 @@ def _build_into(
     progress: bool,
     dataset_name: str | None,
     int8: bool = False,
+    refit: Refit | None = None,
 ) -> None:
     # Heavy imports live here so `python -m training --help` and data errors stay fast.
     import hnswlib
@@ -364,7 +379,13 @@ def _build_into(
 
     with timer.stage("load_data"):
         dataset = load_dataset(data_dir, name=dataset_name)
-        split = leave_last_out(dataset)
+        split = (
+            leave_last_out(dataset)
+            if refit is None
+            else Split({u: dataset.sequence(u) for u in dataset.user_interactions}, {}, {})
+        )
+        if refit is not None:
+            prof = replace(prof, tower=replace(prof.tower, epochs=refit.tower_epochs))
         tower_rows = _train_rows(dataset, split, prof.ranker_holdout)
         windows = make_windows(tower_rows, prof.tower.max_len)
         if not len(windows.inputs):
@@ -428,7 +449,7 @@ def _build_into(
             windows,
             prof.tower,
             seed=seed,
-            validate=validate,
+            validate=None if refit else validate,
             validate_every=prof.validate_every,
             progress=progress,
             encoder_top=top,
@@ -460,16 +481,19 @@ def _build_into(
 
     with timer.stage("export_tower", "torch.onnx + parity check + prior"):
         export_tower(tw.model, work / user_spec["model"])
-        sample_rows = valid_rows[: max(prof.parity_texts, 2)]
+        sample_rows = (valid_rows or tower_rows)[: max(prof.parity_texts, 2)]
         tower_diff = check_tower_parity(tw.model, work / user_spec["model"], item_vecs, sample_rows)
         counts = ev.input_counts(split, "valid")
         prior = popularity_prior(item_vecs, np.asarray([counts[i] for i in item_ids]))
         np.save(work / user_spec["prior"], prior, allow_pickle=False)
 
     with timer.stage("query_prior", "new users' query + prior weight, chosen on validation"):
-        user_spec["query_prior_weight"], prior_curve = _choose_query_prior(
-            dataset, split, encoder, item_vecs, work, version, user_spec, ort_options
-        )
+        if refit is None:
+            user_spec["query_prior_weight"], prior_curve = _choose_query_prior(
+                dataset, split, encoder, item_vecs, work, version, user_spec, ort_options
+            )
+        else:
+            user_spec["query_prior_weight"], prior_curve = refit.query_prior_weight, []
         tower = UserTower(_staging_bundle(work, version, {"user": user_spec}), ort_options)
 
     with timer.stage("build_index", "HNSW"):
@@ -513,9 +537,14 @@ def _build_into(
 
     results: dict[str, Any] = {}
     per_user_served: dict[str, Any] = {}
-    with timer.stage("evaluate", "ONNX tower + HNSW + ONNX ranker, valid and test"):
+    with timer.stage(
+        "evaluate",
+        "ONNX tower + HNSW + ONNX ranker, valid and test"
+        if refit is None
+        else "refit on everything: the held-out run's evaluation stands",
+    ):
         ranker_session, _ = create_session(ranker_path, ort_options)
-        for phase in ("valid", "test"):
+        for phase in ("valid", "test") if refit is None else ():
             cases = ev.eval_cases(dataset, split, phase)
             uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index)
             arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -555,27 +584,32 @@ def _build_into(
             }
             results[phase] = res
 
-    with timer.stage("cold_start", "held-out items: tower (+ encoder) re-trained without them"):
-        cold = cold_start(
-            dataset,
-            split,
-            prof,
-            body_items,
-            encoder,
-            item_vecs,
-            tower,
-            index,
-            ranker_session,
-            min(tw.best_epoch, prof.cold_epochs),
-            seed,
-            progress,
-            encoder_top=None if top is None else top.fresh_copy(),
-            recency=recency.at,
-            recent_top=recent_top,
-        )
+    if refit is not None:
+        results = refit.held_out_report["results"]
+        per_user_served = refit.held_out_report.get("per_user_served", {})
+        cold = refit.held_out_report["cold_start"]
+    else:
+        with timer.stage("cold_start", "held-out items: tower (+ encoder) re-trained without them"):
+            cold = cold_start(
+                dataset,
+                split,
+                prof,
+                body_items,
+                encoder,
+                item_vecs,
+                tower,
+                index,
+                ranker_session,
+                min(tw.best_epoch, prof.cold_epochs),
+                seed,
+                progress,
+                encoder_top=None if top is None else top.fresh_copy(),
+                recency=recency.at,
+                recent_top=recent_top,
+            )
 
     int8_report: dict[str, Any] | None = None
-    if int8 or prof.int8:
+    if (int8 or prof.int8) and refit is None:
         with timer.stage("int8", "per-channel dynamic int8, speed/quality vs fp32, torch"):
             quantize_int8(work / "encoder" / "model.onnx", work / "encoder" / "model.int8.onnx")
             encoder_spec["int8_model"] = "encoder/model.int8.onnx"
@@ -650,6 +684,19 @@ def _build_into(
         "profile": asdict(prof),
         "losses": {"tower": tw.losses, "ranker": rk.losses},
     }
+    if refit is not None:
+        report["refit"] = {
+            "evaluation": (
+                "this bundle trained on every interaction (nothing held out); `results` and "
+                "`cold_start` are those of the held-out run with the same settings, which "
+                "the gate compared with the serving bundle"
+            ),
+            "tower_epochs": refit.tower_epochs,
+            "query_prior_weight": refit.query_prior_weight,
+            "held_out_version": refit.held_out_report.get("version"),
+            "gate": refit.gate,
+        }
+        training["refit"] = {"held_out_version": refit.held_out_report.get("version")}
     write_plots(work / "report", report)
     (work / "report" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 

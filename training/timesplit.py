@@ -132,14 +132,58 @@ def choose_recent_window(
     return best, curve
 
 
+def catalog_vectors(bundle: Any, dataset: Dataset) -> tuple[np.ndarray, Any]:
+    """Item vectors in ``dataset.items`` order and an HNSW index over them, as the bundle
+    serves that catalog. The bundle's own catalog: its vectors and index. Another one (the
+    live catalog, after upserts and deletes): the bundle's vector where an item's text is
+    unchanged, the bundle's encoder on the text otherwise (what recall does on an upsert),
+    and a fresh index with the bundle's HNSW parameters."""
+    import hnswlib
+
+    from recstack.encoder import TextEncoder
+    from recstack.ort import SessionOptions
+
+    spec = bundle.section("index")
+    stored = np.load(bundle.path(bundle.section("items")["vectors"]), allow_pickle=False)
+    catalog = list(bundle.iter_catalog())
+    index = hnswlib.Index(space="ip", dim=bundle.dim)
+    if [(c.id, c.text) for c in catalog] == [(it.id, it.text) for it in dataset.items]:
+        index.load_index(str(bundle.path(spec["path"])))
+        index.set_ef(int(spec["ef_search"]))
+        return stored, index
+    row = {(c.id, c.text): n for n, c in enumerate(catalog)}
+    vecs = np.zeros((len(dataset.items), bundle.dim), np.float32)
+    fresh = []
+    for n, it in enumerate(dataset.items):
+        if (it.id, it.text) in row:
+            vecs[n] = stored[row[(it.id, it.text)]]
+        else:
+            fresh.append(n)
+    if fresh:
+        encoder = TextEncoder(bundle, SessionOptions(device="cpu"))
+        vecs[fresh] = ev.encode_texts(encoder, [dataset.items[n].text for n in fresh], bundle.dim)
+    index.init_index(
+        max_elements=len(vecs),
+        M=int(spec["M"]),
+        ef_construction=int(spec["ef_construction"]),
+        random_seed=0,
+    )
+    index.add_items(vecs, np.arange(len(vecs)), num_threads=1)
+    index.set_ef(int(spec["ef_search"]))
+    return vecs, index
+
+
 def evaluate_bundle_on_future(
-    bundle_root: Path, dataset: Dataset, cut: int, recent_days: int
+    bundle_root: Path,
+    dataset: Dataset,
+    cut: int,
+    recent_days: int,
+    arrays: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Served path (tower → HNSW → ranker, as ``training.evaluate`` runs it), recall only,
     all-time and recent popularity on the future cases, with intervals and paired
-    differences."""
-    import hnswlib
-
+    differences (per-user values into ``arrays`` when given). The bundle serves
+    ``dataset``'s catalog (:func:`catalog_vectors`)."""
     from recstack.bundle import Bundle
     from recstack.features import load_recent_top
     from recstack.ort import SessionOptions, create_session
@@ -150,11 +194,7 @@ def evaluate_bundle_on_future(
     options = SessionOptions(device="cpu")
     tower = UserTower(bundle, options)
     ranker, _ = create_session(bundle.path(bundle.section("ranker")["model"]), options)
-    spec = bundle.section("index")
-    index = hnswlib.Index(space="ip", dim=bundle.dim)
-    index.load_index(str(bundle.path(spec["path"])))
-    index.set_ef(int(spec["ef_search"]))
-    item_vecs = np.load(bundle.path(bundle.section("items")["vectors"]), allow_pickle=False)
+    item_vecs, index = catalog_vectors(bundle, dataset)
     item_ids = [it.id for it in dataset.items]
     item_index = dataset.item_index
 
@@ -162,7 +202,7 @@ def evaluate_bundle_on_future(
     before = past(dataset, cut)
     counts = popularity(before)
     uv = ev.user_vectors(tower, cases, item_vecs, item_index)
-    arrays: dict[str, dict[str, np.ndarray]] = {}
+    arrays = {} if arrays is None else arrays
     rerank_n = int(bundle.manifest["training"]["rerank_n"])
     # Recency at the cut from the whole dataset: only interactions before it count.
     recent = RecentCounts(dataset).at(cut)

@@ -28,8 +28,8 @@ from recstack.config import ServerOptions, add_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["cpu", "gpu", "sharded", "postgres"]
-# Everything `kubectl apply -k` is documented for: the four overlays and the training Job.
+OVERLAYS = ["cpu", "gpu", "sharded", "postgres", "follow"]
+# Everything `kubectl apply -k` is documented for: the overlays and the training jobs.
 TARGETS = [f"overlays/{name}" for name in OVERLAYS] + ["jobs"]
 # Pinned schema version for offline validation (kubernetes-validate ships its schemas);
 # matches the kubectl/kustomize client the CI machine has.
@@ -95,19 +95,37 @@ def databases(objs: list[Obj]) -> list[Obj]:
 
 
 def component(obj: Obj) -> str:
-    return str(
-        obj["spec"]["template"]["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
-    )
+    return pod_labels(obj).get("app.kubernetes.io/component", "")
+
+
+def pod_template(obj: Obj) -> Obj:
+    """The pod template of a workload, Job or CronJob."""
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    template: Obj = spec["template"]
+    return template
 
 
 def pod_spec(obj: Obj) -> Obj:
-    spec: Obj = obj["spec"]["template"]["spec"]
+    spec: Obj = pod_template(obj)["spec"]
     return spec
 
 
 def pod_labels(obj: Obj) -> dict[str, str]:
-    labels: dict[str, str] = obj["spec"]["template"]["metadata"].get("labels", {})
+    labels: dict[str, str] = pod_template(obj)["metadata"].get("labels", {})
     return labels
+
+
+# The bundle-follow sidecar of components/follow: the only container beside a service's.
+FOLLOW_COMMAND = ["python", "-m", "recstack.publish", "follow"]
+
+
+def is_sidecar(container: Obj) -> bool:
+    return bool(container.get("command") == FOLLOW_COMMAND)
+
+
+def service_containers(obj: Obj) -> list[Obj]:
+    """The pod's containers without the bundle-follow sidecar."""
+    return [c for c in pod_spec(obj)["containers"] if not is_sidecar(c)]
 
 
 def all_containers(obj: Obj) -> list[Obj]:
@@ -116,8 +134,8 @@ def all_containers(obj: Obj) -> list[Obj]:
 
 
 def pod_templates(objs: list[Obj]) -> list[Obj]:
-    """Every object with a pod template (workloads and Jobs)."""
-    return [o for o in objs if o["kind"] in (*WORKLOAD_KINDS, "Job")]
+    """Every object with a pod template (workloads, Jobs and CronJobs)."""
+    return [o for o in objs if o["kind"] in (*WORKLOAD_KINDS, "Job", "CronJob")]
 
 
 def selects(match_labels: dict[str, str], labels: dict[str, str]) -> bool:

@@ -79,7 +79,7 @@ class Pod:
 
     @property
     def container(self) -> Obj:
-        (c,) = k8s.pod_spec(self.workload)["containers"]
+        (c,) = k8s.service_containers(self.workload)
         return c
 
 
@@ -180,7 +180,7 @@ def run_env(values: dict[str, str]) -> dict[str, str]:
 def check_flags_exist(objs: list[Obj]) -> None:
     """Fail (not skip) when a manifest sets a RECSTACK_* key or flag the real CLI lacks."""
     for obj in k8s.workloads(objs):
-        for c in k8s.pod_spec(obj)["containers"]:
+        for c in k8s.service_containers(obj):
             role = k8s.role_of(c)
             assert role is not None, c.get("command")
             k8s.effective_options(role, c, objs)

@@ -97,7 +97,7 @@ def test_manifests_use_the_images_and_uid_the_dockerfiles_build() -> None:
         for obj in k8s.pod_templates(k8s.render(target)):
             if k8s.component(obj) == k8s.DATABASE:
                 # PostgreSQL's own image, as its non-root postgres user (UID 999).
-                (c,) = k8s.pod_spec(obj)["containers"]
+                (c,) = k8s.service_containers(obj)
                 assert c["image"].startswith("docker.io/library/postgres:16"), c["image"]
                 assert k8s.pod_spec(obj)["securityContext"]["runAsUser"] == 999
                 continue

@@ -41,7 +41,7 @@ def serving(request: pytest.FixtureRequest) -> list[Obj]:
 @pytest.mark.parametrize("target", TARGETS)
 def test_renders(target: str) -> None:
     kinds = {o["kind"] for o in k8s.render(target)}
-    expected = {"Job", "PersistentVolumeClaim"} if target == "jobs" else {
+    expected = {"Job", "CronJob", "PersistentVolumeClaim"} if target == "jobs" else {
         "StatefulSet", "Deployment", "Service", "ConfigMap", "PodDisruptionBudget",
         "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceAccount", "PersistentVolumeClaim",
     }  # fmt: skip
@@ -137,7 +137,7 @@ def test_image_pin_check_rejects_latest_and_untagged() -> None:
 
 def test_serving_containers_probe_their_grpc_health(serving: list[Obj]) -> None:
     for obj in k8s.workloads(serving):
-        for c in k8s.pod_spec(obj)["containers"]:
+        for c in k8s.service_containers(obj):
             role = k8s.role_of(c)
             assert role is not None, f"{name_of(obj)}/{c['name']}: unknown command {c['command']}"
             opts = k8s.effective_options(role, c, serving)
@@ -156,7 +156,7 @@ def test_serving_containers_probe_their_grpc_health(serving: list[Obj]) -> None:
 
 def test_termination_grace_exceeds_drain_time(serving: list[Obj]) -> None:
     for obj in k8s.workloads(serving):
-        for c in k8s.pod_spec(obj)["containers"]:
+        for c in k8s.service_containers(obj):
             role = k8s.role_of(c)
             assert role is not None
             grace = k8s.effective_options(role, c, serving).grace_seconds
@@ -167,7 +167,7 @@ def test_gateway_startup_outlasts_its_downstream_wait(serving: list[Obj]) -> Non
     from gateway.server import DOWNSTREAM_WAIT_S
 
     (gateway,) = [o for o in k8s.workloads(serving) if o["metadata"]["name"] == "recstack-gateway"]
-    probe = k8s.pod_spec(gateway)["containers"][0]["startupProbe"]
+    probe = k8s.service_containers(gateway)[0]["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] > DOWNSTREAM_WAIT_S
 
 
@@ -197,7 +197,7 @@ def test_parser_replica_matches_real_help() -> None:
 def test_env_and_args_parse_with_the_real_clis(serving: list[Obj]) -> None:
     checked = 0
     for obj in k8s.workloads(serving):
-        for c in k8s.pod_spec(obj)["containers"]:
+        for c in k8s.service_containers(obj):
             role = k8s.role_of(c)
             assert role is not None, f"{name_of(obj)}: command {c.get('command')} is no CLI"
             k8s.effective_options(role, c, serving)  # raises CliError with the reason
@@ -208,7 +208,7 @@ def test_env_and_args_parse_with_the_real_clis(serving: list[Obj]) -> None:
 def test_unknown_env_key_or_flag_is_caught() -> None:
     objs = overlay("cpu")
     (rank,) = [o for o in k8s.workloads(objs) if o["metadata"]["name"] == "recstack-rank"]
-    container = dict(k8s.pod_spec(rank)["containers"][0])
+    container = dict(k8s.service_containers(rank)[0])
     typo = {**container, "env": [{"name": "RECSTACK_MAX_CANDIDATE", "value": "5"}]}
     with pytest.raises(k8s.CliError, match="RECSTACK_MAX_CANDIDATE"):
         k8s.effective_options(ROLES["recstack-rank"], typo, objs)
@@ -220,7 +220,7 @@ def test_unknown_env_key_or_flag_is_caught() -> None:
 def test_gpu_args_override_the_configmap_device() -> None:
     objs = overlay("gpu")
     (rank,) = [o for o in k8s.workloads(objs) if o["metadata"]["name"] == "recstack-rank"]
-    opts = k8s.effective_options(ROLES["recstack-rank"], k8s.pod_spec(rank)["containers"][0], objs)
+    opts = k8s.effective_options(ROLES["recstack-rank"], k8s.service_containers(rank)[0], objs)
     assert opts.device == "cuda" and opts.allow_cpu_fallback is False
 
 
@@ -236,11 +236,12 @@ def test_bundle_fetch_init_containers(rendered: list[Obj]) -> None:
         assert not [a for a in argv if "$(" in a], f"unexpanded variable in {argv}"
         args = parser.parse_args(argv[3:])
         assert args.command == "fetch"
-        versions.add(check_version_name(args.version))
+        # Empty: the source's CURRENT (components/follow); else one named version.
+        versions.add(check_version_name(args.version) if args.version else "<CURRENT>")
         if not args.source.startswith(("http://", "https://")):
             mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
             assert args.source in mounts and mounts[args.source].get("readOnly") is True
-        (main,) = k8s.pod_spec(obj)["containers"]
+        (main,) = k8s.service_containers(obj)
         role = k8s.role_of(main)
         assert role is not None
         bundle = k8s.effective_options(role, main, rendered).bundle
@@ -252,9 +253,12 @@ def test_bundle_fetch_init_containers(rendered: list[Obj]) -> None:
     assert len(versions) <= 1, versions
 
 
-def test_training_job_publishes_into_the_shared_bundle_volume() -> None:
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+def test_training_job_publishes_into_the_shared_bundle_volume(kind: str) -> None:
+    """The training Job and the learning loop's CronJob: publish reads what training wrote
+    and writes the volume the serving pods read."""
     objs = k8s.render("jobs")
-    (job,) = k8s.by_kind(objs, "Job")
+    (job,) = k8s.by_kind(objs, kind)
     pod = k8s.pod_spec(job)
     (train,) = pod["initContainers"]
     (publish,) = pod["containers"]
@@ -275,6 +279,44 @@ def test_training_job_publishes_into_the_shared_bundle_volume() -> None:
             if "persistentVolumeClaim" in v
         }
         assert claims == {claim}, target
+
+
+def test_follow_sidecars_keep_the_served_root_on_the_published_current() -> None:
+    """components/follow: recall, rank and gateway pods run `publish follow` from the fetch's source
+    into the root their service watches; nothing else runs beside a service."""
+    objs = overlay("follow")
+    followed = set()
+    for target in OVERLAYS:
+        for obj in k8s.workloads(overlay(target)):
+            sidecars = [c for c in k8s.pod_spec(obj)["containers"] if k8s.is_sidecar(c)]
+            assert target == "follow" or not sidecars, f"{target}: {name_of(obj)}"
+    for obj in k8s.workloads(objs):
+        (main,) = k8s.service_containers(obj)
+        sidecars = [c for c in k8s.pod_spec(obj)["containers"] if k8s.is_sidecar(c)]
+        if k8s.component(obj) not in ("recall", "rank", "gateway"):
+            assert not sidecars, name_of(obj)
+            continue
+        (sidecar,) = sidecars
+        (init,) = k8s.pod_spec(obj)["initContainers"]
+        fetch = publish_parser().parse_args(
+            k8s.command_line(init, k8s.container_env(init, objs))[3:]
+        )
+        args = publish_parser().parse_args(
+            k8s.command_line(sidecar, k8s.container_env(sidecar, objs))[3:]
+        )
+        assert args.command == "follow" and args.interval_s > 0
+        assert (args.source, args.dest) == (fetch.source, fetch.dest)
+        assert fetch.version == "", "a following pod starts on the source's CURRENT"
+        served = k8s.effective_options(k8s.role_of(main), main, objs)
+        assert served.bundle == args.dest, name_of(obj)
+        # recall and rank watch CURRENT; the gateway reads a version when recall answers in it.
+        assert k8s.component(obj) == "gateway" or served.bundle_poll_s > 0, name_of(obj)
+        mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+        main_mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+        assert mounts[args.dest]["name"] == main_mounts[served.bundle]
+        assert mounts[args.source].get("readOnly") is True
+        followed.add(k8s.component(obj))
+    assert followed == {"recall", "rank", "gateway"}
 
 
 # ---- availability: PDBs, HPAs, spread ------------------------------------------------------------
@@ -355,7 +397,7 @@ def test_only_the_gateway_is_reachable_from_outside(serving: list[Obj]) -> None:
             "Ingress" in p["spec"]["policyTypes"] and not p["spec"].get("ingress") for p in policies
         ), f"{name_of(obj)}: no default-deny ingress policy selects it"
         rules = [r for p in policies for r in p["spec"].get("ingress", [])]
-        (container,) = k8s.pod_spec(obj)["containers"]
+        (container,) = k8s.service_containers(obj)
         grpc_port = {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"]
         is_gateway = obj["metadata"]["name"] == "recstack-gateway"
         open_rules = [r for r in rules if not r.get("from")]
@@ -399,7 +441,7 @@ def test_services_route_to_pods(serving: list[Obj]) -> None:
             if k8s.selects(svc["spec"]["selector"], k8s.pod_labels(o))
         ]
         assert len(targets) == 1, f"{name_of(svc)} selects {[name_of(t) for t in targets]}"
-        names = {p["name"] for c in k8s.pod_spec(targets[0])["containers"] for p in c["ports"]}
+        names = {p["name"] for c in k8s.service_containers(targets[0]) for p in c["ports"]}
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in names, f"{name_of(svc)}: {port}"
 
@@ -445,22 +487,20 @@ def test_recall_shards_and_gateway_agree(name: str, shards: int) -> None:
     services = {s["metadata"]["name"]: s for s in k8s.by_kind(objs, "Service")}
     indexes = {}
     for sts in recall:
-        opts = k8s.effective_options(
-            ROLES["recstack-recall"], k8s.pod_spec(sts)["containers"][0], objs
-        )
+        opts = k8s.effective_options(ROLES["recstack-recall"], k8s.service_containers(sts)[0], objs)
         assert opts.shard_count == shards, name_of(sts)
         indexes[opts.shard_index] = sts
         governing = services[sts["spec"]["serviceName"]]
         assert governing["spec"].get("clusterIP") == "None", "per-pod balancing needs headless"
         assert k8s.label_selector_matches(sts["spec"]["selector"], k8s.pod_labels(sts))
         claims = [t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])]
-        mounts = k8s.pod_spec(sts)["containers"][0]["volumeMounts"]
+        mounts = k8s.service_containers(sts)[0]["volumeMounts"]
         state_mount = next(m["mountPath"] for m in mounts if m["name"] in claims)
         assert opts.state_dir.startswith(state_mount), "state dir must be on the replica volume"
     assert sorted(indexes) == list(range(shards))
     (gateway,) = [o for o in k8s.workloads(objs) if o["metadata"]["name"] == "recstack-gateway"]
     gopts = k8s.effective_options(
-        ROLES["recstack-gateway"], k8s.pod_spec(gateway)["containers"][0], objs
+        ROLES["recstack-gateway"], k8s.service_containers(gateway)[0], objs
     )
     targets = gopts.recall_address.split(",")
     assert len(targets) == shards, "one gateway recall target per shard"
@@ -482,7 +522,7 @@ def test_default_state_lives_in_the_in_cluster_postgres(name: str) -> None:
     objs = overlay(name)
     assert k8s.by_kind(objs, "Secret") == [], "credentials must not be rendered from the repo"
     (db,) = k8s.databases(objs)
-    (pg,) = k8s.pod_spec(db)["containers"]
+    (pg,) = k8s.service_containers(db)
     env = {e["name"]: e for e in pg["env"]}
     assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "recstack-postgres"
     assert any(v["metadata"]["name"] == "data" for v in db["spec"]["volumeClaimTemplates"])
@@ -493,7 +533,7 @@ def test_default_state_lives_in_the_in_cluster_postgres(name: str) -> None:
     for obj in k8s.workloads(objs):
         if obj["metadata"]["name"] == "recstack-rank":
             continue  # stateless, no database
-        (c,) = k8s.pod_spec(obj)["containers"]
+        (c,) = k8s.service_containers(obj)
         role = k8s.role_of(c)
         assert role is not None
         options = k8s.effective_options(role, c, objs)
@@ -506,7 +546,7 @@ def test_default_state_lives_in_the_in_cluster_postgres(name: str) -> None:
         }
     recall = [o for o in k8s.workloads(objs) if k8s.component(o) == "recall"]
     assert recall and all(o["spec"]["replicas"] >= 2 for o in recall), "shared catalog"
-    # Only recall and gateway pods may reach the database.
+    # Only recall and gateway pods, and the learning loop's, may reach the database.
     (policy,) = [
         p
         for p in k8s.by_kind(objs, "NetworkPolicy")
@@ -516,7 +556,27 @@ def test_default_state_lives_in_the_in_cluster_postgres(name: str) -> None:
     (rule,) = policy["spec"]["ingress"]
     (peer,) = rule["from"]
     (expr,) = peer["podSelector"]["matchExpressions"]
-    assert sorted(expr["values"]) == ["gateway", "recall"]
+    assert sorted(expr["values"]) == ["gateway", "learning", "recall"]
+    # The learning loop reads the stores recall and the gateway write.
+    (learn,) = k8s.by_kind(k8s.render("jobs"), "CronJob")
+    (init,) = k8s.pod_spec(learn)["initContainers"]
+    env = k8s.container_env(init, [])
+    written = {"catalog_dsn": set(), "events_dsn": set()}
+    for obj in k8s.workloads(objs):
+        for c in k8s.service_containers(obj):
+            role = k8s.role_of(c)
+            if role is not None and role.command != "recstack-rank":
+                options = vars(k8s.effective_options(role, c, objs))
+                for option, seen in written.items():
+                    if option in options:
+                        seen.add(options[option])
+    assert written["catalog_dsn"] == {env["RECSTACK_CATALOG_DSN"]}
+    assert written["events_dsn"] == {env["RECSTACK_EVENTS_DSN"]}
+    assert {e["name"]: e for e in init["env"]}["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "recstack-postgres",
+        "key": "password",
+    }
+    assert k8s.pod_labels(learn)["app.kubernetes.io/component"] == "learning"
 
 
 def test_postgres_overlay_takes_dsns_from_a_secret() -> None:
@@ -525,7 +585,7 @@ def test_postgres_overlay_takes_dsns_from_a_secret() -> None:
     for obj in k8s.workloads(objs):
         if obj["metadata"]["name"] == "recstack-rank":
             continue
-        (c,) = k8s.pod_spec(obj)["containers"]
+        (c,) = k8s.service_containers(obj)
         env = {e["name"]: e for e in c.get("env", [])}
         key = (
             "RECSTACK_EVENTS_DSN"
@@ -538,7 +598,7 @@ def test_postgres_overlay_takes_dsns_from_a_secret() -> None:
         k8s.effective_options(role, c, objs)
     assert k8s.databases(objs) == [], "the external database replaces the in-cluster one"
     for obj in k8s.workloads(objs):
-        (c,) = k8s.pod_spec(obj)["containers"]
+        (c,) = k8s.service_containers(obj)
         assert "PGPASSWORD" not in {e["name"] for e in c.get("env", [])}, name_of(obj)
     recall = [o for o in k8s.by_kind(objs, "StatefulSet")]
     assert all(o["spec"]["replicas"] >= 2 for o in recall), "shared catalog: >1 replica/shard"
@@ -549,12 +609,13 @@ def test_training_job_args_are_accepted_by_the_training_cli() -> None:
     import subprocess
     import sys
 
-    (job,) = k8s.by_kind(k8s.render("jobs"), "Job")
-    (train,) = k8s.pod_spec(job)["initContainers"]
-    argv = k8s.command_line(train, {})
-    out = subprocess.run(
-        [sys.executable, "-m", "training", *argv[3:4], "--help"], capture_output=True, text=True
-    )
-    assert out.returncode == 0, f"`python -m training {argv[3]} --help` failed: {out.stderr}"
-    for flag in [a for a in argv[4:] if a.startswith("--")]:
-        assert re.search(rf"(^|\s){re.escape(flag)}\b", out.stdout), f"training lacks {flag}"
+    rendered = k8s.render("jobs")
+    for job in [*k8s.by_kind(rendered, "Job"), *k8s.by_kind(rendered, "CronJob")]:
+        (train,) = k8s.pod_spec(job)["initContainers"]
+        argv = k8s.command_line(train, {})
+        out = subprocess.run(
+            [sys.executable, "-m", "training", *argv[3:4], "--help"], capture_output=True, text=True
+        )
+        assert out.returncode == 0, f"`python -m training {argv[3]} --help` failed: {out.stderr}"
+        for flag in [a for a in argv[4:] if a.startswith("--")]:
+            assert re.search(rf"(^|\s){re.escape(flag)}\b", out.stdout), f"training lacks {flag}"

@@ -1,4 +1,5 @@
-"""recstack.publish: what the initContainer and the training Job's publish step rely on."""
+"""recstack.publish: what the initContainer, the follow sidecar and the training Job's publish
+step rely on."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from recstack.bundle import MANIFEST, Bundle, write_manifest
-from recstack.publish import PublishError, fetch, main, publish
+from recstack.bundle import CURRENT, MANIFEST, PREVIOUS, Bundle, write_manifest
+from recstack.publish import PublishError, fetch, follow_once, main, publish
 
 VERSION = "20260101T000000-tiny"
 
@@ -123,3 +124,48 @@ def test_publish_cli_then_fetch_cli(source: Path, tmp_path: Path) -> None:
     args = ["fetch", "--source", str(tmp_path / "pub"), "--version", VERSION, "--dest"]
     assert main([*args, str(tmp_path / "pod")]) == 0
     assert main(["fetch", "--source", str(tmp_path / "nope"), "--dest", str(tmp_path / "x")]) == 2
+
+
+def test_follow_installs_each_new_version_and_keeps_the_one_before(
+    source: Path, http_source: str, tmp_path: Path
+) -> None:
+    pod = tmp_path / "pod"
+    assert follow_once(http_source, pod) == VERSION
+    assert (pod / CURRENT).read_text().strip() == VERSION and not (pod / PREVIOUS).exists()
+    assert follow_once(http_source, pod) is None  # nothing new: nothing copied
+    for n, version in enumerate(("v2", "v3"), start=1):
+        make_bundle(source, version)  # the publish step points the source's CURRENT
+        assert follow_once(http_source, pod) == version
+        assert (pod / CURRENT).read_text().strip() == version
+        before = VERSION if n == 1 else "v2"
+        assert (pod / PREVIOUS).read_text().strip() == before
+        Bundle.open(pod / version)
+    # Two back is removed; the staging area and other files are not touched.
+    assert sorted(p.name for p in pod.iterdir() if p.is_dir()) == ["v2", "v3"]
+    # A corrupt new version is refused; the pod keeps serving what it has.
+    make_bundle(source, "v4")
+    (source / "v4" / "index" / "hnsw.bin").write_bytes(b"tampered")
+    with pytest.raises(PublishError):
+        follow_once(http_source, pod)
+    assert (pod / CURRENT).read_text().strip() == "v3"
+
+
+def test_follow_cli_stops_on_sigterm(source: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pod = tmp_path / "pod"
+    argv = ["follow", "--source", str(source), "--dest", str(pod), "--interval-s", "0.2"]
+    proc = subprocess.Popen([sys.executable, "-m", "recstack.publish", *argv])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pod / CURRENT).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "follow did not install"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+    assert main(["follow", "--source", str(source), "--dest", str(pod), "--interval-s", "0"]) == 2

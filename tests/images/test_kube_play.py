@@ -193,7 +193,7 @@ def test_the_rank_pod_fetches_its_bundle_serves_and_drains(images, bundle, prefi
     objs = for_podman(prefixed(keep, prefix, images), bundle.version)
     path = tmp_path / "rank.yaml"
     pod = f"{prefix}-{rank['metadata']['name']}-pod-0"
-    (main,) = k8s.pod_spec(rank)["containers"]
+    (main,) = k8s.service_containers(rank)
     port = next(p["containerPort"] for p in main["ports"] if p["name"] == "grpc")
     try:
         play(objs, path, "--start=false")
