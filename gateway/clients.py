@@ -113,6 +113,7 @@ class GrpcRecall:
             exclude_history=query.exclude_history,
             include_details=query.include_details,
             embedding_version=query.embedding_version,
+            include_recent=query.include_recent,
         )
         resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
         return recall_result_from_pb(resp)

@@ -276,6 +276,9 @@ class GatewayCore:
             # A stored profile may name items deleted since; explicit ids must exist.
             ignore_unknown_history=stored,
             user_prior=True,
+            # The bundle's recent-popularity items join HNSW's candidates (the ranker was
+            # trained on lists built the same way).
+            include_recent=True,
         )
         recalled = self._recall(query, deadline)
         timings["recall"] = (time.perf_counter() - t0) * 1000

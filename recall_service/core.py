@@ -52,7 +52,7 @@ from recstack.errors import (
     Unavailable,
     limit_exceeded,
 )
-from recstack.features import summarize_similarities
+from recstack.features import join_recent, load_recent_top, summarize_similarities
 from recstack.sharding import shard_of
 from recstack.user_tower import UserTower
 from recstack.vectors import F32Array, l2_normalize
@@ -113,6 +113,8 @@ class RecallCore:
         self.catalog = catalog
         self.options = options
         self.directory = VectorDirectory(bundle, index, options.shard_index, options.shard_count)
+        # The bundle's recent-popularity items (most first), for queries with include_recent.
+        self.recent_top = load_recent_top(bundle)
         # The tokenizer object is not documented as thread-safe: every encoder run holds
         # this lock. With batching only the batcher's worker runs the encoder, so the lock
         # is uncontended; it matters for direct runs (batching off, or after close()).
@@ -257,6 +259,10 @@ class RecallCore:
             deadline.check("search")
             hits = self.index.search(vectors, specs, self.options.search_threads)
             for n, (q, qv, (labels, scores)) in enumerate(zip(queries, vectors, hits, strict=True)):
+                recent: list[bool] = []
+                if q.include_recent:
+                    labels, scores, flags = self._with_recent(labels, scores, qv, specs[n])
+                    recent = flags.tolist()
                 hist_ids, hist = found.get(n, ([], np.zeros((0, self.dim), np.float32)))
                 cand_vecs = self.index.rows(labels)
                 # One candidate-by-history product serves the explanation and the
@@ -281,9 +287,25 @@ class RecallCore:
                         self.version,
                         [it.title for it in details],
                         [it.text for it in details],
+                        recent=recent,
                     )
                 )
         return results
+
+    def _with_recent(
+        self, labels: np.ndarray, scores: F32Array, query: F32Array, spec: SearchSpec
+    ) -> tuple[np.ndarray, F32Array, np.ndarray]:
+        """The search's hits joined with the bundle's recent-popularity items that this
+        shard holds and the spec admits (:func:`recstack.features.join_recent`): labels,
+        scores and recent flags of the k kept, best first. Same read section as the search."""
+        extra, extra_scores = self.index.named(self.recent_top, query, spec)
+        found = np.isin(labels, extra)  # already among the hits: one row, flagged
+        new = ~np.isin(extra, labels)
+        all_labels = np.concatenate([labels, extra[new]]).astype(np.int64)
+        all_scores = np.concatenate([scores, extra_scores[new]]).astype(np.float32)
+        flags = np.concatenate([found, np.ones(int(new.sum()), bool)])
+        keep = join_recent(all_scores, flags, spec.k)
+        return all_labels[keep], all_scores[keep], flags[keep]
 
     def get_items(self, ids: Sequence[str]) -> ItemsResult:
         """The catalog entries of ``ids`` as served now (request order), and the unknown ids."""

@@ -320,6 +320,21 @@ class ItemIndex:
             out.append(self._filtered(queries[i], spec) if done is None else done)
         return out
 
+    def named(self, ids: Sequence[str], query: F32Array, spec: SearchSpec) -> Hits:
+        """(labels, inner-product scores) of those ``ids`` (in order, each once) that are
+        live here, not excluded by ``spec`` and pass its predicate: candidates a caller
+        names rather than searches for. Same locking as :meth:`search`."""
+        ex = set(spec.exclude_ids)
+        labels = [
+            self._label_of[i] for i in dict.fromkeys(ids) if i in self._label_of and i not in ex
+        ]
+        if spec.predicate is not None:
+            labels = [lab for lab in labels if spec.predicate(self._items[lab].metadata)]  # type: ignore[union-attr]
+        if not labels:
+            return _NO_HITS
+        idx = np.asarray(labels, np.int64)
+        return idx, (self._vectors[idx] @ query).astype(np.float32)
+
     def _excluded(self, spec: SearchSpec) -> npt.NDArray[np.int64]:
         """Distinct live labels of the spec's excluded ids (unknown ids are ignored)."""
         label_of = self._label_of

@@ -37,6 +37,7 @@ def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> Rec
         exclude_history=request.exclude_history,
         include_details=request.include_details,
         embedding_version=request.embedding_version,
+        include_recent=request.include_recent,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack.features import join_recent
 from recstack.vectors import F32Array
 
 
@@ -53,6 +54,8 @@ class RecallQuery:
     include_details: bool = False
     # Answer in this bundle version ("" = the replica's primary): see recstack.lifecycle.
     embedding_version: str = ""
+    # Keep the bundle's recent-popularity items among the k (recstack.features.join_recent).
+    include_recent: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class RecallResult:
     (max, mean, most recent) inner products with the history vectors (zeros without).
     ``because_item_ids``/``because_query`` explain each candidate (the closest history
     item, or the query text); ``written[i]`` says candidate i was upserted after the bundle
-    was built (its details may differ from the bundle's catalog).
+    was built (its details may differ from the bundle's catalog). ``recent[i]`` says
+    candidate i is one of the bundle's recent-popularity items the query asked to keep
+    (``include_recent``; empty when it did not).
     """
 
     ids: Sequence[str]
@@ -80,6 +85,7 @@ class RecallResult:
     titles: Sequence[str] = ()
     texts: Sequence[str] = ()
     missing_shards: tuple[int, ...] = ()
+    recent: Sequence[bool] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -89,9 +95,13 @@ class RecallResult:
         cls, parts: Sequence[RecallResult], k: int, missing_shards: tuple[int, ...] = ()
     ) -> RecallResult:
         """The best ``k`` of several results over the same query vector and version
-        (e.g. one per shard), by descending score; ties keep part order."""
+        (e.g. one per shard), by descending score; ties keep part order. Candidates
+        flagged ``recent`` are kept first, as each part kept them (:func:`join_recent`)."""
         first = parts[0]
-        order = np.argsort(-np.concatenate([p.scores for p in parts]), kind="stable")[:k]
+        scores = np.concatenate([p.scores for p in parts])
+        flagged = all(len(p.recent) == len(p) for p in parts)
+        recent = [v for p in parts for v in p.recent] if flagged else [False] * len(scores)
+        order = join_recent(scores, np.asarray(recent, bool), k)
 
         def pick(column: Sequence[Any]) -> list[Any]:
             return [column[i] for i in order]
@@ -115,6 +125,7 @@ class RecallResult:
             pick(cat("titles")) if all(len(p.titles) == len(p) for p in parts) else (),
             pick(cat("texts")) if all(len(p.texts) == len(p) for p in parts) else (),
             missing_shards,
+            pick(recent) if any(len(p.recent) for p in parts) else (),
         )
 
 

@@ -23,10 +23,19 @@ Per candidate, in this order (the bundle's ``ranker.side_features``):
 
 The gateway assembles the features from recall's answer, the bundle and the user's
 profile; training computes them the same way for its lists (``training.pipeline``).
+
+Recent-popularity candidates: recall's HNSW answer knows nothing about time, so a bundle
+may list the items most interacted with in the ``window_s`` before its data's end
+(``items.recent_top``, :func:`load_recent_top`). When a recall asks for them
+(``include_recent``), those that pass its exclusions and filters are **always** among the
+k candidates, the best others by score fill the rest (:func:`join_recent`), every one
+scored and featured like an HNSW candidate. Training and evaluation build their lists the
+same way, with the top items as of each list's own time.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -104,6 +113,40 @@ def candidate_features(
     for j, name in enumerate(names):
         out[:, j] = columns[name]
     return out
+
+
+def join_recent(scores: np.ndarray, recent: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` candidates to keep, best score first (ties: input order): every
+    row flagged ``recent`` (the best ``k`` of them if there are more) and the best-scoring
+    others for the remaining places. Rows must be distinct items (a recent item that HNSW
+    also found is one row, flagged). Without flags this is the plain top-``k``, so it also
+    merges shards' answers."""
+    scores = np.asarray(scores, np.float32)
+    flags = np.asarray(recent, bool)
+    if len(scores) != len(flags):
+        raise ValueError("scores and recent flags differ in length")
+    # Recent rows sort before all others (then by score): the first k of this order are
+    # the kept set; the kept set is then put in score order.
+    by_score = np.argsort(-scores, kind="stable")
+    kept = by_score[np.argsort(~flags[by_score], kind="stable")][: max(0, k)]
+    return kept[np.argsort(-scores[kept], kind="stable")]
+
+
+def load_recent_top(bundle: Bundle) -> list[str]:
+    """The bundle's recent-popularity candidates (``items.recent_top``), most recent
+    interactions first; empty when it has none. BundleError if the list is malformed."""
+    spec = bundle.section("items").get("recent_top")
+    if not spec:
+        return []
+    ids = json.loads(bundle.path(spec["ids"]).read_text())
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+        raise BundleError(f"bundle {bundle.version}: {spec['ids']} is not a list of item ids")
+    if len(set(ids)) != len(ids) or len(ids) != int(spec.get("count", len(ids))):
+        raise BundleError(
+            f"bundle {bundle.version}: {spec['ids']} has {len(ids)} ids (distinct: "
+            f"{len(set(ids))}), the manifest says {spec.get('count')}"
+        )
+    return ids
 
 
 def load_recency(bundle: Bundle) -> dict[str, F32Array]:

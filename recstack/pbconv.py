@@ -42,6 +42,7 @@ def recall_result_to_pb(result: RecallResult, dim: int) -> recall_pb2.RecallResp
         written=result.written,
         titles=result.titles,
         texts=result.texts,
+        recent=result.recent,
         query_vector=pack(result.query_vector),
         dim=dim,
         bundle_version=result.bundle_version,
@@ -64,4 +65,5 @@ def recall_result_from_pb(resp: recall_pb2.RecallResponse) -> RecallResult:
         resp.bundle_version,
         list(resp.titles),
         list(resp.texts),
+        recent=list(resp.recent),
     )

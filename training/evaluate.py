@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from recstack.config import RecallOptions
-from recstack.features import candidate_features, history_similarities
+from recstack.features import candidate_features, history_similarities, join_recent
 from training.data import Dataset, Split
 
 KS = (10, 20)
@@ -316,6 +316,35 @@ def recall_lists(
     return out
 
 
+def with_recent(
+    recalled: Sequence[tuple[list[str], list[float]]],
+    user_vecs: np.ndarray,
+    cases: Sequence[EvalCase],
+    recent: Sequence[Sequence[str]],
+    item_vecs: np.ndarray,
+    item_pos: dict[str, int],
+    n: int,
+) -> list[tuple[list[str], list[float]]]:
+    """Recall's top-``n`` per case joined with the case's recent-popularity items
+    (``recent[b]``, most first), as the recall service joins them for ``include_recent``:
+    the unseen recent items are always kept, scored by inner product with the user
+    vector, the best others fill up to ``n`` (:func:`recstack.features.join_recent`)."""
+    out: list[tuple[list[str], list[float]]] = []
+    for vec, case, (ids, scores), top in zip(user_vecs, cases, recalled, recent, strict=True):
+        ids, scores = ids[:n], scores[:n]
+        known, wanted = set(ids), set(top)
+        extra = [i for i in dict.fromkeys(top) if i not in case.seen and i not in known]
+        extra_scores = item_vecs[[item_pos[i] for i in extra]].reshape(-1, len(vec)) @ vec
+        flags = np.asarray([i in wanted for i in ids] + [True] * len(extra), bool)
+        all_ids = list(ids) + extra
+        all_scores = np.concatenate(
+            [np.asarray(scores, np.float32), extra_scores.astype(np.float32)]
+        )
+        keep = join_recent(all_scores, flags, n)
+        out.append(([all_ids[j] for j in keep], [float(all_scores[j]) for j in keep]))
+    return out
+
+
 def rerank_lists(
     ranker: Any,
     user_vecs: np.ndarray,
@@ -434,12 +463,15 @@ def evaluate_pipelines(
     per_user_out: dict[str, dict[str, np.ndarray]] | None = None,
     window: int = 50,
     recency: Callable[[int], np.ndarray] | None = None,
+    recent_top: Callable[[int], Sequence[str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics (with intervals) of ``exact`` (always), ``hnsw`` (with an index) and
     ``ranked`` (with both; ``counts`` give the popularity feature). ``per_user_out``, when
     given, receives each pipeline's per-user arrays (for paired comparisons). ``window``:
     the user tower's history length (the similarity features read the same items).
-    ``recency(time)``: the catalog's [N_items, 3] recency counts at a case's time."""
+    ``recency(time)``: the catalog's [N_items, 3] recency counts at a case's time;
+    ``recent_top(time)``: the recent-popularity candidate ids joined to the ranked
+    pipeline's candidates at a case's time (:func:`with_recent`; None: none)."""
     targets: list[str | None] = [c.target for c in cases]
     k = max(KS)
     out: dict[str, dict[str, Any]] = {}
@@ -455,10 +487,16 @@ def evaluate_pipelines(
         )
         if ranker is not None:
             item_pos = {i: n for n, i in enumerate(item_ids)}
+            candidates = [(ids[:rerank_n], sc[:rerank_n]) for ids, sc in recalled]
+            if recent_top is not None:
+                tops = [recent_top(c.time) for c in cases]
+                candidates = with_recent(
+                    candidates, user_vecs, cases, tops, item_vecs, item_pos, rerank_n
+                )
             reranked = rerank_lists(
                 ranker,
                 user_vecs,
-                [(ids[:rerank_n], sc[:rerank_n]) for ids, sc in recalled],
+                candidates,
                 item_vecs,
                 item_pos,
                 counts or Counter(),

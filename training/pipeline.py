@@ -39,6 +39,7 @@ import numpy as np
 from recstack.bundle import Bundle, point_current, write_manifest
 from recstack.encoder import TextEncoder
 from recstack.features import (
+    DAY_S,
     RANKER_FEATURES,
     RECENCY_WINDOWS_S,
     candidate_features,
@@ -69,6 +70,7 @@ HNSW_EF_SEARCH = 64
 EVAL_K = 10
 RERANK_N = 100
 RECENT_COUNTS = "items/recent.npy"
+RECENT_TOP = "items/recent_top.json"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,13 @@ class Profile:
     ranker_epochs: int = 6
     ranker_hidden: tuple[int, ...] = (64,)
     rerank_n: int = RERANK_N
+    # Recent-popularity candidates: the items most interacted with in the
+    # ``recent_window_days`` before each request always join recall's top-``rerank_n``
+    # (``recstack.features.join_recent``); 0 = recall's candidates alone. Quick,
+    # validation served NDCG@10: 0 → 0.0816, 20 → 0.0868, 50 → 0.0789. The window is
+    # recent popularity's best on the time split's validation cut (14 days).
+    recent_candidates: int = 20
+    recent_window_days: int = 14
     parity_texts: int = 16
     cold_fraction: float = 0.05
     int8: bool = False
@@ -129,6 +138,7 @@ PROFILES: dict[str, Profile] = {
         ranker_holdout=1,
         ranker_epochs=5,
         rerank_n=20,
+        recent_candidates=5,
         parity_texts=8,
         cold_fraction=0.1,
     ),
@@ -198,6 +208,14 @@ def _train_rows(dataset: Dataset, split: Split, holdout: int) -> list[list[int]]
     return out
 
 
+def recent_top_ids(
+    recency: RecentCounts, prof: Profile, item_ids: list[str], now: int
+) -> list[str]:
+    """The profile's recent-popularity candidates of a request at ``now`` (item ids)."""
+    rows = recency.top(now, prof.recent_window_days * DAY_S, prof.recent_candidates)
+    return [item_ids[r] for r in rows]
+
+
 def _ranker_lists(
     dataset: Dataset,
     split: Split,
@@ -245,6 +263,16 @@ def _ranker_lists(
         qv = ev.user_vectors(tower, q_cases, item_vecs, dataset.item_index, queries)
         cases, uv = cases + q_cases, np.concatenate([uv, qv])
     recalled = ev.recall_lists(index, uv, cases, item_ids, prof.rerank_n)
+    if prof.recent_candidates:
+        recalled = ev.with_recent(
+            recalled,
+            uv,
+            cases,
+            [recent_top_ids(recency, prof, item_ids, c.time) for c in cases],
+            item_vecs,
+            dataset.item_index,
+            prof.rerank_n,
+        )
     users, cands, feats, target = [], [], [], []
     for case, vec, (ids, scores) in zip(cases, uv, recalled, strict=True):
         if case.target not in ids or len(ids) < prof.rerank_n:
@@ -491,6 +519,17 @@ def _build_into(
             dataset, split, tower, item_vecs, index, prof, encoder, recency
         )
         np.save(work / RECENT_COUNTS, recency.snapshot(), allow_pickle=False)
+        # Served recent-popularity candidates: as of just after the data's newest
+        # interaction (what the recency counts are too).
+        served_top = recent_top_ids(recency, prof, item_ids, recency.latest + 1)
+        if prof.recent_candidates:
+            (work / RECENT_TOP).write_text(json.dumps(served_top) + "\n")
+
+        def top_at(now: int) -> list[str]:
+            return recent_top_ids(recency, prof, item_ids, now)
+
+        recent_top = top_at if prof.recent_candidates else None
+
         r_config = RankerConfig(epochs=prof.ranker_epochs, hidden=prof.ranker_hidden)
         rk = train_ranker(lists, item_vecs, r_config, seed=seed, progress=progress)
         ranker_path = export_ranker(rk.model, work / "ranker" / "model.onnx", DIM)
@@ -521,6 +560,7 @@ def _build_into(
                 arrays,
                 prof.tower.max_len,
                 recency.at,
+                recent_top,
             )
             res["most_popular"] = ev.baseline_most_popular(split, cases, phase, arrays)
             zs = ev.mean_vectors(cases, body_items, dataset.item_index)
@@ -565,6 +605,7 @@ def _build_into(
                 progress,
                 encoder_top=None if top is None else top.fresh_copy(),
                 recency=recency.at,
+                recent_top=recent_top,
             )
 
     int8_report: dict[str, Any] | None = None
@@ -690,6 +731,18 @@ def _build_into(
             "catalog": "items/catalog.jsonl",
             "vectors": "items/vectors.npy",
             "count": len(dataset.items),
+            **(
+                {
+                    "recent_top": {
+                        "ids": RECENT_TOP,
+                        "count": len(served_top),
+                        "window_s": prof.recent_window_days * DAY_S,
+                        "as_of": recency.latest,
+                    }
+                }
+                if prof.recent_candidates
+                else {}
+            ),
         },
         "index": {
             "path": "index/hnsw.bin",

@@ -51,6 +51,18 @@ class RecentCounts:
             out[:, j] = np.bincount(self.items[lo:hi], minlength=self.n_items)
         return out
 
+    def top(self, now: int, window_s: int, count: int) -> list[int]:
+        """The ``count`` item rows with the most interactions in ``[now - window_s, now)``
+        (ties: catalog order), items without any left out: the recent-popularity
+        candidates (``recstack.features.join_recent``) of a request at ``now``."""
+        if count <= 0:
+            return []
+        hi = int(np.searchsorted(self.times, now, side="left"))
+        lo = int(np.searchsorted(self.times, now - window_s, side="left"))
+        counts = np.bincount(self.items[lo:hi], minlength=self.n_items)
+        order = np.argsort(-counts, kind="stable")[:count]
+        return [int(i) for i in order if counts[i] > 0]
+
     def snapshot(self) -> np.ndarray:
         """Counts as of just after the newest interaction (what a bundle serves)."""
         return self.at(self.latest + 1)

@@ -47,6 +47,7 @@ def cold_start(
     k: int = 20,
     encoder_top: Any = None,
     recency: Any = None,
+    recent_top: Any = None,
 ) -> dict[str, Any]:
     from training.pipeline import _train_rows
     from training.tower import make_windows, train_tower, user_vectors
@@ -128,6 +129,7 @@ def cold_start(
             ev.input_counts(split, "test"),
             window=prof.tower.max_len,
             recency=recency,
+            recent_top=recent_top,
         )
         pop = ev.popularity_order(split, "test")[:k]
         pop_m, _ = ev.with_intervals([pop] * len(q_cases), q_targets)

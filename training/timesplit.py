@@ -185,6 +185,7 @@ def evaluate_bundle_on_future(
     differences (per-user values into ``arrays`` when given). The bundle serves
     ``dataset``'s catalog (:func:`catalog_vectors`)."""
     from recstack.bundle import Bundle
+    from recstack.features import load_recent_top
     from recstack.ort import SessionOptions, create_session
     from recstack.user_tower import UserTower
     from training.recency import RecentCounts
@@ -205,6 +206,9 @@ def evaluate_bundle_on_future(
     rerank_n = int(bundle.manifest["training"]["rerank_n"])
     # Recency at the cut from the whole dataset: only interactions before it count.
     recent = RecentCounts(dataset).at(cut)
+    # The recent-popularity candidates the bundle serves (as of its data's end, just
+    # before the cut): exactly what a request at the cut gets.
+    top = load_recent_top(bundle)
     res: dict[str, Any] = ev.evaluate_pipelines(
         cases,
         uv,
@@ -217,6 +221,7 @@ def evaluate_bundle_on_future(
         arrays,
         tower.max_len,
         lambda _time: recent,
+        (lambda _time: top) if top else None,
     )
     order = _order(counts, item_ids)
     targets: list[str | None] = [c.target for c in cases]
@@ -235,6 +240,7 @@ def evaluate_bundle_on_future(
         for other in ("hnsw", "popularity_all_time", "popularity_recent")
     }
     res["users"] = len(cases)
+    res["recent_candidates"] = len(top)
     return res
 
 

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecallRequest(_message.Message):
-    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact", "ignore_unknown_history", "user_prior", "exclude_history", "include_details", "embedding_version")
+    __slots__ = ("query_text", "history_item_ids", "query_vector", "k", "exclude_ids", "omit_vectors", "filters", "min_sequence", "exact", "ignore_unknown_history", "user_prior", "exclude_history", "include_details", "embedding_version", "include_recent")
     QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class RecallRequest(_message.Message):
     EXCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DETAILS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_RECENT_FIELD_NUMBER: _ClassVar[int]
     query_text: str
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     query_vector: bytes
@@ -36,7 +37,8 @@ class RecallRequest(_message.Message):
     exclude_history: bool
     include_details: bool
     embedding_version: str
-    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ..., ignore_unknown_history: _Optional[bool] = ..., user_prior: _Optional[bool] = ..., exclude_history: _Optional[bool] = ..., include_details: _Optional[bool] = ..., embedding_version: _Optional[str] = ...) -> None: ...
+    include_recent: bool
+    def __init__(self, query_text: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_vector: _Optional[bytes] = ..., k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., omit_vectors: _Optional[bool] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., min_sequence: _Optional[int] = ..., exact: _Optional[bool] = ..., ignore_unknown_history: _Optional[bool] = ..., user_prior: _Optional[bool] = ..., exclude_history: _Optional[bool] = ..., include_details: _Optional[bool] = ..., embedding_version: _Optional[str] = ..., include_recent: _Optional[bool] = ...) -> None: ...
 
 class MetadataFilter(_message.Message):
     __slots__ = ("field", "any_of", "min", "max")
@@ -127,7 +129,7 @@ class RecallAdminServiceReloadBundleResponse(_message.Message):
     def __init__(self, bundle_version: _Optional[str] = ..., swapped: _Optional[bool] = ...) -> None: ...
 
 class RecallResponse(_message.Message):
-    __slots__ = ("query_vector", "dim", "bundle_version", "ids", "scores", "vectors", "history_similarities", "because_item_ids", "because_query", "written", "titles", "texts")
+    __slots__ = ("query_vector", "dim", "bundle_version", "ids", "scores", "vectors", "history_similarities", "because_item_ids", "because_query", "written", "titles", "texts", "recent")
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +142,7 @@ class RecallResponse(_message.Message):
     WRITTEN_FIELD_NUMBER: _ClassVar[int]
     TITLES_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_FIELD_NUMBER: _ClassVar[int]
     query_vector: bytes
     dim: int
     bundle_version: str
@@ -152,7 +155,8 @@ class RecallResponse(_message.Message):
     written: _containers.RepeatedScalarFieldContainer[bool]
     titles: _containers.RepeatedScalarFieldContainer[str]
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, query_vector: _Optional[bytes] = ..., dim: _Optional[int] = ..., bundle_version: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., history_similarities: _Optional[bytes] = ..., because_item_ids: _Optional[_Iterable[str]] = ..., because_query: _Optional[_Iterable[bool]] = ..., written: _Optional[_Iterable[bool]] = ..., titles: _Optional[_Iterable[str]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    recent: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, query_vector: _Optional[bytes] = ..., dim: _Optional[int] = ..., bundle_version: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., history_similarities: _Optional[bytes] = ..., because_item_ids: _Optional[_Iterable[str]] = ..., because_query: _Optional[_Iterable[bool]] = ..., written: _Optional[_Iterable[bool]] = ..., titles: _Optional[_Iterable[str]] = ..., texts: _Optional[_Iterable[str]] = ..., recent: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class GetItemsRequest(_message.Message):
     __slots__ = ("ids",)

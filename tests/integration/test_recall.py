@@ -153,3 +153,30 @@ def test_get_info(stub, bundle):
     assert info.item_count == bundle.manifest["items"]["count"]
     assert info.encoder_provider == "CPUExecutionProvider"
     assert info.hnsw_m == bundle.manifest["index"]["M"]
+
+
+def test_include_recent_keeps_the_bundles_recent_items_among_k(stub, bundle, catalog):
+    from recstack.features import load_recent_top
+
+    ids, _ = catalog
+    top = load_recent_top(bundle)
+    assert len(top) >= 3
+    history = [i for i in ids if i not in top][:3]
+    excluded = top[0]
+    base = dict(history_item_ids=history, exclude_history=True, exclude_ids=[excluded], k=8)
+    plain = stub.Recall(recall_pb2.RecallRequest(**base))
+    joined = stub.Recall(recall_pb2.RecallRequest(**base, include_recent=True))
+    assert list(plain.recent) == []
+    kept = [i for i in top if i != excluded]  # excluded and seen ones never join
+    got = list(joined.ids)
+    assert len(got) == 8 and len(set(got)) == 8 and set(kept) <= set(got)
+    assert excluded not in got and not set(got) & set(history)
+    assert list(joined.recent) == [i in top for i in got]
+    scores = list(candidate_scores(joined))
+    assert scores == sorted(scores, reverse=True)
+    # The other places go to recall's best non-recent candidates, in its order.
+    others = [i for i in plain.ids if i not in top][: 8 - len(kept)]
+    assert [i for i in got if i not in top] == others
+    # Every candidate is scored like a searched one: its inner product with the user.
+    user = unpack_vector(joined.query_vector, joined.dim, "q")
+    np.testing.assert_allclose(candidate_vectors(joined) @ user, scores, atol=1e-5)

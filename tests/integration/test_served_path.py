@@ -19,7 +19,7 @@ import pytest
 
 from recstack.bundle import Bundle
 from recstack.config import GatewayOptions, RankOptions, ServerOptions
-from recstack.features import load_recency
+from recstack.features import load_recency, load_recent_top
 from recstack.ort import CPU, SessionOptions, create_session
 from recstack.server import RunningServer
 from recstack.user_tower import UserTower
@@ -98,6 +98,13 @@ def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, bundle
     assert snapshot.sum() > 0
     uv = ev.user_vectors(tower, cases, vectors, item_pos)
     recalled = ev.recall_lists(index, uv, cases, item_ids, CANDIDATES)
+    # ... and the bundle's recent-popularity candidates, joined as recall joins them.
+    top = load_recent_top(bundle)
+    assert top
+    recalled = ev.with_recent(
+        recalled, uv, cases, [top] * len(cases), vectors, item_pos, CANDIDATES
+    )
+    assert any(i in ids for i in top for ids, _ in recalled)
     expected = ev.rerank_lists(
         ranker,
         uv,

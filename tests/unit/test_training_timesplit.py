@@ -91,3 +91,16 @@ def test_recent_counts_only_count_the_window_strictly_before_now() -> None:
     # As of just after the newest interaction (13d): c at 13d in the last day; 9d, 11d,
     # 12d and 13d in the last five (8d is outside).
     assert rec.snapshot()[rows["c"]].tolist() == [1, 4]
+
+
+def test_recent_top_orders_by_window_count_then_catalog_and_drops_unseen_items() -> None:
+    from training.recency import RecentCounts
+
+    ds = _dataset(ROWS)
+    rec = RecentCounts(ds)
+    rows = {it.id: n for n, it in enumerate(ds.items)}
+    # In [6d, 13d): c at 8d, 9d, 11d, 12d; a at 12d; b2 at 11d (a before b2: catalog order).
+    assert rec.top(13 * DAY, 7 * DAY, 5) == [rows["c"], rows["a"], rows["b2"]]
+    assert rec.top(13 * DAY, 7 * DAY, 1) == [rows["c"]]
+    assert rec.top(13 * DAY, 7 * DAY, 0) == []
+    assert rec.top(DAY, DAY, 3) == []  # nothing strictly before 1d
