@@ -156,6 +156,7 @@ def run(
     min_gate_users: int = 20,
     cuts: tuple[int, int] | None = None,
     holdout_fraction: float = 0.4,
+    gate: bool = True,
 ) -> dict[str, Any]:
     """The whole measurement in ``work``; returns the report. A ``work`` that already holds
     the stale bundle and the replayed stores (``replayed.json``, from an earlier run) is
@@ -213,6 +214,7 @@ def run(
                     version="retrained",
                     min_gate_users=min_gate_users,
                     holdout_fraction=holdout_fraction,
+                    gate=gate,
                     progress=progress,
                 )
             )
@@ -221,7 +223,7 @@ def run(
             answered = wait_for_version(client, probe, "retrained", timeout=300)
     finally:
         codes = stack.stop()
-    gate = json.loads((work / "live-data" / "gate.json").read_text())
+    decision = json.loads((work / "live-data" / "gate.json").read_text())
     # Evaluation data: the live catalog (the export's items) and every interaction.
     export = load_dataset(work / "live-data")
     full = write_dataset(
@@ -244,7 +246,9 @@ def run(
         "replayed": replayed,
         "resumed": resumed,
         "holdout_fraction": holdout_fraction,
-        "gate": {k: gate[k] for k in ("publish", "reason", "users", "candidate_minus_serving")},
+        "gate": {
+            k: decision.get(k) for k in ("publish", "reason", "users", "candidate_minus_serving")
+        },
         "gateway_answered_in_after_publish": answered,
         "exit_codes": codes,
         "seconds": timings,

@@ -139,8 +139,8 @@ def test_the_gate_keeps_the_serving_bundle_unless_the_candidate_is_not_worse():
 
 
 def test_a_loop_run_gates_refits_on_everything_and_publishes(bundle_dir, base_data, tmp_path):
-    """Serving = the tiny bundle; every user keeps watching their home topic live; the
-    loop's bundle learns all of it, holds the upserted item, forgets the deleted user."""
+    """Serving = the tiny bundle; every user moves to another topic live; the loop's bundle
+    learns all of it, holds the upserted item, forgets the deleted user."""
     root = tmp_path / "bundles"
     serving = Bundle.open(bundle_dir)
     copy_bundle(bundle_dir, root / serving.version)
@@ -151,8 +151,12 @@ def test_a_loop_run_gates_refits_on_everything_and_publishes(bundle_dir, base_da
     topic = {it.id: it.metadata["topic"] for it in base.items}
     store = EventStore(events_dsn)
     events = []
+    topics = sorted(set(topic.values()))
     for n, user in enumerate(sorted(base.user_interactions)):
-        home = topic[base.user_interactions[user][-1].item_id]
+        # Taste drifts live (each user moves to the next topic): the serving bundle cannot
+        # know it, the candidate learns it, so the gate publishes.
+        last = topic[base.user_interactions[user][-1].item_id]
+        home = topics[(topics.index(last) + 1) % len(topics)]
         fresh = [i for i in topic if topic[i] == home and i not in set(base.sequence(user))]
         for k, item in enumerate(fresh[:3]):
             events.append(Event(user, item, "view", LIVE_T0_MS + k * 1_000_000 + n * 1_000))

