@@ -119,6 +119,7 @@ def compare(
     stale: Path, fresh: Path, dataset: Dataset, cut: int, new_ids: set[str]
 ) -> dict[str, Any]:
     """Both bundles on the follow cases: metrics, the paired difference, new items."""
+    from training.loop import RECENT_DAYS
     from training.timesplit import evaluate_bundle_on_future, future_cases
 
     cases = future_cases(dataset, cut)
@@ -126,7 +127,7 @@ def compare(
     per_user: dict[str, np.ndarray] = {}
     for name, root in (("stale", stale), ("retrained", fresh)):
         arrays: dict[str, dict[str, np.ndarray]] = {}
-        res = evaluate_bundle_on_future(root, dataset, cut, 14, arrays)
+        res = evaluate_bundle_on_future(root, dataset, cut, RECENT_DAYS, arrays)
         per_user[name] = arrays["ranked"]["ndcg@10"]
         hits = arrays["ranked"]["recall@20"]
         on_new = np.asarray([c.target in new_ids for c in cases])

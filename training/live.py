@@ -64,9 +64,9 @@ def live_catalog(
         it.id: Item(it.id, it.title or it.text, it.text, dict(it.metadata))
         for it in bundle.iter_catalog()
     }
+    stats = {"bundle_items": len(items), "upserts": 0, "deletes": 0}
     for it in base_items:
         items.setdefault(it.id, it)
-    stats = {"bundle_items": sum(1 for _ in bundle.iter_catalog()), "upserts": 0, "deletes": 0}
     _require_store(catalog_dsn, "catalog log", "--catalog-dsn")
     log = open_log(catalog_dsn)
     try:
