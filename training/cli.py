@@ -72,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
         "(0: frozen encoder, only its projection head trained; default: the profile's, see "
         "docs/model-quality.md)",
     )
+    b.add_argument(
+        "--warm-start",
+        type=Path,
+        metavar="BUNDLE",
+        help="start the tower, the encoder's head and its fine-tuned layers from this bundle's "
+        "training state (a directory or a root with CURRENT; with --from-live, usually the "
+        "serving bundle) and train --warm-epochs epochs (training/warm.py)",
+    )
+    b.add_argument(
+        "--warm-epochs",
+        type=int,
+        default=None,
+        help="tower epochs of a warm-started build (default: the profile's warm_epochs)",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress output")
     live = b.add_argument_group(
         "learning loop (--from-live; docs/model-quality.md, 'The learning loop')",
@@ -281,6 +295,8 @@ def _from_live(args: argparse.Namespace, data_dir: Path, start: float) -> int:
         holdout_fraction=args.holdout_fraction,
         min_gate_users=args.min_gate_users,
         gate=not args.no_gate,
+        warm_start=args.warm_start,
+        warm_epochs=args.warm_epochs,
         progress=not args.quiet,
     )
     try:
@@ -304,6 +320,12 @@ def _build(args: argparse.Namespace) -> int:
     if args.from_live:
         return _from_live(args, data_dir, start)
     profile = PROFILES[args.profile]
+    if args.warm_epochs is not None:
+        if args.warm_start is None:
+            raise UsageError("--warm-epochs needs --warm-start")
+        if args.warm_epochs < 1:
+            raise UsageError(f"--warm-epochs {args.warm_epochs}: must be at least 1")
+        profile = replace(profile, warm_epochs=args.warm_epochs)
     if args.fine_tune_layers is not None:
         if not 0 <= args.fine_tune_layers <= BASE_LAYERS:
             raise UsageError(
@@ -311,7 +333,7 @@ def _build(args: argparse.Namespace) -> int:
             )
         tower = replace(profile.tower, finetune_layers=args.fine_tune_layers)
         profile = profile_with(args.profile, tower=tower)
-    if args.reuse:
+    if args.reuse and args.warm_start is None:
         existing = _reusable(
             args.out, args.profile, args.seed, data_dir, profile.tower.finetune_layers
         )
@@ -330,6 +352,7 @@ def _build(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         dataset_name=name,
         int8=args.int8,
+        warm_start=args.warm_start,
     )
     print(_summary(bundle, time.perf_counter() - start))
     return 0

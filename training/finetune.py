@@ -29,6 +29,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -116,6 +117,14 @@ class CachedTop(nn.Module):
         """Every row's vector, exactly as the encoder gives it."""
         rows = torch.arange(len(self.states))
         return torch.cat([self(rows[s : s + chunk]) for s in range(0, len(rows), chunk)])
+
+    def top_state(self) -> dict[str, np.ndarray]:
+        """The trained layers' weights (numpy; what a bundle keeps for a warm start)."""
+        return {k: v.detach().numpy().copy() for k, v in self.top.state_dict().items()}
+
+    def load_top(self, state: dict[str, np.ndarray]) -> None:
+        """Start the trained layers from ``state`` (:meth:`top_state` of an earlier build)."""
+        self.top.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
 
     def fresh_copy(self) -> CachedTop:
         """Another trainable top over the same cached states, reset to the base weights."""

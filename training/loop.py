@@ -6,8 +6,11 @@
    users dropped, into ``--export-dir`` (generic format + ``export.json``);
 2. **hold out** the most recent events: the cut ``T`` is the ``1 - holdout_fraction``
    quantile of the exported *event* times (so the holdout is live behaviour, never the base
-   data the serving bundle learned from); each user active before and after ``T`` is asked
-   for their first new item at or after ``T`` (:func:`training.timesplit.future_cases`);
+   data the serving bundle learned from), and never earlier than just after the newest
+   interaction the serving bundle (and a ``--warm-start`` bundle) trained on, so neither
+   side of the gate has seen what it is asked about; each user active before and after
+   ``T`` is asked for their first new item at or after ``T``
+   (:func:`training.timesplit.future_cases`);
 3. **candidate**: a bundle built, with the normal pipeline and its own leave-last-out
    validation for its choices, from everything before ``T`` (a scratch root; never served);
 4. **gate**: candidate and serving bundle answer the same holdout users through the served
@@ -21,8 +24,8 @@
    new users' prior weight), so what users did last is what it serves. Its report carries
    the candidate's evaluation and the gate (the refit itself has nothing held out).
 
-The serving bundle may have learned from some holdout events (when it was refit on data
-past ``T``); that favours it, so the gate errs towards keeping what serves.
+With ``warm_start`` the candidate and the refit start from that bundle's training state
+(:mod:`training.warm`) and train the profile's ``warm_epochs``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,9 @@ class LoopOptions:
     min_gate_users: int = DEFAULT_MIN_GATE_USERS
     gate: bool = True
     progress: bool = True
+    # Candidate and refit start from the serving bundle's training state (training.warm).
+    warm_start: Path | None = None
+    warm_epochs: int | None = None
 
 
 def holdout_cut(event_seconds: Sequence[int], fraction: float) -> int:
@@ -81,6 +87,15 @@ def holdout_cut(event_seconds: Sequence[int], fraction: float) -> int:
         )
     stamps = np.sort(np.asarray(event_seconds, np.int64))
     return int(stamps[min(len(stamps) - 1, int((1.0 - fraction) * len(stamps)))])
+
+
+def data_end(bundle_dir: Path) -> int:
+    """The newest interaction (Unix seconds) a bundle trained on; 0 when its manifest does
+    not say (bundles from before recency features)."""
+    from recstack.bundle import Bundle
+
+    manifest = Bundle.open(bundle_dir, verify="none").manifest
+    return int(manifest.get("ranker", {}).get("recency", {}).get("as_of", 0))
 
 
 def decide(
@@ -129,12 +144,22 @@ def run_loop(opts: LoopOptions) -> Path:
         print(f"exported: {json.dumps(summary['events'])}", flush=True)
     dataset = load_dataset(opts.export_dir, name=f"live-{summary['fingerprint'][:12]}")
     prof = PROFILES[opts.profile]
+    if opts.warm_epochs is not None:
+        prof = replace(prof, warm_epochs=opts.warm_epochs)
     gate: dict[str, Any] = {"export": summary}
     with tempfile.TemporaryDirectory(prefix="recstack-gate-") as tmp:
         scratch = Path(tmp)
         if opts.gate:
-            cut = holdout_cut(event_seconds, opts.holdout_fraction)
-            gate.update(holdout_cut=cut, holdout_fraction=opts.holdout_fraction)
+            seen = [serving] + ([] if opts.warm_start is None else [opts.warm_start])
+            seen_until = max(data_end(resolve_bundle_dir(b)) for b in seen)
+            quantile = holdout_cut(event_seconds, opts.holdout_fraction)
+            cut = max(quantile, seen_until + 1)
+            gate.update(
+                holdout_cut=cut,
+                holdout_fraction=opts.holdout_fraction,
+                holdout_quantile_cut=quantile,
+                bundles_trained_until=seen_until,
+            )
             users = len(future_cases(dataset, cut))
             if users < opts.min_gate_users:
                 # Undecidable whatever the candidate scores: no need to train it.
@@ -153,6 +178,7 @@ def run_loop(opts: LoopOptions) -> Path:
                 seed=opts.seed,
                 progress=opts.progress,
                 dataset_name=f"{dataset.name}-before-{cut}",
+                warm_start=opts.warm_start,
             )
             scores: dict[str, np.ndarray] = {}
             for name, root in (("candidate", candidate), ("serving", serving)):
@@ -197,5 +223,6 @@ def run_loop(opts: LoopOptions) -> Path:
             progress=opts.progress,
             dataset_name=dataset.name,
             refit=refit,
+            warm_start=opts.warm_start,
         )
     return bundle

@@ -85,6 +85,8 @@ class Profile:
     # The cold-start protocol re-trains the tower without the cold items: for this many
     # epochs (at most the warm model's best), to keep the build inside its time budget.
     cold_epochs: int = 10
+    # Tower epochs of a warm-started build (``--warm-start``, training.warm).
+    warm_epochs: int = 5
     # Ranker: trained on each user's last ``ranker_holdout`` train positions, which the
     # tower is not trained to predict (their recall scores look like serving's).
     ranker_holdout: int = 3
@@ -134,6 +136,7 @@ PROFILES: dict[str, Profile] = {
             finetune_start=3,
         ),
         cold_epochs=3,
+        warm_epochs=3,
         validate_every=3,
         ranker_holdout=1,
         ranker_epochs=5,
@@ -149,6 +152,7 @@ PROFILES: dict[str, Profile] = {
         "full",
         tower=TowerConfig(d_model=128, epochs=60, finetune_start=30),
         cold_epochs=30,
+        warm_epochs=15,
         ranker_epochs=10,
         ranker_hidden=(256, 64),
         parity_texts=64,
@@ -310,9 +314,12 @@ def build_bundle(
     dataset_name: str | None = None,
     int8: bool = False,
     refit: Refit | None = None,
+    warm_start: Path | None = None,
 ) -> Path:
     """Train, export, index, evaluate and publish a bundle; returns its directory
-    (``refit``: train on everything with a held-out run's choices, see :class:`Refit`)."""
+    (``refit``: train on everything with a held-out run's choices, see :class:`Refit`;
+    ``warm_start``: a bundle whose training state the tower, head and encoder layers start
+    from, see :mod:`training.warm`)."""
     if isinstance(profile, Profile):
         prof = profile
     elif profile in PROFILES:
@@ -331,7 +338,18 @@ def build_bundle(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        _build_into(work, Path(data_dir), prof, version, seed, progress, dataset_name, int8, refit)
+        _build_into(
+            work,
+            Path(data_dir),
+            prof,
+            version,
+            seed,
+            progress,
+            dataset_name,
+            int8,
+            refit,
+            warm_start,
+        )
         work.rename(final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -350,6 +368,7 @@ def _build_into(
     dataset_name: str | None,
     int8: bool = False,
     refit: Refit | None = None,
+    warm_start: Path | None = None,
 ) -> None:
     # Heavy imports live here so `python -m training --help` and data errors stay fast.
     import hnswlib
@@ -372,6 +391,7 @@ def _build_into(
         train_tower,
         user_vectors,
     )
+    from training.warm import load_state, save_state
 
     timer = _Timer(progress)
     started = time.perf_counter()
@@ -384,6 +404,13 @@ def _build_into(
             if refit is None
             else Split({u: dataset.sequence(u) for u in dataset.user_interactions}, {}, {})
         )
+        shape = asdict(prof.tower)
+        warm = None if warm_start is None else load_state(warm_start, shape, BASE_MODEL_NAME)
+        if warm is not None:
+            # The encoder layers are adapted already: they train from the first epoch.
+            prof = replace(
+                prof, tower=replace(prof.tower, epochs=prof.warm_epochs, finetune_start=0)
+            )
         if refit is not None:
             prof = replace(prof, tower=replace(prof.tower, epochs=refit.tower_epochs))
         tower_rows = _train_rows(dataset, split, prof.ranker_holdout)
@@ -429,6 +456,8 @@ def _build_into(
     ):
         if layers:
             top = CachedTop.build(model, tokenizer, texts, layers, prof.max_length)
+            if warm is not None and warm.encoder_top:
+                top.load_top(warm.encoder_top)
             body_items = top.all_vectors().numpy()
         else:
             body_items = embed_eval(model, tokenizer, texts, prof.max_length).numpy()
@@ -453,6 +482,15 @@ def _build_into(
             validate_every=prof.validate_every,
             progress=progress,
             encoder_top=top,
+            init=warm,
+        )
+        warm_spec = save_state(
+            work,
+            {k: v.detach().numpy().copy() for k, v in tw.model.state_dict().items()},
+            tw.head,
+            {} if top is None else top.top_state(),
+            shape,
+            BASE_MODEL_NAME,
         )
     served_model = top.merged_model() if top is not None else model
 
@@ -600,7 +638,8 @@ def _build_into(
                 tower,
                 index,
                 ranker_session,
-                min(tw.best_epoch, prof.cold_epochs),
+                # A warm build's few epochs are not a from-scratch budget.
+                prof.cold_epochs if warm else min(tw.best_epoch, prof.cold_epochs),
                 seed,
                 progress,
                 encoder_top=None if top is None else top.fresh_copy(),
@@ -650,6 +689,9 @@ def _build_into(
         "finetune_layers": prof.tower.finetune_layers,
         "tower": asdict(prof.tower),
         "tower_best_epoch": tw.best_epoch,
+        "warm_start": None
+        if warm is None
+        else {"from_version": warm.version, "epochs": prof.tower.epochs},
         "tower_valid_curve": tw.valid_curve,
         "tower_final_loss": round(tw.losses[-1], 4) if tw.losses else None,
         "tower_sequences": len(windows.inputs),
@@ -753,6 +795,7 @@ def _build_into(
             "count": len(dataset.items),
         },
         "users": {"history": "users/history.jsonl", "count": len(histories)},
+        "warm_start": warm_spec,
         "training": training,
         "metrics": metrics,
     }

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 if TYPE_CHECKING:
     from training.finetune import CachedTop
+    from training.warm import WarmState
 
 HISTORY_INPUT = "history"
 MASK_INPUT = "mask"
@@ -243,6 +244,7 @@ def train_tower(
     validate_every: int = 5,
     progress: bool = True,
     encoder_top: CachedTop | None = None,
+    init: WarmState | None = None,
 ) -> TowerResult:
     """Train tower (+ head, + the encoder's top layers) with full-catalog
     softmax at every position.
@@ -253,7 +255,8 @@ def train_tower(
     ``validate_every`` epochs; the weights of the best-scoring epoch are kept.
     ``encoder_top`` (trained in place; its rows are ``body_items``' rows) fine-tunes the
     encoder's top layers jointly (:mod:`training.finetune`); ``body_items`` is then only
-    the starting cache.
+    the starting cache. ``init`` (:mod:`training.warm`) starts the tower and the head from
+    an earlier bundle's weights (the caller loads its encoder layers into ``encoder_top``).
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -261,6 +264,10 @@ def train_tower(
     model = UserTower(dim, config)
     body = torch.from_numpy(np.array(body_items, np.float32))  # a copy: the cache mutates
     head = nn.Parameter(torch.eye(dim), requires_grad=config.train_head)
+    if init is not None:
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in init.tower.items()})
+        with torch.no_grad():
+            head.copy_(torch.from_numpy(init.head))
     params: list[dict[str, Any]] = [{"params": model.parameters(), "lr": config.lr}]
     if config.train_head:
         params.append({"params": [head], "lr": config.head_lr})
