@@ -169,7 +169,7 @@ def test_a_loop_run_gates_refits_on_everything_and_publishes(bundle_dir, base_da
         "build", "--from-live", "--data", str(base_data), "--profile", "tiny",
         "--out", str(root), "--version", "loop-1", "--events-dsn", events_dsn,
         "--catalog-dsn", catalog_dsn, "--holdout-fraction", "0.34", "--min-gate-users", "5",
-        "--quiet",
+        "--warm-start", str(root), "--quiet",
     ]  # fmt: skip
     assert cli_main(argv) == 0
     assert (root / CURRENT).read_text().strip() == "loop-1"
@@ -178,6 +178,13 @@ def test_a_loop_run_gates_refits_on_everything_and_publishes(bundle_dir, base_da
     report = json.loads((bundle.root / "report" / "report.json").read_text())
     gate = json.loads((root / "live-data" / "gate.json").read_text())
     assert gate["publish"] is True and gate["users"] >= 5
+    # Neither side of the gate trained on what it was asked about.
+    assert gate["bundles_trained_until"] < gate["holdout_cut"]
+    assert gate["bundles_trained_until"] == serving.manifest["ranker"]["recency"]["as_of"]
+    # Candidate and refit both started from the serving bundle's state.
+    warm = {"from_version": serving.version, "epochs": 3}
+    assert bundle.manifest["training"]["warm_start"] == warm
+    assert report["refit"]["tower_epochs"] == 3
     assert report["refit"]["gate"]["candidate_minus_serving"] == gate["candidate_minus_serving"]
     held_out = report["refit"]["held_out_version"]
     assert report["training"]["tower"]["epochs"] == report["refit"]["tower_epochs"]
