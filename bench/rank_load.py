@@ -3,9 +3,6 @@ check, which runs where only the serving dependencies are installed)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -13,54 +10,39 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack.bundle import Bundle
 from recstack.features import candidate_features
-from recstack.procs import free_port
+from recstack.procs import ServiceProcess, free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from recstack.vectors import pack
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 class RankProcess:
-    """A rank server subprocess on a free port, SERVING before __enter__ returns."""
+    """A rank server subprocess (the shared launcher, :class:`recstack.procs.ServiceProcess`)
+    with a metrics port, SERVING before __enter__ returns."""
 
     def __init__(self, bundle: Path, extra: list[str], workdir: Path, name: str) -> None:
-        self.port_file = workdir / f"{name}.port"
         self.metrics_port = free_port()
-        self.log = (workdir / f"{name}.log").open("w")
-        cmd = [
-            sys.executable, "-m", "rank_service",
-            "--bundle", str(bundle), "--port", "0", "--port-file", str(self.port_file),
-            "--metrics-port", str(self.metrics_port), "--log-level", "WARNING",
-            "--bundle-poll-s", "0", *extra,
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.service = ServiceProcess(
+            "rank_service",
+            "--bundle", str(bundle), "--metrics-port", str(self.metrics_port),
+            "--log-level", "WARNING", "--bundle-poll-s", "0", *extra,
+            workdir=workdir,
+            name=name,
+        )  # fmt: skip
         self.port = 0
 
     def __enter__(self) -> RankProcess:
-        deadline = time.monotonic() + 120
-        while not (self.port_file.is_file() and self.port_file.read_text().strip()):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"rank server did not start (see {self.log.name})")
-            time.sleep(0.05)
-        self.port = int(self.port_file.read_text())
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
-        while True:
-            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return self
-            if time.monotonic() > deadline:
-                raise SystemExit("rank server never became SERVING")
-            time.sleep(0.1)
+        try:
+            self.port = self.service.wait_serving("", 120).port
+        except BaseException:
+            self.service.stop()
+            raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-        self.log.close()
+        self.service.stop(30)
 
     def metric(self, name: str) -> float:
         text = urllib.request.urlopen(

@@ -7,45 +7,22 @@ SERVING when a Recommend can succeed.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall, shard_targets
 from gateway.core import GatewayCore, assemble, open_events
 from gateway.events import EventStore
 from gateway.servicer import RecommendServicer
-from rank_service.server import SERVICE_NAME as RANK_SERVICE
-from recall_service.server import SERVICE_NAME as RECALL_SERVICE
-from recstack import tracing
+from recstack import contracts, tracing
 from recstack.auth import channel_credentials
 from recstack.bundle import Bundle
-from recstack.client import open_channel
+from recstack.client import open_channel, wait_serving
 from recstack.config import GatewayOptions, ServerOptions
 from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
-from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from recstack.v1 import gateway_pb2_grpc
 
-SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
+SERVICE_NAME = contracts.GATEWAY_SERVICE
 DOWNSTREAM_WAIT_S = 300.0
-
-
-def wait_serving(channel: grpc.Channel, service: str, timeout: float) -> None:
-    """Poll grpc.health.v1 Check until ``service`` is SERVING; TimeoutError otherwise."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    end = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < end:
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-        except grpc.RpcError as err:
-            last = err.code().name
-        time.sleep(0.2)
-    raise TimeoutError(f"{service} not SERVING after {timeout:.0f}s (last: {last})")
 
 
 def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
@@ -72,8 +49,8 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
         bundle = Bundle.open(options.bundle, verify="on_use") if options.bundle else None
         events = state["events"] = open_events(options, bundle)
         for channel in recall_channels:
-            wait_serving(channel, RECALL_SERVICE, DOWNSTREAM_WAIT_S)
-        wait_serving(rank_channel, RANK_SERVICE, DOWNSTREAM_WAIT_S)
+            wait_serving(channel, contracts.RECALL_SERVICE, DOWNSTREAM_WAIT_S)
+        wait_serving(rank_channel, contracts.RANK_SERVICE, DOWNSTREAM_WAIT_S)
         # Instrumented here, after start_server has configured tracing (a no-op when off).
         recall = ShardedRecall(
             [GrpcRecall(tracing.instrument(c)) for c in recall_channels],

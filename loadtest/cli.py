@@ -32,7 +32,6 @@ from loadtest.targets import (
     TargetError,
     check_target,
     open_channel,
-    wait_serving,
 )
 from loadtest.workload import (
     SERVICES,
@@ -43,6 +42,7 @@ from loadtest.workload import (
     parse_mix,
 )
 from recstack.bundle import Bundle
+from recstack.client import wait_serving
 from recstack.errors import BundleError
 
 MAX_CONCURRENCY = 1024
@@ -285,7 +285,7 @@ def execute(args: argparse.Namespace, log: Callable[[str], None] = print) -> int
     try:
         if args.wait_ready > 0:
             try:
-                wait_serving(channel, args.wait_ready)
+                wait_serving(channel, "", args.wait_ready, what="target")
             except TimeoutError as exc:
                 log(f"loadtest: {target}: {exc}")
                 return 1

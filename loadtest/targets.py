@@ -20,14 +20,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack import client
 from recstack.auth import channel_credentials
@@ -158,21 +156,3 @@ def open_channel(
     except ValueError as exc:
         raise TargetError(f"{exc} (--tls-ca)") from exc
     return client.open_channel(address, max_attempts=1, credentials=credentials)
-
-
-def wait_serving(channel: grpc.Channel, timeout_s: float) -> None:
-    """Wait until the server's overall health is SERVING; raise TimeoutError otherwise."""
-    stub = health_pb2_grpc.HealthStub(channel)
-    end = time.monotonic() + timeout_s
-    last = "no answer"
-    while True:
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
-        except grpc.RpcError as exc:
-            last = _code_name(exc)
-        if time.monotonic() >= end:
-            raise TimeoutError(f"target not SERVING within {timeout_s:g}s (last: {last})")
-        time.sleep(0.2)

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from rank_service.core import RankCore, load_core, publish_metrics
 from rank_service.servicer import RankAdminServicer, RankServicer
+from recstack import contracts
 from recstack.batcher import BeforeRunHook
 from recstack.config import OrtOptions, RankOptions, ServerOptions
 from recstack.lifecycle import Lifecycle
 from recstack.server import RunningServer, ServiceSpec, start_server
-from recstack.v1 import rank_pb2, rank_pb2_grpc
+from recstack.v1 import rank_pb2_grpc
 
-SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name
-ADMIN_SERVICE_NAME = rank_pb2.DESCRIPTOR.services_by_name["RankAdminService"].full_name
+SERVICE_NAME = contracts.RANK_SERVICE
+ADMIN_SERVICE_NAME = contracts.RANK_ADMIN_SERVICE
 
 
 def rank_lifecycle(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from recall_service.replica import Replica
 from recall_service.servicer import RecallAdminServicer, RecallServicer
+from recstack import contracts
 from recstack.config import OrtOptions, RecallOptions, ServerOptions
 from recstack.server import RunningServer, ServiceSpec, start_server
-from recstack.v1 import recall_pb2, recall_pb2_grpc
+from recstack.v1 import recall_pb2_grpc
 
-SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name
-ADMIN_SERVICE_NAME = recall_pb2.DESCRIPTOR.services_by_name["RecallAdminService"].full_name
+SERVICE_NAME = contracts.RECALL_SERVICE
+ADMIN_SERVICE_NAME = contracts.RECALL_ADMIN_SERVICE
 
 
 def serve(

@@ -22,11 +22,13 @@ ca=..., cert=..., key=..., token=...)``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack import contracts
 from recstack.config import GATEWAY_PORT, RECALL_PORT, ServerOptions
@@ -150,6 +152,40 @@ def open_aio_channel(
     if credentials is not None:
         return grpc.aio.secure_channel(address, credentials, options=options)
     return grpc.aio.insecure_channel(address, options=options)
+
+
+def wait_serving(
+    channel: grpc.Channel,
+    service: str = "",
+    timeout_s: float = 120.0,
+    *,
+    alive: Callable[[], None] | None = None,
+    what: str = "",
+) -> None:
+    """Poll ``grpc.health.v1`` Check until ``service`` ("" = the whole server) is SERVING
+    (the one health wait of the project: the gateway waiting for its downstreams, launchers,
+    the load generator, benches). ``alive()``, called between polls, may raise to stop
+    waiting (a launcher whose process died). TimeoutError names the last status seen."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service=service)
+    end = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        if alive is not None:
+            alive()
+        try:
+            status = stub.Check(request, timeout=2).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        except grpc.RpcError as exc:
+            last = exc.code().name if hasattr(exc, "code") else type(exc).__name__
+        if time.monotonic() >= end:
+            name = f"{what}: " if what else ""
+            raise TimeoutError(
+                f"{name}{service or 'server'} not SERVING within {timeout_s:g}s (last: {last})"
+            )
+        time.sleep(0.1)
 
 
 def recommend_request(

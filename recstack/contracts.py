@@ -23,11 +23,21 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
+from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
+
 Level = descriptor_pb2.MethodOptions.IdempotencyLevel
 NO_SIDE_EFFECTS = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
 IDEMPOTENT = descriptor_pb2.MethodOptions.IDEMPOTENT
 PACKAGE = "recstack.v1"
 # Defaults of the shipped service config (and of the Python client).
+# Full service names, from the generated descriptors (what health checks and reflection
+# name; a client needs no service's internals to know them).
+RECALL_SERVICE = recall_pb2.DESCRIPTOR.services_by_name["RecallService"].full_name
+RECALL_ADMIN_SERVICE = recall_pb2.DESCRIPTOR.services_by_name["RecallAdminService"].full_name
+RANK_SERVICE = rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name
+RANK_ADMIN_SERVICE = rank_pb2.DESCRIPTOR.services_by_name["RankAdminService"].full_name
+GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["RecommendService"].full_name
+
 MAX_ATTEMPTS = 4
 INITIAL_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 1.0
@@ -78,7 +88,6 @@ def methods_of(files: Iterable[descriptor_pb2.FileDescriptorProto]) -> list[Meth
 @functools.cache
 def methods() -> tuple[Method, ...]:
     """The RPCs of the generated stubs this process runs with."""
-    from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
 
     files = []
     for module in (gateway_pb2, recall_pb2, rank_pb2):

@@ -11,11 +11,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnxruntime as ort
+from typing import TYPE_CHECKING
 
 from recstack.errors import BundleError
-from recstack.onnx_guard import check_model
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,12 @@ def create_session(model: Path, options: SessionOptions) -> tuple[ort.InferenceS
     The model is first checked by recstack.onnx_guard (no external data outside its
     directory, no custom operator domains).
     """
+    # Imported here, not at the top: options and device names are read by processes that
+    # never run a model (the gateway, the client SDK), which need not load ONNX Runtime.
+    import onnxruntime as ort
+
+    from recstack.onnx_guard import check_model
+
     check_model(model)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recstack import contracts
+from recstack.client import wait_serving
 
 
 class ServiceProcess:
@@ -61,20 +63,12 @@ class ServiceProcess:
         self.port = int(self.port_file.read_text())
         return self.port
 
-    def wait_serving(self, service: str, timeout: float = 120) -> ServiceProcess:
+    def wait_serving(self, service: str = "", timeout: float = 120) -> ServiceProcess:
         end = time.monotonic() + timeout
         self.wait_port(timeout)
-        stub = health_pb2_grpc.HealthStub(self.channel())
-        request = health_pb2.HealthCheckRequest(service=service)
-        while time.monotonic() < end:
-            self.check_alive()
-            try:
-                if stub.Check(request, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                    return self
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name}: {service} not SERVING within {timeout:.0f}s")
+        left = max(0.0, end - time.monotonic())
+        wait_serving(self.channel(), service, left, alive=self.check_alive, what=self.name)
+        return self
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(f"127.0.0.1:{self.port}")
@@ -159,7 +153,7 @@ class Stack:
                 "--rank-address",
                 f"127.0.0.1:{rank.port}",
             )
-            gateway.wait_serving("recstack.v1.RecommendService", timeout)
+            gateway.wait_serving(contracts.GATEWAY_SERVICE, timeout)
         except BaseException:
             self.stop()
             raise

@@ -26,3 +26,22 @@ def test_training_is_never_imported_by_serving_code():
         check=True,
     )
     assert out.stdout.strip() == ""
+
+
+def loaded(modules: str, heavy: set[str]) -> list[str]:
+    code = (
+        f"import sys\nimport {modules}\n"
+        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_the_gateway_and_the_client_sdk_load_no_model_runtime():
+    """The gateway runs no model and searches no index; a client SDK user needs neither:
+    neither process loads ONNX Runtime, hnswlib or tokenizers (nor any service's
+    internals: service names come from the generated descriptors)."""
+    heavy = {"onnxruntime", "hnswlib", "tokenizers"}
+    assert loaded("gateway.__main__, gateway.server", heavy) == []
+    assert loaded("recstack.client", heavy | {"recall_service", "rank_service", "gateway"}) == []
+    assert loaded("gateway.server", {"recall_service", "rank_service"}) == []
