@@ -259,8 +259,108 @@ def query_vector(response: recall_pb2.RecallResponse) -> F32Array:
     return unpack_vector(response.query_vector, response.dim, "query_vector")
 
 
-class RecstackClient:
-    """Blocking client for the gateway (and, optionally, a recall service)."""
+def _sequence(response: Any) -> int:
+    return int(response.sequence)
+
+
+class _Rpcs:
+    """Every RPC of RecommendService and RecallService, defined once: the request each
+    method builds and what it returns from the answer. :class:`RecstackClient` runs them
+    blocking, :class:`AsyncRecstackClient` returns an awaitable of the same value; the
+    subclasses differ only in ``_run`` and the channels they open."""
+
+    timeout: float
+    gateway: gateway_pb2_grpc.RecommendServiceStub
+    recall_stub: recall_pb2_grpc.RecallServiceStub
+
+    def _run(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        finish: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        raise NotImplementedError
+
+    def _open(
+        self,
+        gateway: str,
+        recall: str,
+        open_fn: Callable[..., Any],
+        max_attempts: int,
+        credentials: grpc.ChannelCredentials | None,
+    ) -> list[Any]:
+        channels = [
+            open_fn(gateway, max_attempts, credentials=credentials),
+            open_fn(recall, max_attempts, credentials=credentials),
+        ]
+        self.gateway = gateway_pb2_grpc.RecommendServiceStub(channels[0])
+        self.recall_stub = recall_pb2_grpc.RecallServiceStub(channels[1])
+        return channels
+
+    # RecommendService
+    def recommend(
+        self,
+        user_id: str = "",
+        history: Sequence[str] = (),
+        query: str = "",
+        k: int = 10,
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Any:
+        """A RecommendResponse (``recommend_request`` names the options)."""
+        request = recommend_request(user_id, history, query, k, **options)
+        return self._run(self.gateway.Recommend, request, timeout)
+
+    def record_events(self, events: Iterable[EventTuple], *, timeout: float | None = None) -> Any:
+        """Store (user_id, item_id, type[, timestamp_ms]) events; the committed sequence."""
+        return self._run(self.gateway.RecordEvents, events_request(events), timeout, _sequence)
+
+    def delete_user(self, user_id: str, *, timeout: float | None = None) -> Any:
+        """Delete a user's stored events (and hide their seed history); how many."""
+        request = gateway_pb2.DeleteUserRequest(user_id=user_id)
+        return self._run(self.gateway.DeleteUser, request, timeout, lambda r: int(r.events_deleted))
+
+    # RecallService
+    def recall(self, request: recall_pb2.RecallRequest, *, timeout: float | None = None) -> Any:
+        """A RecallResponse (``candidate_vectors``/``candidate_scores`` unpack it)."""
+        return self._run(self.recall_stub.Recall, request, timeout)
+
+    def recall_batch(
+        self, requests: Sequence[recall_pb2.RecallRequest], *, timeout: float | None = None
+    ) -> Any:
+        """One RecallResponse per request, in order."""
+        request = recall_pb2.RecallBatchRequest(requests=list(requests))
+        return self._run(
+            self.recall_stub.RecallBatch, request, timeout, lambda r: list(r.responses)
+        )
+
+    def get_items(self, ids: Sequence[str], *, timeout: float | None = None) -> Any:
+        """A GetItemsResponse: the items as the replica serves them now."""
+        return self._run(
+            self.recall_stub.GetItems, recall_pb2.GetItemsRequest(ids=list(ids)), timeout
+        )
+
+    def upsert(self, items: Sequence[recall_pb2.ItemWrite], *, timeout: float | None = None) -> Any:
+        """Add or replace items (``item_write`` builds one); the committed sequence."""
+        request = recall_pb2.UpsertRequest(items=list(items))
+        return self._run(self.recall_stub.Upsert, request, timeout, _sequence)
+
+    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> Any:
+        """Remove items; the committed sequence."""
+        request = recall_pb2.DeleteRequest(ids=list(ids))
+        return self._run(self.recall_stub.Delete, request, timeout, _sequence)
+
+    def recall_info(self, *, timeout: float | None = None) -> Any:
+        """The recall service's RecallServiceGetInfoResponse (bundle, versions, counts)."""
+        request = recall_pb2.RecallServiceGetInfoRequest()
+        return self._run(self.recall_stub.GetInfo, request, timeout)
+
+
+class RecstackClient(_Rpcs):
+    """Blocking client for the gateway and a recall service (every method of
+    :class:`_Rpcs`, returning its value)."""
 
     def __init__(
         self,
@@ -272,44 +372,17 @@ class RecstackClient:
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.timeout = timeout
-        self._channels = [
-            open_channel(gateway, max_attempts, credentials=credentials),
-            open_channel(recall, max_attempts, credentials=credentials),
-        ]
-        self.gateway = gateway_pb2_grpc.RecommendServiceStub(self._channels[0])
-        self.recall_stub = recall_pb2_grpc.RecallServiceStub(self._channels[1])
+        self._channels = self._open(gateway, recall, open_channel, max_attempts, credentials)
 
-    def recommend(
+    def _run(
         self,
-        user_id: str = "",
-        history: Sequence[str] = (),
-        query: str = "",
-        k: int = 10,
-        *,
-        timeout: float | None = None,
-        **options: Any,
-    ) -> gateway_pb2.RecommendResponse:
-        request = recommend_request(user_id, history, query, k, **options)
-        return _call(self.gateway.Recommend, request, timeout or self.timeout)
-
-    def record_events(self, events: Iterable[EventTuple], *, timeout: float | None = None) -> int:
-        """Store (user_id, item_id, type[, timestamp_ms]) events; returns the committed
-        sequence."""
-        request = events_request(events)
-        return int(_call(self.gateway.RecordEvents, request, timeout or self.timeout).sequence)
-
-    def recall(
-        self, request: recall_pb2.RecallRequest, *, timeout: float | None = None
-    ) -> recall_pb2.RecallResponse:
-        return _call(self.recall_stub.Recall, request, timeout or self.timeout)
-
-    def upsert(self, items: Sequence[recall_pb2.ItemWrite], *, timeout: float | None = None) -> int:
-        request = recall_pb2.UpsertRequest(items=list(items))
-        return int(_call(self.recall_stub.Upsert, request, timeout or self.timeout).sequence)
-
-    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> int:
-        request = recall_pb2.DeleteRequest(ids=list(ids))
-        return int(_call(self.recall_stub.Delete, request, timeout or self.timeout).sequence)
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        finish: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        response = _call(method, request, timeout or self.timeout)
+        return response if finish is None else finish(response)
 
     def close(self) -> None:
         for channel in self._channels:
@@ -322,46 +395,38 @@ class RecstackClient:
         self.close()
 
 
-class AsyncRecstackClient:
-    """asyncio client for the gateway (grpc.aio), same defaults as RecstackClient."""
+class AsyncRecstackClient(_Rpcs):
+    """asyncio client (grpc.aio), same methods and defaults as :class:`RecstackClient`:
+    each returns an awaitable of the same value."""
 
     def __init__(
         self,
         gateway: str = f"127.0.0.1:{GATEWAY_PORT}",
+        recall: str = f"127.0.0.1:{RECALL_PORT}",
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_attempts: int = 4,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.timeout = timeout
-        self._channel = open_aio_channel(gateway, max_attempts, credentials=credentials)
-        self.gateway = gateway_pb2_grpc.RecommendServiceStub(self._channel)
+        self._channels = self._open(gateway, recall, open_aio_channel, max_attempts, credentials)
 
-    async def recommend(
+    def _run(
         self,
-        user_id: str = "",
-        history: Sequence[str] = (),
-        query: str = "",
-        k: int = 10,
-        *,
-        timeout: float | None = None,
-        **options: Any,
-    ) -> gateway_pb2.RecommendResponse:
-        request = recommend_request(user_id, history, query, k, **options)
-        response: gateway_pb2.RecommendResponse = await _acall(
-            self.gateway.Recommend, request, timeout or self.timeout
-        )
-        return response
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None,
+        finish: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        async def call() -> Any:
+            response = await _acall(method, request, timeout or self.timeout)
+            return response if finish is None else finish(response)
 
-    async def record_events(
-        self, events: Iterable[EventTuple], *, timeout: float | None = None
-    ) -> int:
-        request = events_request(events)
-        response = await _acall(self.gateway.RecordEvents, request, timeout or self.timeout)
-        return int(response.sequence)
+        return call()
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        for channel in self._channels:
+            await channel.close(None)
 
     async def __aenter__(self) -> AsyncRecstackClient:
         return self

@@ -75,6 +75,46 @@ def test_async_client(gateway_server, bundle):
     assert len({tuple(i.id for i in r.items) for r in results}) == 1
 
 
+async def every_rpc(client, get, tag, bundle):
+    """Each RPC of the SDK once; ``get`` turns a method's return value into its result
+    (identity for the blocking client, ``await`` for the asyncio one)."""
+    item = f"every-rpc-{tag}"
+    text = f"an item about {tag} written through every rpc"
+    seq = await get(client.upsert([item_write(item, title=f"Every {tag}", text=text)]))
+    wanted = recall_pb2.RecallRequest(query_text=text, k=2, min_sequence=seq)
+    batch = await get(client.recall_batch([wanted, wanted]))
+    assert [r.ids[0] for r in batch] == [item, item]
+    got = await get(client.get_items([item, "no-such-item"]))
+    assert [i.title for i in got.items] == [f"Every {tag}"]
+    assert list(got.missing_ids) == ["no-such-item"]
+    info = await get(client.recall_info())
+    assert info.bundle_version == bundle.version and info.dim == bundle.dim
+    assert await get(client.delete([item])) > seq
+    user = f"every-rpc-user-{tag}"
+    first = next(iter(bundle.iter_catalog())).id
+    assert await get(client.record_events([(user, first, "view"), (user, first, "like")])) > 0
+    assert await get(client.delete_user(user)) == 2
+
+
+def test_both_clients_make_every_rpc(gateway_server, recall_server, bundle):
+    gateway, recall = addresses(gateway_server, recall_server)
+
+    async def same(value):
+        return value
+
+    async def awaited(value):
+        return await value
+
+    with RecstackClient(gateway, recall, timeout=10) as client:
+        asyncio.run(every_rpc(client, same, "sync", bundle))
+
+    async def run_async():
+        async with AsyncRecstackClient(gateway, recall, timeout=10) as client:
+            await every_rpc(client, awaited, "async", bundle)
+
+    asyncio.run(run_async())
+
+
 def test_sync_client_errors_carry_the_decoded_details(gateway_server, recall_server):
     gateway, recall = addresses(gateway_server, recall_server)
     with RecstackClient(gateway, recall, timeout=10) as client:

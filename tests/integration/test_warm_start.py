@@ -47,7 +47,8 @@ def test_a_warm_build_starts_from_the_bundles_weights(bundle_dir: Path, tmp_path
     # (a fresh init starts near the cold first epoch's loss).
     assert hot[0] < cold[-1] < cold[0]
     # The warm bundle keeps its own state for the next build.
-    assert load_state(warm, vars(tiny.tower), manifest["warm_start"]["base_model"]).version == "warm"
+    again = load_state(warm, vars(tiny.tower), manifest["warm_start"]["base_model"])
+    assert again.version == "warm"
 
 
 def test_a_state_that_does_not_fit_is_refused_before_training(
