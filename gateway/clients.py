@@ -8,7 +8,6 @@ naming ``history_item_ids`` rather than a generic failure.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -17,13 +16,11 @@ from typing import TypeVar
 import grpc
 
 from recstack.domain import (
-    ItemDetails,
     ItemsResult,
     RankQuery,
     RankResult,
     RecallQuery,
     RecallResult,
-    ScoredItem,
 )
 from recstack.errors import (
     ErrorKind,
@@ -34,12 +31,17 @@ from recstack.errors import (
     error_for_kind,
 )
 from recstack.lifecycle import VERSION_FIELD
-from recstack.pbconv import filters_to_pb, recall_result_from_pb
+from recstack.pbconv import (
+    items_from_pb,
+    rank_query_to_pb,
+    rank_result_from_pb,
+    recall_query_to_pb,
+    recall_result_from_pb,
+)
 from recstack.server import KIND_FOR_STATUS
 from recstack.sharding import shard_of
 from recstack.tracing import ContextThreadPool
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
-from recstack.vectors import pack
 
 R = TypeVar("R")
 # A request the shards refuse for what it asks (not a shard failure): the same on every shard.
@@ -98,39 +100,14 @@ class GrpcRecall:
         self.stub = recall_pb2_grpc.RecallServiceStub(channel)
 
     def recall(self, query: RecallQuery, timeout: float | None) -> RecallResult:
-        request = recall_pb2.RecallRequest(
-            k=query.k,
-            query_text=query.query_text,
-            history_item_ids=query.history_item_ids,
-            exclude_ids=query.exclude_ids,
-            omit_vectors=query.omit_vectors,
-            query_vector=b"" if query.query_vector is None else pack(query.query_vector),
-            filters=filters_to_pb(query.filters),
-            min_sequence=query.min_sequence,
-            exact=query.exact,
-            ignore_unknown_history=query.ignore_unknown_history,
-            user_prior=query.user_prior,
-            exclude_history=query.exclude_history,
-            include_details=query.include_details,
-            embedding_version=query.embedding_version,
-            include_recent=query.include_recent,
-        )
+        request = recall_query_to_pb(query)
         resp = relay_errors("recall", lambda: self.stub.Recall(request, timeout=timeout))
         return recall_result_from_pb(resp)
 
     def get_items(self, ids: Sequence[str], timeout: float | None) -> ItemsResult:
         request = recall_pb2.GetItemsRequest(ids=ids)
         resp = relay_errors("recall", lambda: self.stub.GetItems(request, timeout=timeout))
-        return ItemsResult(
-            [
-                ItemDetails(
-                    it.id, it.title, it.text, json.loads(it.metadata_json or "{}"), it.written
-                )
-                for it in resp.items
-            ],
-            tuple(resp.missing_ids),
-            resp.bundle_version,
-        )
+        return items_from_pb(resp)
 
 
 class GrpcRank:
@@ -140,19 +117,9 @@ class GrpcRank:
         self.stub = rank_pb2_grpc.RankServiceStub(channel)
 
     def rank(self, query: RankQuery, timeout: float | None) -> RankResult:
-        request = rank_pb2.RankRequest(
-            user_vector=pack(query.user_vector),
-            candidate_ids=query.candidate_ids,
-            candidate_vectors=pack(query.candidate_vectors),
-            embedding_version=query.embedding_version,
-            top_k=query.top_k,
-            diversity_lambda=query.diversity_lambda,
-            candidate_features=b""
-            if query.candidate_features is None
-            else pack(query.candidate_features),
-        )
+        request = rank_query_to_pb(query)
         resp = relay_errors("rank", lambda: self.stub.Rank(request, timeout=timeout))
-        return RankResult([ScoredItem(i.id, i.score) for i in resp.items], resp.bundle_version)
+        return rank_result_from_pb(resp)
 
     def _info(self, timeout: float | None) -> rank_pb2.RankServiceGetInfoResponse:
         return relay_errors(

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import grpc
-import numpy as np
 
 from rank_service.core import RankCore
-from recstack.domain import RankQuery
 from recstack.errors import FailedPrecondition, InvalidArgument
 from recstack.lifecycle import Lifecycle, ReloadOutcome
+from recstack.pbconv import rank_query_from_pb, rank_result_to_pb
 from recstack.server import deadline_of
 from recstack.v1 import rank_pb2, rank_pb2_grpc
-from recstack.vectors import WIRE_DTYPE, F32Array, unpack_rows, unpack_vector
-
-
-def unpack_flat(data: bytes, field: str) -> F32Array | None:
-    """Packed float32 bytes as a flat array (None if empty); the core checks the shape."""
-    if not data:
-        return None
-    if len(data) % WIRE_DTYPE.itemsize:
-        raise InvalidArgument(
-            f"{len(data)} bytes is not a whole number of float32 values", field=field
-        )
-    return np.frombuffer(data, dtype=WIRE_DTYPE).astype(np.float32)
 
 
 class RankServicer(rank_pb2_grpc.RankServiceServicer):
@@ -44,23 +31,9 @@ class RankServicer(rank_pb2_grpc.RankServiceServicer):
             )
         # The core of the version the vectors came from (never another embedding space).
         with self.versions.lease(request.embedding_version) as core:
-            ids = tuple(request.candidate_ids)
-            query = RankQuery(
-                user_vector=unpack_vector(request.user_vector, core.dim, "user_vector"),
-                candidate_ids=ids,
-                candidate_vectors=unpack_rows(
-                    request.candidate_vectors, len(ids), core.dim, "candidate_vectors"
-                ),
-                embedding_version=request.embedding_version,
-                top_k=request.top_k,
-                diversity_lambda=request.diversity_lambda,
-                candidate_features=unpack_flat(request.candidate_features, "candidate_features"),
-            )
+            query = rank_query_from_pb(request, core.dim)
             result = core.rank(query, deadline_of(context))
-        return rank_pb2.RankResponse(
-            items=[rank_pb2.ScoredItem(id=i.id, score=i.score) for i in result.items],
-            bundle_version=result.bundle_version,
-        )
+        return rank_result_to_pb(result)
 
     def GetInfo(
         self,

@@ -9,36 +9,11 @@ import grpc
 
 from recall_service.core import ItemWrite
 from recall_service.replica import Replica, batch_version
-from recstack.domain import RecallQuery
 from recstack.errors import InvalidArgument
-from recstack.pbconv import filters_from_pb, recall_result_to_pb
+from recstack.pbconv import items_to_pb, recall_query_from_pb, recall_result_to_pb
 from recstack.server import deadline_of
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from recstack.vectors import unpack_vector
-
-
-def _query(request: recall_pb2.RecallRequest, dim: int, prefix: str = "") -> RecallQuery:
-    return RecallQuery(
-        k=request.k,
-        query_text=request.query_text,
-        history_item_ids=tuple(request.history_item_ids),
-        query_vector=(
-            unpack_vector(request.query_vector, dim, prefix + "query_vector")
-            if request.query_vector
-            else None
-        ),
-        exclude_ids=tuple(request.exclude_ids),
-        omit_vectors=request.omit_vectors,
-        filters=filters_from_pb(request.filters),
-        min_sequence=request.min_sequence,
-        exact=request.exact,
-        ignore_unknown_history=request.ignore_unknown_history,
-        user_prior=request.user_prior,
-        exclude_history=request.exclude_history,
-        include_details=request.include_details,
-        embedding_version=request.embedding_version,
-        include_recent=request.include_recent,
-    )
 
 
 def _metadata(raw: str, field: str) -> dict[str, Any]:
@@ -66,7 +41,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         self, request: recall_pb2.RecallRequest, context: grpc.ServicerContext
     ) -> recall_pb2.RecallResponse:
         with self.versions.lease(request.embedding_version) as core:
-            result = core.recall(_query(request, core.dim), deadline_of(context))
+            result = core.recall(recall_query_from_pb(request, core.dim), deadline_of(context))
             return recall_result_to_pb(result, core.dim)
 
     def RecallBatch(
@@ -75,7 +50,8 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
         version = batch_version(r.embedding_version for r in request.requests)
         with self.versions.lease(version) as core:
             queries = [
-                _query(r, core.dim, f"requests[{i}].") for i, r in enumerate(request.requests)
+                recall_query_from_pb(r, core.dim, f"requests[{i}].")
+                for i, r in enumerate(request.requests)
             ]
             results = core.recall_batch(queries, deadline_of(context))
             return recall_pb2.RecallBatchResponse(
@@ -87,20 +63,7 @@ class RecallServicer(recall_pb2_grpc.RecallServiceServicer):
     ) -> recall_pb2.GetItemsResponse:
         with self.versions.lease() as core:
             result = core.get_items(list(request.ids))
-        return recall_pb2.GetItemsResponse(
-            items=[
-                recall_pb2.Item(
-                    id=it.id,
-                    title=it.title,
-                    text=it.text,
-                    metadata_json=json.dumps(it.metadata, sort_keys=True),
-                    written=it.written,
-                )
-                for it in result.items
-            ],
-            missing_ids=result.missing_ids,
-            bundle_version=result.bundle_version,
-        )
+        return items_to_pb(result)
 
     def Upsert(
         self, request: recall_pb2.UpsertRequest, context: grpc.ServicerContext
