@@ -6,8 +6,7 @@ import grpc
 
 from gateway.core import GatewayCore
 from gateway.events import Event
-from recstack.domain import RecommendQuery
-from recstack.pbconv import filters_from_pb
+from recstack.pbconv import recommend_query_from_pb, recommend_result_to_pb
 from recstack.server import CoreRef, deadline_of
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -21,39 +20,9 @@ class RecommendServicer(gateway_pb2_grpc.RecommendServiceServicer):
     def Recommend(
         self, request: gateway_pb2.RecommendRequest, context: grpc.ServicerContext
     ) -> gateway_pb2.RecommendResponse:
-        query = RecommendQuery(
-            user_id=request.user_id,
-            history_item_ids=tuple(request.history_item_ids),
-            query_text=request.query_text,
-            k=request.k,
-            include_seen=request.include_seen,
-            candidate_count=request.candidate_count,
-            filters=filters_from_pb(request.filters),
-            diversity_lambda=request.diversity_lambda,
-        )
+        query = recommend_query_from_pb(request)
         result = self.core.get().recommend(query, deadline_of(context))
-        return gateway_pb2.RecommendResponse(
-            items=[
-                gateway_pb2.RecommendedItem(
-                    id=i.id,
-                    score=i.score,
-                    title=i.title,
-                    text=i.text,
-                    recall_score=i.recall_score,
-                    because_item_id=i.because_item_id,
-                    because_title=i.because_title,
-                    because_query=i.because_query,
-                )
-                for i in result.items
-            ],
-            bundle_version=result.bundle_version,
-            history_length=result.history_length,
-            timings=[
-                gateway_pb2.StageTiming(stage=s, millis=ms) for s, ms in result.timings.items()
-            ],
-            fallback=result.fallback,
-            missing_shards=result.missing_shards,
-        )
+        return recommend_result_to_pb(result)
 
     def RecordEvents(
         self, request: gateway_pb2.RecordEventsRequest, context: grpc.ServicerContext

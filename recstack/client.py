@@ -282,21 +282,24 @@ class _Rpcs:
     ) -> Any:
         raise NotImplementedError
 
-    def _open(
+    _open_channel: Callable[..., Any]  # open_channel or open_aio_channel
+
+    def __init__(
         self,
-        gateway: str,
-        recall: str,
-        open_fn: Callable[..., Any],
-        max_attempts: int,
-        credentials: grpc.ChannelCredentials | None,
-    ) -> list[Any]:
-        channels = [
-            open_fn(gateway, max_attempts, credentials=credentials),
-            open_fn(recall, max_attempts, credentials=credentials),
+        gateway: str = f"127.0.0.1:{GATEWAY_PORT}",
+        recall: str = f"127.0.0.1:{RECALL_PORT}",
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_attempts: int = 4,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self._channels = [
+            self._open_channel(gateway, max_attempts, credentials=credentials),
+            self._open_channel(recall, max_attempts, credentials=credentials),
         ]
-        self.gateway = gateway_pb2_grpc.RecommendServiceStub(channels[0])
-        self.recall_stub = recall_pb2_grpc.RecallServiceStub(channels[1])
-        return channels
+        self.gateway = gateway_pb2_grpc.RecommendServiceStub(self._channels[0])
+        self.recall_stub = recall_pb2_grpc.RecallServiceStub(self._channels[1])
 
     # RecommendService
     def recommend(
@@ -362,17 +365,7 @@ class RecstackClient(_Rpcs):
     """Blocking client for the gateway and a recall service (every method of
     :class:`_Rpcs`, returning its value)."""
 
-    def __init__(
-        self,
-        gateway: str = f"127.0.0.1:{GATEWAY_PORT}",
-        recall: str = f"127.0.0.1:{RECALL_PORT}",
-        *,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        max_attempts: int = 4,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        self.timeout = timeout
-        self._channels = self._open(gateway, recall, open_channel, max_attempts, credentials)
+    _open_channel = staticmethod(open_channel)
 
     def _run(
         self,
@@ -399,17 +392,7 @@ class AsyncRecstackClient(_Rpcs):
     """asyncio client (grpc.aio), same methods and defaults as :class:`RecstackClient`:
     each returns an awaitable of the same value."""
 
-    def __init__(
-        self,
-        gateway: str = f"127.0.0.1:{GATEWAY_PORT}",
-        recall: str = f"127.0.0.1:{RECALL_PORT}",
-        *,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        max_attempts: int = 4,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        self.timeout = timeout
-        self._channels = self._open(gateway, recall, open_aio_channel, max_attempts, credentials)
+    _open_channel = staticmethod(open_aio_channel)
 
     def _run(
         self,

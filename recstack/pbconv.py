@@ -21,10 +21,12 @@ from recstack.domain import (
     RankResult,
     RecallQuery,
     RecallResult,
+    RecommendQuery,
+    RecommendResult,
     ScoredItem,
 )
 from recstack.errors import InvalidArgument
-from recstack.v1 import rank_pb2, recall_pb2
+from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
 from recstack.vectors import WIRE_DTYPE, F32Array, pack, unpack_rows, unpack_vector
 
 SIMILARITY_COLUMNS = 3
@@ -211,3 +213,40 @@ def rank_result_to_pb(result: RankResult) -> rank_pb2.RankResponse:
 
 def rank_result_from_pb(resp: rank_pb2.RankResponse) -> RankResult:
     return RankResult([ScoredItem(i.id, i.score) for i in resp.items], resp.bundle_version)
+
+
+def recommend_query_from_pb(request: gateway_pb2.RecommendRequest) -> RecommendQuery:
+    """(Callers build the request with ``recstack.client.recommend_request``.)"""
+    return RecommendQuery(
+        user_id=request.user_id,
+        history_item_ids=tuple(request.history_item_ids),
+        query_text=request.query_text,
+        k=request.k,
+        include_seen=request.include_seen,
+        candidate_count=request.candidate_count,
+        filters=filters_from_pb(request.filters),
+        diversity_lambda=request.diversity_lambda,
+    )
+
+
+def recommend_result_to_pb(result: RecommendResult) -> gateway_pb2.RecommendResponse:
+    return gateway_pb2.RecommendResponse(
+        items=[
+            gateway_pb2.RecommendedItem(
+                id=i.id,
+                score=i.score,
+                title=i.title,
+                text=i.text,
+                recall_score=i.recall_score,
+                because_item_id=i.because_item_id,
+                because_title=i.because_title,
+                because_query=i.because_query,
+            )
+            for i in result.items
+        ],
+        bundle_version=result.bundle_version,
+        history_length=result.history_length,
+        timings=[gateway_pb2.StageTiming(stage=s, millis=ms) for s, ms in result.timings.items()],
+        fallback=result.fallback,
+        missing_shards=result.missing_shards,
+    )
