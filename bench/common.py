@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from recstack.bundle import Bundle
-from recstack.errors import BundleError
-from recstack.vectors import F32Array, l2_normalize
+from recstack.core.bundle import Bundle
+from recstack.core.errors import BundleError
+from recstack.core.vectors import F32Array, l2_normalize
 
 
 def ensure_bundle(path: str) -> Bundle:

@@ -28,10 +28,10 @@ from threadpoolctl import threadpool_limits
 from gateway.local import LocalPipeline
 from gateway.servicer import RecommendServicer
 from loadtest.workload import BundleData, Generator, WorkloadOptions, parse_mix
-from recstack.bundle import Bundle
-from recstack.config import ServerOptions
-from recstack.errors import RecstackError
-from recstack.server import CoreRef
+from recstack.core.bundle import Bundle
+from recstack.core.config import ServerOptions
+from recstack.core.errors import RecstackError
+from recstack.runtime.server import CoreRef
 
 
 class _Context:

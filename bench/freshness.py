@@ -7,7 +7,7 @@ The measurement (issue 16; ``tests/process/test_freshness.py`` runs it at small 
    (the last part: the events that follow). Items first seen after the past are **new**:
    the stale bundle's catalog lacks them.
 2. The **stale** bundle is built from the past alone and served by the three services as
-   processes (``recstack.procs.Stack``) on a bundles root.
+   processes (``recstack.tools.procs.Stack``) on a bundles root.
 3. Through the gRPC API, as production traffic would: every new item is upserted by text
    through recall (encoded by the serving encoder), then the replayed interactions are sent
    to the gateway as ``RecordEvents`` with their original times.
@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from recstack.bundle import point_current
 from recstack.client import RecstackClient, item_write
-from recstack.procs import Stack
+from recstack.core.bundle import point_current
+from recstack.tools.procs import Stack
 from training import evaluate as ev
 from training.data import Dataset, Interaction, load_dataset, write_dataset
 

@@ -4,7 +4,7 @@
   IO binding on, or ``--device cpu``), batching on and off, driven by the same closed-loop
   load (``bench.rank_load.drive``) with 100 and 1,000 candidates per request: throughput,
   p50, p95.
-- **Query encoder** (``recstack.encoder.TextEncoder``, the bundle's ONNX model): median ms
+- **Query encoder** (``recstack.models.encoder.TextEncoder``, the bundle's ONNX model): median ms
   per call at batch 1 and 32.
 
 Devices alternate within each configuration for ``--rounds`` rounds (CUDA, CPU, CUDA, CPU
@@ -30,9 +30,9 @@ from typing import Any
 
 from bench.common import median_ms
 from bench.rank_load import RankProcess, drive
-from recstack.bundle import Bundle
-from recstack.encoder import TextEncoder
-from recstack.ort import SessionOptions
+from recstack.core.bundle import Bundle
+from recstack.models.encoder import TextEncoder
+from recstack.models.ort import SessionOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEVICE_FLAGS = {

@@ -36,9 +36,9 @@ from onnx import numpy_helper
 
 from bench.common import ensure_bundle, median_ms
 from bench.rank_load import RankProcess, drive
-from recstack.bundle import Bundle
-from recstack.features import candidate_features
-from recstack.procs import free_port
+from recstack.core.bundle import Bundle
+from recstack.core.features import candidate_features
+from recstack.tools.procs import free_port
 from training.ranker import FusionRanker
 
 ROOT = Path(__file__).resolve().parent.parent

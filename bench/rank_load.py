@@ -11,15 +11,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from recstack.bundle import Bundle
-from recstack.features import candidate_features
-from recstack.procs import ServiceProcess, free_port
+from recstack.core.bundle import Bundle
+from recstack.core.features import candidate_features
+from recstack.core.vectors import pack
+from recstack.tools.procs import ServiceProcess, free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
-from recstack.vectors import pack
 
 
 class RankProcess:
-    """A rank server subprocess (the shared launcher, :class:`recstack.procs.ServiceProcess`)
+    """A rank server subprocess (the shared launcher, :class:`recstack.tools.procs.ServiceProcess`)
     with a metrics port, SERVING before __enter__ returns."""
 
     def __init__(self, bundle: Path, extra: list[str], workdir: Path, name: str) -> None:

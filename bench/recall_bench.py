@@ -30,10 +30,10 @@ from recall_service.catalog_log import UPSERT, LogWrite, open_log
 from recall_service.index import SearchSpec
 from recall_service.replica import Replica
 from recall_service.server import serve
-from recstack.config import RecallOptions, ServerOptions
-from recstack.ort import SessionOptions
+from recstack.core.config import RecallOptions, ServerOptions
+from recstack.core.vectors import F32Array, l2_normalize, pack
+from recstack.models.ort import SessionOptions
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from recstack.vectors import F32Array, l2_normalize, pack
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "recall.json"

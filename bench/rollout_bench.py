@@ -1,6 +1,6 @@
 """Bundle rollouts under open-loop Recommend load: how many calls fail (the answer must be 0).
 
-The drill (:func:`flip_drill`): the three services run as processes (``recstack.procs``)
+The drill (:func:`flip_drill`): the three services run as processes (``recstack.tools.procs``)
 on a bundles root holding two versions (``v1``, ``v2``: copies of ``--bundle`` under two
 version names, so two embedding spaces as far as the services are concerned); the load
 generator (``python -m loadtest open``, a separate process) sends Recommend at ``--rate``
@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recstack.bundle import copy_bundle, resolve_bundle_dir
-from recstack.procs import ServiceProcess, Stack
+from recstack.core.bundle import copy_bundle, resolve_bundle_dir
+from recstack.tools.procs import ServiceProcess, Stack
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -3,7 +3,7 @@ shards, through the recall service's own index (``recall_service.index.ItemIndex
 
 Vectors are clustered unit vectors (``bench.common.clustered``: top-1 cosine about 0.4,
 like text embeddings; isotropic random vectors would make any ANN index look broken).
-Items go to shards by ``recstack.sharding.shard_of`` as in serving. Per catalog size and
+Items go to shards by ``recstack.core.sharding.shard_of`` as in serving. Per catalog size and
 shard count:
 
 - build time (all shards, ``add_items`` on every core, the bundle builder's path) and the
@@ -34,9 +34,9 @@ import numpy as np
 
 from bench.common import clustered
 from recall_service.index import IndexParams, ItemIndex, SearchSpec
-from recstack.bundle import CatalogItem
-from recstack.sharding import shard_of
-from recstack.vectors import l2_normalize
+from recstack.core.bundle import CatalogItem
+from recstack.core.sharding import shard_of
+from recstack.core.vectors import l2_normalize
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

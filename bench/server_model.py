@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stack_bench import RESULTS, cpu_seconds, loadtest_closed, spread, verdict
-from recstack.procs import ServiceProcess
+from recstack.tools.procs import ServiceProcess
 
 SERVICES = {"recall": "recstack.v1.RecallService", "rank": "recstack.v1.RankService"}
 MODES = ("sync", "aio-loop", "aio-executor")
@@ -38,7 +38,7 @@ MODES = ("sync", "aio-loop", "aio-executor")
 
 def _servicer(service: str, bundle: str, state_dir: str) -> tuple[Any, Callable[[Any, Any], None]]:
     """The service's real servicer over a loaded core, and its add-to-server function."""
-    from recstack.config import OrtOptions, RankOptions, RecallOptions, ServerOptions
+    from recstack.core.config import OrtOptions, RankOptions, RecallOptions, ServerOptions
     from recstack.v1 import rank_pb2_grpc, recall_pb2_grpc
 
     if ServerOptions().blas_threads > 0:  # what start_server applies in the real service

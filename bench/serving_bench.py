@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from bench.common import clustered, ensure_bundle, median_ms, percentile_ms
-from recstack.bundle import Bundle
-from recstack.encoder import TextEncoder
-from recstack.ort import SessionOptions
-from recstack.vectors import l2_normalize
+from recstack.core.bundle import Bundle
+from recstack.core.vectors import l2_normalize
+from recstack.models.encoder import TextEncoder
+from recstack.models.ort import SessionOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "serving.json"
@@ -146,7 +146,7 @@ def end_to_end(bundle: Bundle, requests: int) -> dict[str, Any]:
     from gateway.server import serve as serve_gateway
     from rank_service.server import serve as serve_rank
     from recall_service.server import serve as serve_recall
-    from recstack.config import GatewayOptions, RankOptions, RecallOptions, ServerOptions
+    from recstack.core.config import GatewayOptions, RankOptions, RecallOptions, ServerOptions
     from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
     users = [u for u, _ in bundle.iter_user_histories()][:requests]
@@ -180,8 +180,8 @@ def end_to_end(bundle: Bundle, requests: int) -> dict[str, Any]:
         # The floor: the gateway's own core over in-process recall and rank (the stages
         # the three servers run, same bundle, same options), no RPCs.
         from gateway.local import LocalPipeline
-        from recstack.deadline import Deadline
-        from recstack.domain import RecommendQuery
+        from recstack.core.deadline import Deadline
+        from recstack.core.domain import RecommendQuery
 
         pipeline = LocalPipeline(str(bundle.root), f"{tmp}/floor")
         floor = []
@@ -203,7 +203,7 @@ def end_to_end(bundle: Bundle, requests: int) -> dict[str, Any]:
 
 
 def _no_deadline() -> Any:
-    from recstack.deadline import Deadline
+    from recstack.core.deadline import Deadline
 
     return Deadline.none()
 

@@ -1,6 +1,6 @@
 """Recommend as a caller sees it, configuration A vs B, alternated (A B A B ...).
 
-Each side is either a stack of the three real servers (``recstack.procs.Stack``: recall,
+Each side is either a stack of the three real servers (``recstack.tools.procs.Stack``: recall,
 rank and gateway processes on loopback, started with the variant's extra flags) or
 ``floor``, the in-process pipeline (``bench.floor``: the same stages, no RPC). Both stacks
 run side by side for the whole comparison (an idle stack costs nothing); every measurement
@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from recstack.procs import Stack
+from recstack.tools.procs import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -6,8 +6,8 @@ import sys
 from collections.abc import Sequence
 
 from gateway.server import serve
-from recstack.config import GATEWAY_PORT, GatewayOptions
-from recstack.server import cli_main
+from recstack.core.config import GATEWAY_PORT, GatewayOptions
+from recstack.runtime.server import cli_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,14 +15,14 @@ from typing import TypeVar
 
 import grpc
 
-from recstack.domain import (
+from recstack.core.domain import (
     ItemsResult,
     RankQuery,
     RankResult,
     RecallQuery,
     RecallResult,
 )
-from recstack.errors import (
+from recstack.core.errors import (
     ErrorKind,
     FailedPrecondition,
     RecstackError,
@@ -30,17 +30,17 @@ from recstack.errors import (
     details_from_trailers,
     error_for_kind,
 )
-from recstack.lifecycle import VERSION_FIELD
-from recstack.pbconv import (
+from recstack.core.lifecycle import VERSION_FIELD
+from recstack.core.sharding import shard_of
+from recstack.runtime.pbconv import (
     items_from_pb,
     rank_query_to_pb,
     rank_result_from_pb,
     recall_query_to_pb,
     recall_result_from_pb,
 )
-from recstack.server import KIND_FOR_STATUS
-from recstack.sharding import shard_of
-from recstack.tracing import ContextThreadPool
+from recstack.runtime.server import KIND_FOR_STATUS
+from recstack.runtime.tracing import ContextThreadPool
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2, recall_pb2_grpc
 
 R = TypeVar("R")

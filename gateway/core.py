@@ -23,11 +23,11 @@ from typing import Protocol
 import numpy as np
 
 from gateway.events import Event, EventStore
-from recstack import metrics
-from recstack.bundle import MANIFEST, Bundle
-from recstack.config import GatewayOptions
-from recstack.deadline import Deadline
-from recstack.domain import (
+from recstack.core import metrics
+from recstack.core.bundle import MANIFEST, Bundle
+from recstack.core.config import GatewayOptions
+from recstack.core.deadline import Deadline
+from recstack.core.domain import (
     ItemsResult,
     RankQuery,
     RankResult,
@@ -37,15 +37,15 @@ from recstack.domain import (
     RecommendQuery,
     RecommendResult,
 )
-from recstack.errors import FailedPrecondition, InvalidArgument, Unavailable, limit_exceeded
-from recstack.features import (
+from recstack.core.errors import FailedPrecondition, InvalidArgument, Unavailable, limit_exceeded
+from recstack.core.features import (
     RANKER_FEATURES,
     RECENCY,
     candidate_features,
     load_recency,
     unsupported,
 )
-from recstack.lifecycle import VERSION_FIELD
+from recstack.core.lifecycle import VERSION_FIELD
 
 log = logging.getLogger(__name__)
 POPULARITY = "popularity"
@@ -145,9 +145,9 @@ class GatewayCore:
         bundle_root: Path | None = None,
     ) -> None:
         """``side_features``: the names the ranker declares (rank GetInfo), in its order;
-        each must be one :func:`recstack.features.candidate_features` computes.
+        each must be one :func:`recstack.core.features.candidate_features` computes.
         ``recency``: item id -> interaction counts per recency window (the bundle's,
-        :func:`recstack.features.load_recency`); required when the ranker declares
+        :func:`recstack.core.features.load_recency`); required when the ranker declares
         recency features. Both belong to ``catalog_version``; for any other version recall
         answers in (a rollout, a hot swap) the gateway reads that version's manifest and
         counts from ``bundle_root/<version>`` when it is there (:meth:`view`)."""

@@ -1,7 +1,7 @@
 """User profiles: the bundle's seed histories plus durably recorded interaction events.
 
 Events go to one table (SQLite by default, PostgreSQL when gateways share it; see
-recstack.storage) and are acknowledged only after commit. A user's history is their
+recstack.core.storage) and are acknowledged only after commit. A user's history is their
 recorded events, newest first, followed by their seed history from the bundle; a deleted
 user's events are removed and a tombstone hides their seed history from then on (also
 after they come back and record new events: the seed predates the deletion). The learning
@@ -16,8 +16,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from recstack.errors import InvalidArgument, limit_exceeded
-from recstack.storage import POSTGRES, Database
+from recstack.core.errors import InvalidArgument, limit_exceeded
+from recstack.core.storage import POSTGRES, Database
 
 EVENT_TYPES = ("view", "click", "like", "purchase")
 

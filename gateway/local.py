@@ -17,9 +17,9 @@ from gateway.core import GatewayCore, assemble, open_events
 from gateway.events import EventStore
 from rank_service.core import RankCore, load_core
 from recall_service.replica import Replica
-from recstack.config import GatewayOptions, OrtOptions, RankOptions, RecallOptions
-from recstack.deadline import Deadline
-from recstack.domain import ItemsResult, RankQuery, RankResult, RecallQuery, RecallResult
+from recstack.core.config import GatewayOptions, OrtOptions, RankOptions, RecallOptions
+from recstack.core.deadline import Deadline
+from recstack.core.domain import ItemsResult, RankQuery, RankResult, RecallQuery, RecallResult
 
 
 class LocalRecall:

@@ -13,12 +13,12 @@ from gateway.clients import GrpcRank, GrpcRecall, ShardedRecall, shard_targets
 from gateway.core import GatewayCore, assemble, open_events
 from gateway.events import EventStore
 from gateway.servicer import RecommendServicer
-from recstack import contracts, tracing
-from recstack.auth import channel_credentials
-from recstack.bundle import Bundle
 from recstack.client import open_channel, wait_serving
-from recstack.config import GatewayOptions, ServerOptions
-from recstack.server import CoreRef, RunningServer, ServiceSpec, start_server
+from recstack.core.bundle import Bundle
+from recstack.core.config import GatewayOptions, ServerOptions
+from recstack.runtime import contracts, tracing
+from recstack.runtime.auth import channel_credentials
+from recstack.runtime.server import CoreRef, RunningServer, ServiceSpec, start_server
 from recstack.v1 import gateway_pb2_grpc
 
 SERVICE_NAME = contracts.GATEWAY_SERVICE

@@ -6,8 +6,8 @@ import grpc
 
 from gateway.core import GatewayCore
 from gateway.events import Event
-from recstack.pbconv import recommend_query_from_pb, recommend_result_to_pb
-from recstack.server import CoreRef, deadline_of
+from recstack.runtime.pbconv import recommend_query_from_pb, recommend_result_to_pb
+from recstack.runtime.server import CoreRef, deadline_of
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
 

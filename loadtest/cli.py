@@ -41,9 +41,9 @@ from loadtest.workload import (
     WorkloadOptions,
     parse_mix,
 )
-from recstack.bundle import Bundle
 from recstack.client import wait_serving
-from recstack.errors import BundleError
+from recstack.core.bundle import Bundle
+from recstack.core.errors import BundleError
 
 MAX_CONCURRENCY = 1024
 DEFAULT_OUT_DIR = Path("state") / "loadtest"

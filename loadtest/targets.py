@@ -28,8 +28,8 @@ from typing import Any
 import grpc
 
 from recstack import client
-from recstack.auth import channel_credentials
-from recstack.config import GATEWAY_PORT, RANK_PORT, RECALL_PORT
+from recstack.core.config import GATEWAY_PORT, RANK_PORT, RECALL_PORT
+from recstack.runtime.auth import channel_credentials
 from recstack.v1 import gateway_pb2_grpc, rank_pb2_grpc, recall_pb2_grpc
 
 DEFAULT_PORTS = {"recall": RECALL_PORT, "rank": RANK_PORT, "recommend": GATEWAY_PORT}

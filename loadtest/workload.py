@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from recstack.bundle import Bundle
-from recstack.features import candidate_features, history_similarities
+from recstack.core.bundle import Bundle
+from recstack.core.features import candidate_features, history_similarities
+from recstack.core.vectors import F32Array, l2_normalize, pack
 from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
-from recstack.vectors import F32Array, l2_normalize, pack
 
 SERVICES = ("recall", "rank", "recommend")
 DEFAULT_MIX: dict[str, dict[str, float]] = {

@@ -6,8 +6,8 @@ import sys
 from collections.abc import Sequence
 
 from rank_service.server import serve
-from recstack.config import RANK_PORT, OrtOptions, RankOptions
-from recstack.server import cli_main
+from recstack.core.config import RANK_PORT, OrtOptions, RankOptions
+from recstack.runtime.server import cli_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,9 +8,9 @@ and a request's embedding version must equal the ranker's bundle version (invari
 never score vectors from another embedding space).
 
 Each row is scored independently, which is what makes dynamic batching exact: concurrent
-requests' rows are concatenated into one ORT run by ``recstack.batcher`` and split back.
+requests' rows are concatenated into one ORT run by ``recstack.models.batcher`` and split back.
 
-Lifecycle: one core per bundle version, held by :class:`recstack.lifecycle.Versions`
+Lifecycle: one core per bundle version, held by :class:`recstack.core.lifecycle.Versions`
 (the service can hold several during a rollout); a request leases the core of the version
 it names, and ``close`` (called once the core is retired and its last lease has ended)
 stops its batcher.
@@ -25,20 +25,20 @@ import numpy as np
 
 from rank_service.mmr import mmr_order
 from rank_service.runner import RankerRunner
-from recstack import metrics
-from recstack.batcher import Batcher, BatchMetrics, BeforeRunHook
-from recstack.bundle import Bundle
-from recstack.config import RankOptions
-from recstack.deadline import Deadline
-from recstack.domain import RankInfo, RankQuery, RankResult, ScoredItem
-from recstack.errors import (
+from recstack.core import metrics
+from recstack.core.bundle import Bundle
+from recstack.core.config import RankOptions
+from recstack.core.deadline import Deadline
+from recstack.core.domain import RankInfo, RankQuery, RankResult, ScoredItem
+from recstack.core.errors import (
     BundleError,
     FailedPrecondition,
     InvalidArgument,
     limit_exceeded,
 )
-from recstack.ort import CUDA, SessionOptions, create_session
-from recstack.vectors import F32Array
+from recstack.core.vectors import F32Array
+from recstack.models.batcher import Batcher, BatchMetrics, BeforeRunHook
+from recstack.models.ort import CUDA, SessionOptions, create_session
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from recstack.vectors import F32Array
+from recstack.core.vectors import F32Array
 
 IntArray = npt.NDArray[np.intp]
 _GRAM_MIN_PICKS = 16

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from recstack import metrics
-from recstack.ort import CUDA
-from recstack.vectors import F32Array
+from recstack.core import metrics
+from recstack.core.vectors import F32Array
+from recstack.models.ort import CUDA
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The first bundle load runs in the background (health NOT_SERVING until it passes its
 self-check; the root's PREVIOUS version too, with ``--load-previous``); then the bundle
 pointer watcher starts (``--bundle-poll-s``). Hot swap, the versions held during a rollout
-and their retirement are :class:`recstack.lifecycle.Lifecycle`'s. Stopping the server
+and their retirement are :class:`recstack.core.lifecycle.Lifecycle`'s. Stopping the server
 closes every core (their batcher threads) after the gRPC server has finished its
 in-flight RPCs.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 
 from rank_service.core import RankCore, load_core, publish_metrics
 from rank_service.servicer import RankAdminServicer, RankServicer
-from recstack import contracts
-from recstack.batcher import BeforeRunHook
-from recstack.config import OrtOptions, RankOptions, ServerOptions
-from recstack.lifecycle import Lifecycle
-from recstack.server import RunningServer, ServiceSpec, start_server
+from recstack.core.config import OrtOptions, RankOptions, ServerOptions
+from recstack.core.lifecycle import Lifecycle
+from recstack.models.batcher import BeforeRunHook
+from recstack.runtime import contracts
+from recstack.runtime.server import RunningServer, ServiceSpec, start_server
 from recstack.v1 import rank_pb2_grpc
 
 SERVICE_NAME = contracts.RANK_SERVICE

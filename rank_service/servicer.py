@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 
 from rank_service.core import RankCore
-from recstack.errors import FailedPrecondition, InvalidArgument
-from recstack.lifecycle import Lifecycle, ReloadOutcome
-from recstack.pbconv import rank_query_from_pb, rank_result_to_pb
-from recstack.server import deadline_of
+from recstack.core.errors import FailedPrecondition, InvalidArgument
+from recstack.core.lifecycle import Lifecycle, ReloadOutcome
+from recstack.runtime.pbconv import rank_query_from_pb, rank_result_to_pb
+from recstack.runtime.server import deadline_of
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 
 

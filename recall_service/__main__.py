@@ -6,8 +6,8 @@ import sys
 from collections.abc import Sequence
 
 from recall_service.server import serve
-from recstack.config import RECALL_PORT, OrtOptions, RecallOptions
-from recstack.server import cli_main
+from recstack.core.config import RECALL_PORT, OrtOptions, RecallOptions
+from recstack.runtime.server import cli_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:

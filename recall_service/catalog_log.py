@@ -10,7 +10,7 @@ sequences become visible in order. SQLite has one writer at a time, so it holds;
 PostgreSQL concurrent transactions could commit out of sequence order, so ``append`` takes
 a transaction-scoped advisory lock first: appends are serialised and commit in order.
 
-DSNs and connections: see recstack.storage.
+DSNs and connections: see recstack.core.storage.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recstack.storage import POSTGRES, Database
-from recstack.vectors import WIRE_DTYPE, F32Array
+from recstack.core.storage import POSTGRES, Database
+from recstack.core.vectors import WIRE_DTYPE, F32Array
 
 UPSERT = "upsert"
 DELETE = "delete"
@@ -149,5 +149,5 @@ class SqlCatalogLog:
 
 
 def open_log(dsn: str) -> CatalogLog:
-    """The log a DSN names (see recstack.storage)."""
+    """The log a DSN names (see recstack.core.storage)."""
     return SqlCatalogLog(dsn)

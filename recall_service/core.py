@@ -1,7 +1,7 @@
 """Recall core: one bundle version's encoder + user tower + live item index + catalog log.
 
 A query is a user (history item ids and/or a free-text query) or an explicit vector. The
-user vector is the bundle's user tower (:mod:`recstack.user_tower`) over the vectors of the
+user vector is the bundle's user tower (:mod:`recstack.models.user_tower`) over the vectors of the
 history items, combined with the query text's encoder vector when there is one: a
 history-only query runs no transformer. Scores are inner products of unit vectors. No grpc
 here.
@@ -37,14 +37,12 @@ from recall_service.catalog_log import DELETE, UPSERT, CatalogLog, LogEntry, Log
 from recall_service.directory import VectorDirectory
 from recall_service.filters import compile_filters
 from recall_service.index import ItemIndex, SearchSpec
-from recstack import metrics
-from recstack.batcher import Batcher, BatcherClosed, BatchMetrics
-from recstack.bundle import Bundle
-from recstack.config import RecallOptions
-from recstack.deadline import Deadline
-from recstack.domain import ItemDetails, ItemsResult, RecallInfo, RecallQuery, RecallResult
-from recstack.encoder import TextEncoder
-from recstack.errors import (
+from recstack.core import metrics
+from recstack.core.bundle import Bundle
+from recstack.core.config import RecallOptions
+from recstack.core.deadline import Deadline
+from recstack.core.domain import ItemDetails, ItemsResult, RecallInfo, RecallQuery, RecallResult
+from recstack.core.errors import (
     BundleError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -52,10 +50,12 @@ from recstack.errors import (
     Unavailable,
     limit_exceeded,
 )
-from recstack.features import join_recent, load_recent_top, summarize_similarities
-from recstack.sharding import shard_of
-from recstack.user_tower import UserTower
-from recstack.vectors import F32Array, l2_normalize
+from recstack.core.features import join_recent, load_recent_top, summarize_similarities
+from recstack.core.sharding import shard_of
+from recstack.core.vectors import F32Array, l2_normalize
+from recstack.models.batcher import Batcher, BatcherClosed, BatchMetrics
+from recstack.models.encoder import TextEncoder
+from recstack.models.user_tower import UserTower
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ class RecallCore:
         self, labels: np.ndarray, scores: F32Array, query: F32Array, spec: SearchSpec
     ) -> tuple[np.ndarray, F32Array, np.ndarray]:
         """The search's hits joined with the bundle's recent-popularity items that this
-        shard holds and the spec admits (:func:`recstack.features.join_recent`): labels,
+        shard holds and the spec admits (:func:`recstack.core.features.join_recent`): labels,
         scores and recent flags of the k kept, best first. Same read section as the search."""
         extra, extra_scores = self.index.named(self.recent_top, query, spec)
         found = np.isin(labels, extra)  # already among the hits: one row, flagged

@@ -21,9 +21,9 @@ import numpy as np
 
 from recall_service.catalog_log import DELETE, LogWrite
 from recall_service.index import ItemIndex
-from recstack.bundle import Bundle
-from recstack.sharding import shard_of
-from recstack.vectors import F32Array
+from recstack.core.bundle import Bundle
+from recstack.core.sharding import shard_of
+from recstack.core.vectors import F32Array
 
 
 class VectorDirectory:

@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from recstack.domain import MetadataFilter
-from recstack.errors import InvalidArgument
+from recstack.core.domain import MetadataFilter
+from recstack.core.errors import InvalidArgument
 
 Predicate = Callable[[dict[str, Any]], bool]
 

@@ -39,11 +39,11 @@ import numpy as np
 import numpy.typing as npt
 
 from recall_service.catalog_log import DELETE, LogWrite
-from recstack.bundle import Bundle, CatalogItem, sha256_file
-from recstack.errors import BundleError
-from recstack.rwlock import RWLock
-from recstack.sharding import shard_of
-from recstack.vectors import F32Array
+from recall_service.rwlock import RWLock
+from recstack.core.bundle import Bundle, CatalogItem, sha256_file
+from recstack.core.errors import BundleError
+from recstack.core.sharding import shard_of
+from recstack.core.vectors import F32Array
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Background: a tailer thread applies log entries written by other replicas every
 ``log_poll_s`` and writes a snapshot every ``snapshot_every`` applied writes; a watcher
 polls the bundle root's ``CURRENT`` every ``bundle_poll_s`` and hot-swaps to a new version.
 
-Hot swap (:class:`recstack.lifecycle.Lifecycle`, shared with rank): the new core is built
+Hot swap (:class:`recstack.core.lifecycle.Lifecycle`, shared with rank): the new core is built
 and replayed while the old one serves. Writes run under ``_write_gate`` on the primary
 core; a swap takes the gate, applies the last entries to the new core, publishes it and
 releases the gate, so no write acknowledged by the old core can be missing from the new
@@ -34,16 +34,16 @@ from pathlib import Path
 from recall_service.catalog_log import CatalogLog, open_log
 from recall_service.core import ItemWrite, RecallCore
 from recall_service.index import IndexParams, ItemIndex
-from recstack import metrics
-from recstack.bundle import Bundle
-from recstack.config import RecallOptions
-from recstack.deadline import Deadline
-from recstack.domain import RecallQuery, RecallResult
-from recstack.encoder import TextEncoder
-from recstack.errors import BundleError, InvalidArgument
-from recstack.lifecycle import Lifecycle, ReloadOutcome
-from recstack.ort import SessionOptions
-from recstack.user_tower import UserTower
+from recstack.core import metrics
+from recstack.core.bundle import Bundle
+from recstack.core.config import RecallOptions
+from recstack.core.deadline import Deadline
+from recstack.core.domain import RecallQuery, RecallResult
+from recstack.core.errors import BundleError, InvalidArgument
+from recstack.core.lifecycle import Lifecycle, ReloadOutcome
+from recstack.models.encoder import TextEncoder
+from recstack.models.ort import SessionOptions
+from recstack.models.user_tower import UserTower
 
 log = logging.getLogger(__name__)
 SNAPSHOT_POINTER = "SNAPSHOT"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from recall_service.replica import Replica
 from recall_service.servicer import RecallAdminServicer, RecallServicer
-from recstack import contracts
-from recstack.config import OrtOptions, RecallOptions, ServerOptions
-from recstack.server import RunningServer, ServiceSpec, start_server
+from recstack.core.config import OrtOptions, RecallOptions, ServerOptions
+from recstack.runtime import contracts
+from recstack.runtime.server import RunningServer, ServiceSpec, start_server
 from recstack.v1 import recall_pb2_grpc
 
 SERVICE_NAME = contracts.RECALL_SERVICE

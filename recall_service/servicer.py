@@ -9,11 +9,11 @@ import grpc
 
 from recall_service.core import ItemWrite
 from recall_service.replica import Replica, batch_version
-from recstack.errors import InvalidArgument
-from recstack.pbconv import items_to_pb, recall_query_from_pb, recall_result_to_pb
-from recstack.server import deadline_of
+from recstack.core.errors import InvalidArgument
+from recstack.core.vectors import unpack_vector
+from recstack.runtime.pbconv import items_to_pb, recall_query_from_pb, recall_result_to_pb
+from recstack.runtime.server import deadline_of
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from recstack.vectors import unpack_vector
 
 
 def _metadata(raw: str, field: str) -> dict[str, Any]:

@@ -4,12 +4,12 @@ Defaults a caller should not have to think about: every call has a deadline (``t
 default 1 s); methods the protos declare NO_SIDE_EFFECTS or IDEMPOTENT (Recommend, Recall,
 RecallBatch, GetItems, Rank, GetInfo, Delete, DeleteUser) are retried with exponential
 backoff on UNAVAILABLE only, by gRPC itself via the channel's service config
-(recstack.contracts, the same document as protos/recstack/v1/service_config.json); other
+(recstack.runtime.contracts, the same document as protos/recstack/v1/service_config.json); other
 writes (Upsert, RecordEvents) are never retried automatically. A failed call raises
 ``RecstackRpcError`` (a ``grpc.RpcError``: ``code()``, ``details()``) with the decoded
 google.rpc details: ``reason``, ``fields`` (one per offending field), ``metadata`` and
-``retry_delay_s`` (see recstack.errors); ``error_details(err)`` decodes any RpcError.
-For TLS, mutual TLS and bearer tokens pass ``credentials=recstack.auth.channel_credentials(
+``retry_delay_s`` (see recstack.core.errors); ``error_details(err)`` decodes any RpcError.
+For TLS, mutual TLS and bearer tokens pass ``credentials=recstack.runtime.auth.channel_credentials(
 ca=..., cert=..., key=..., token=...)``.
 
     from recstack.client import RecstackClient
@@ -30,13 +30,13 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recstack import contracts
-from recstack.config import GATEWAY_PORT, RECALL_PORT, ServerOptions
-from recstack.domain import MetadataFilter
-from recstack.errors import ErrorDetails, details_from_trailers
-from recstack.pbconv import filters_to_pb
+from recstack.core.config import GATEWAY_PORT, RECALL_PORT, ServerOptions
+from recstack.core.domain import MetadataFilter
+from recstack.core.errors import ErrorDetails, details_from_trailers
+from recstack.core.vectors import F32Array, pack, unpack_rows, unpack_vector
+from recstack.runtime import contracts
+from recstack.runtime.pbconv import filters_to_pb
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc, recall_pb2, recall_pb2_grpc
-from recstack.vectors import F32Array, pack, unpack_rows, unpack_vector
 
 DEFAULT_TIMEOUT_S = 1.0
 R = TypeVar("R")
@@ -108,7 +108,7 @@ def service_config(
     initial_backoff_s: float = contracts.INITIAL_BACKOFF_S,
 ) -> str:
     """Retry UNAVAILABLE with backoff on the methods the protos declare idempotent;
-    round-robin over addresses (recstack.contracts). ``max_attempts`` counts the first
+    round-robin over addresses (recstack.runtime.contracts). ``max_attempts`` counts the first
     try; 1 disables retries."""
     return json.dumps(
         contracts.service_config(max_attempts=max_attempts, initial_backoff_s=initial_backoff_s)
@@ -135,7 +135,7 @@ def open_channel(
     credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.Channel:
     """A retrying channel; TLS (and a bearer token) when ``credentials`` are given
-    (see recstack.auth.channel_credentials)."""
+    (see recstack.runtime.auth.channel_credentials)."""
     options = channel_options(max_attempts, initial_backoff_s)
     if credentials is not None:
         return grpc.secure_channel(address, credentials, options=options)

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh train,dev
 python -m training build --data ml100k --profile quick --out bundles --reuse "$@"
-python -m recstack.demo --bundle bundles
+python -m recstack.tools.demo --bundle bundles

@@ -4,7 +4,7 @@ Usage: python scripts/gen_protos.py [--check]
 
 Writes recstack/v1/*_pb2.py, *_pb2.pyi and *_pb2_grpc.py, and the gRPC service config
 that callers in every language share, protos/recstack/v1/service_config.json (built by
-recstack.contracts from the RPCs' idempotency_level options). With --check, generates into
+recstack.runtime.contracts from the RPCs' idempotency_level options). With --check, generates into
 a temporary directory and exits 1 if the committed files differ (CI drift check).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
-from recstack.contracts import methods_of, service_config_json
+from recstack.runtime.contracts import methods_of, service_config_json
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from recstack.bundle import Bundle
-from recstack.config import GatewayOptions, RankOptions, RecallOptions, ServerOptions
-from recstack.server import RunningServer
+from recstack.core.bundle import Bundle
+from recstack.core.config import GatewayOptions, RankOptions, RecallOptions, ServerOptions
+from recstack.runtime.server import RunningServer
 
 READY_TIMEOUT_S = 180
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from recstack.procs import free_port
+from recstack.tools.procs import free_port
 
 
 def _bin(name: str) -> str:

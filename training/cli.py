@@ -205,8 +205,8 @@ def _resolve_data(arg: str, cache: Path) -> tuple[Path, str]:
 
 def _reusable(out: Path, profile: str, seed: int, data_dir: Path, layers: int) -> Path | None:
     """The CURRENT bundle if built from the same profile, seed, fine-tuned layers and data."""
-    from recstack.bundle import Bundle
-    from recstack.errors import BundleError
+    from recstack.core.bundle import Bundle
+    from recstack.core.errors import BundleError
 
     if not (out / "CURRENT").is_file():
         return None
@@ -260,7 +260,7 @@ def _summary(bundle_dir: Path, seconds: float) -> str:
 
 
 def _from_live(args: argparse.Namespace, data_dir: Path, start: float) -> int:
-    from recstack.errors import BundleError
+    from recstack.core.errors import BundleError
     from training.loop import GateRefused, LoopOptions, run_loop
 
     missing = [f for f in ("events_dsn", "catalog_dsn") if not getattr(args, f)]

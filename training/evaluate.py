@@ -9,7 +9,7 @@ RecBole masks ``history_item`` for general recommenders:
 - validation: input history = train, excluded = train items;
 - test: input history = train + validation, excluded = train + validation items.
 
-The user vector is the serving :class:`~recstack.user_tower.UserTower`'s vector of the
+The user vector is the serving :class:`~recstack.models.user_tower.UserTower`'s vector of the
 history's item vectors (the call the recall service makes). Users without a held-out
 item (fewer than 3 interactions) are not evaluated. With one relevant item per user,
 Recall@k = Hit@k, NDCG@k = ``1 / log2(rank + 2)`` and MRR@k = ``1 / (rank + 1)`` for a hit
@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from recstack.config import RecallOptions
-from recstack.features import candidate_features, history_similarities, join_recent
+from recstack.core.config import RecallOptions
+from recstack.core.features import candidate_features, history_similarities, join_recent
 from training.data import Dataset, Split
 
 KS = (10, 20)
@@ -328,7 +328,7 @@ def with_recent(
     """Recall's top-``n`` per case joined with the case's recent-popularity items
     (``recent[b]``, most first), as the recall service joins them for ``include_recent``:
     the unseen recent items are always kept, scored by inner product with the user
-    vector, the best others fill up to ``n`` (:func:`recstack.features.join_recent`)."""
+    vector, the best others fill up to ``n`` (:func:`recstack.core.features.join_recent`)."""
     out: list[tuple[list[str], list[float]]] = []
     for vec, case, (ids, scores), top in zip(user_vecs, cases, recalled, recent, strict=True):
         ids, scores = ids[:n], scores[:n]
@@ -357,7 +357,7 @@ def rerank_lists(
     recent: Sequence[np.ndarray | None] | None = None,
 ) -> list[list[str]]:
     """Candidates reordered by the ONNX ranker's score (stable for equal scores), with the
-    side features the gateway sends (:func:`recstack.features.candidate_features`);
+    side features the gateway sends (:func:`recstack.core.features.candidate_features`);
     ``histories`` are the vectors the user vector was built from (for the similarities);
     ``recent[b]`` the catalog's [N_items, 3] recency counts at case b's time (or None)."""
     names = {i.name for i in ranker.get_inputs()}

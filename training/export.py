@@ -3,7 +3,7 @@
 The bundle's ``encoder/`` holds exactly ``model.onnx`` (one self-contained file: inputs
 ``input_ids``, ``attention_mask``, ``token_type_ids``; output ``last_hidden_state``) and
 ``tokenizer.json``. Pooling and normalisation are not in the graph: the serving
-:class:`recstack.encoder.TextEncoder` does them in numpy, and :func:`check_encoder_parity`
+:class:`recstack.models.encoder.TextEncoder` does them in numpy, and :func:`check_encoder_parity`
 proves that path gives the same vectors as the torch model that was trained.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from recstack.encoder import TextEncoder
+from recstack.models.encoder import TextEncoder
 from training.base_encoder import embed_eval, set_offline
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

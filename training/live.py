@@ -45,7 +45,7 @@ LOG_PAGE = 5_000
 
 def _require_store(dsn: str, what: str, flag: str) -> None:
     """A SQLite DSN must name an existing file: opening would silently create an empty one."""
-    from recstack.storage import SQLITE, parse_dsn
+    from recstack.core.storage import SQLITE, parse_dsn
 
     backend, target = parse_dsn(dsn)
     if backend == SQLITE and not Path(target).is_file():
@@ -57,7 +57,7 @@ def live_catalog(
 ) -> tuple[list[Item], dict[str, int]]:
     """The bundle's catalog + base items it lacks, with the catalog log applied in order."""
     from recall_service.catalog_log import DELETE, UPSERT, open_log
-    from recstack.bundle import Bundle
+    from recstack.core.bundle import Bundle
 
     bundle = Bundle.open(bundle_root, verify="on_use")
     items: dict[str, Item] = {

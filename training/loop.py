@@ -92,7 +92,7 @@ def holdout_cut(event_seconds: Sequence[int], fraction: float) -> int:
 def data_end(bundle_dir: Path) -> int:
     """The newest interaction (Unix seconds) a bundle trained on; 0 when its manifest does
     not say (bundles from before recency features)."""
-    from recstack.bundle import Bundle
+    from recstack.core.bundle import Bundle
 
     manifest = Bundle.open(bundle_dir, verify="none").manifest
     return int(manifest.get("ranker", {}).get("recency", {}).get("as_of", 0))
@@ -126,7 +126,7 @@ def decide(
 def run_loop(opts: LoopOptions) -> Path:
     """Export, hold out, train the candidate, gate, refit and publish; returns the new
     bundle's directory. Raises :class:`GateRefused` when the gate keeps the serving bundle."""
-    from recstack.bundle import resolve_bundle_dir
+    from recstack.core.bundle import resolve_bundle_dir
     from training.live import export_live
     from training.pipeline import PROFILES, Refit, build_bundle
     from training.timesplit import evaluate_bundle_on_future, future_cases, past

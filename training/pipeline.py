@@ -8,15 +8,15 @@ Model v2 (docs/model-quality.md):
    the user's recent items, trained jointly with the head by full-catalog softmax at every
    position of every train sequence; early-stopped on validation NDCG@10.
 3. **Ranker** (:mod:`training.ranker`): listwise over recall's top-N candidates with side
-   features (:mod:`recstack.features`), at train positions the tower was not trained on.
+   features (:mod:`recstack.core.features`), at train positions the tower was not trained on.
 
 Every vector in the bundle is computed by the *serving* code (:class:`TextEncoder`,
-:class:`recstack.user_tower.UserTower` over the exported ONNX models), not by torch, so the
+:class:`recstack.models.user_tower.UserTower` over the exported ONNX models), not by torch, so the
 index holds exactly what the recall service computes; parity checks tie each ONNX model
 to its torch model (encoder and tower 1e-4, ranker 1e-5).
 
 A bundle is assembled in ``out_root/.<version>.tmp``, sealed with
-:func:`recstack.bundle.write_manifest` (sha256 of every file), renamed to
+:func:`recstack.core.bundle.write_manifest` (sha256 of every file), renamed to
 ``out_root/<version>`` and only then published by atomically replacing ``out_root/CURRENT``.
 A crash at any point leaves the previous CURRENT bundle untouched.
 """
@@ -36,17 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from recstack.bundle import Bundle, point_current, write_manifest
-from recstack.encoder import TextEncoder
-from recstack.features import (
+from recstack.core.bundle import Bundle, point_current, write_manifest
+from recstack.core.features import (
     DAY_S,
     RANKER_FEATURES,
     RECENCY_WINDOWS_S,
     candidate_features,
     history_similarities,
 )
-from recstack.ort import SessionOptions, create_session
-from recstack.user_tower import UserTower
+from recstack.models.encoder import TextEncoder
+from recstack.models.ort import SessionOptions, create_session
+from recstack.models.user_tower import UserTower
 from training.base_encoder import BASE_MODEL_NAME
 from training.data import DataError, Dataset, Split, leave_last_out, load_dataset
 from training.ranker import (
@@ -97,7 +97,7 @@ class Profile:
     rerank_n: int = RERANK_N
     # Recent-popularity candidates: the items most interacted with in the
     # ``recent_window_days`` before each request always join recall's top-``rerank_n``
-    # (``recstack.features.join_recent``); 0 = recall's candidates alone. Quick,
+    # (``recstack.core.features.join_recent``); 0 = recall's candidates alone. Quick,
     # validation served NDCG@10: 0 → 0.0816, 20 → 0.0868, 50 → 0.0789. The window is
     # recent popularity's best on the time split's validation cut (14 days).
     recent_candidates: int = 20

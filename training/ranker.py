@@ -1,7 +1,7 @@
 """The second-stage ranker: an MLP over fused (user, item) vectors and side features.
 
 The rank service is stateless and receives the user vector, the candidate vectors and, per
-candidate, the side features named in :data:`recstack.features.RANKER_FEATURES` (computed
+candidate, the side features named in :data:`recstack.core.features.RANKER_FEATURES` (computed
 by the gateway from recall's answer, the bundle's item statistics and the user's history):
 ``user[N, dim]``, ``item[N, dim]``, ``features[N, F]`` (float32) -> logit ``score[N]``.
 The fusion ``concat(user, item, user*item, |user-item|)`` and the standardisation of the

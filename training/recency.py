@@ -1,7 +1,7 @@
 """Recency: how many interactions each item had in the days before a reference time.
 
-The ranker's recency features (``recstack.features.RECENCY``) are ``log1p`` of these
-counts over :data:`recstack.features.RECENCY_WINDOWS_S`. Only interactions strictly before
+The ranker's recency features (``recstack.core.features.RECENCY``) are ``log1p`` of these
+counts over :data:`recstack.core.features.RECENCY_WINDOWS_S`. Only interactions strictly before
 the reference time count, so a training list never sees its own target or anything after
 it:
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from recstack.features import RECENCY_WINDOWS_S
+from recstack.core.features import RECENCY_WINDOWS_S
 from training.data import Dataset
 
 
@@ -54,7 +54,7 @@ class RecentCounts:
     def top(self, now: int, window_s: int, count: int) -> list[int]:
         """The ``count`` item rows with the most interactions in ``[now - window_s, now)``
         (ties: catalog order), items without any left out: the recent-popularity
-        candidates (``recstack.features.join_recent``) of a request at ``now``."""
+        candidates (``recstack.core.features.join_recent``) of a request at ``now``."""
         if count <= 0:
             return []
         hi = int(np.searchsorted(self.times, now, side="left"))

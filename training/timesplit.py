@@ -140,8 +140,8 @@ def catalog_vectors(bundle: Any, dataset: Dataset) -> tuple[np.ndarray, Any]:
     and a fresh index with the bundle's HNSW parameters."""
     import hnswlib
 
-    from recstack.encoder import TextEncoder
-    from recstack.ort import SessionOptions
+    from recstack.models.encoder import TextEncoder
+    from recstack.models.ort import SessionOptions
 
     spec = bundle.section("index")
     stored = np.load(bundle.path(bundle.section("items")["vectors"]), allow_pickle=False)
@@ -184,10 +184,10 @@ def evaluate_bundle_on_future(
     all-time and recent popularity on the future cases, with intervals and paired
     differences (per-user values into ``arrays`` when given). The bundle serves
     ``dataset``'s catalog (:func:`catalog_vectors`)."""
-    from recstack.bundle import Bundle
-    from recstack.features import load_recent_top
-    from recstack.ort import SessionOptions, create_session
-    from recstack.user_tower import UserTower
+    from recstack.core.bundle import Bundle
+    from recstack.core.features import load_recent_top
+    from recstack.models.ort import SessionOptions, create_session
+    from recstack.models.user_tower import UserTower
     from training.recency import RecentCounts
 
     bundle = Bundle.open(bundle_root)

@@ -75,8 +75,8 @@ def load_state(source: Path, shape: dict[str, Any], base_model: str) -> WarmStat
     ``_SHAPE_KEYS``)."""
     from safetensors.numpy import load_file
 
-    from recstack.bundle import Bundle, resolve_bundle_dir
-    from recstack.errors import BundleError
+    from recstack.core.bundle import Bundle, resolve_bundle_dir
+    from recstack.core.errors import BundleError
 
     try:
         bundle = Bundle.open(resolve_bundle_dir(source))

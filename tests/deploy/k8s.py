@@ -3,7 +3,7 @@
 The point of these helpers is to interpret the rendered manifests the way Kubernetes and our
 CLIs would: the environment a container gets (``envFrom`` ConfigMaps in order, then ``env``),
 ``$(VAR)`` expansion in ``command``/``args``, and the options a service process ends up with
-(flags parsed by the same argparse construction as ``recstack.server.cli_main``, with
+(flags parsed by the same argparse construction as ``recstack.runtime.server.cli_main``, with
 ``RECSTACK_*`` env defaults). Tests then assert on those effective values, not on YAML text.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from recstack.config import ServerOptions, add_arguments
+from recstack.core.config import ServerOptions, add_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -116,7 +116,7 @@ def pod_labels(obj: Obj) -> dict[str, str]:
 
 
 # The bundle-follow sidecar of components/follow: the only container beside a service's.
-FOLLOW_COMMAND = ["python", "-m", "recstack.publish", "follow"]
+FOLLOW_COMMAND = ["python", "-m", "recstack.tools.publish", "follow"]
 
 
 def is_sidecar(container: Obj) -> bool:
@@ -226,7 +226,8 @@ def environ(values: dict[str, str]) -> Iterator[None]:
 
 
 def cli_spec(role: Role) -> dict[str, Any]:
-    """The keyword arguments the role's real ``main`` passes to ``recstack.server.cli_main``.
+    """The keyword arguments the role's real ``main`` passes to
+    ``recstack.runtime.server.cli_main``.
 
     The role module's ``cli_main`` is swapped for a recorder for the duration of one call,
     so the groups/ports come from the real entry point, not from a copy in this file.

@@ -2,9 +2,9 @@
 
 For each Deployment/StatefulSet of an overlay (as many pods as it declares, or its
 HorizontalPodAutoscaler's minReplicas; one each where ``replicas=1`` is asked), this does
-what the kubelet would: runs the initContainer (``python -m recstack.publish fetch`` with ``$(VAR)``
-expansion from its ConfigMap), then the main container with the env from its ConfigMaps
-and its args, polls the startup/readiness probes (grpc.health.v1 Check on the probe's
+what the kubelet would: runs the initContainer (``python -m recstack.tools.publish fetch``
+with ``$(VAR)`` expansion from its ConfigMap), then the main container with the env from its
+ConfigMaps and its args, polls the startup/readiness probes (grpc.health.v1 Check on the probe's
 service), then calls Recommend through the gateway and finally SIGTERMs every process and
 expects exit status 0 within terminationGracePeriodSeconds.
 
@@ -12,7 +12,7 @@ Only what must differ on one machine is substituted, each in one place below:
 * ports: every manifest port (gRPC, metrics) of every pod -> a free local port;
 * paths: every volume mountPath -> a per-pod directory (the bundles PVC -> one shared
   "published" directory that the tiny test bundle is published into with
-  ``recstack.publish publish``);
+  ``recstack.tools.publish publish``);
 * Service DNS names in targets (``dns:///recstack-rank:50052``) -> 127.0.0.1 and the port
   of the pod that Service selects (``ipv4:127.0.0.1:A,127.0.0.1:B`` when it selects
   several: the gateway balances over them as over a headless Service's pods);
@@ -44,9 +44,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recstack.bundle import Bundle
-from recstack.procs import free_port
-from recstack.publish import publish
+from recstack.core.bundle import Bundle
+from recstack.tools.procs import free_port
+from recstack.tools.publish import publish
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc, recall_pb2, recall_pb2_grpc
 from tests.deploy import k8s
 from tests.deploy.k8s import Obj

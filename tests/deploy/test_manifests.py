@@ -15,8 +15,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from recstack.publish import build_parser as publish_parser
-from recstack.publish import check_version_name
+from recstack.tools.publish import build_parser as publish_parser
+from recstack.tools.publish import check_version_name
 from tests.deploy import k8s
 from tests.deploy.k8s import OVERLAYS, ROLES, TARGETS, Obj, name_of
 
@@ -232,7 +232,7 @@ def test_bundle_fetch_init_containers(rendered: list[Obj]) -> None:
         (init,) = [c for c in k8s.pod_spec(obj).get("initContainers", [])]
         env = k8s.container_env(init, rendered)
         argv = k8s.command_line(init, env)
-        assert argv[:3] == ["python", "-m", "recstack.publish"], argv
+        assert argv[:3] == ["python", "-m", "recstack.tools.publish"], argv
         assert not [a for a in argv if "$(" in a], f"unexpanded variable in {argv}"
         args = parser.parse_args(argv[3:])
         assert args.command == "fetch"

@@ -25,8 +25,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from rank_service.server import serve as serve_rank
-from recstack.config import RankOptions, ServerOptions
-from recstack.procs import free_port
+from recstack.core.config import RankOptions, ServerOptions
+from recstack.tools.procs import free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from tests.conftest import channel_to
 from tests.deploy import k8s
@@ -117,7 +117,7 @@ def test_alerts_cover_the_operational_failures(rendered: list[Obj]) -> None:
 def scraped(bundle_dir: Path) -> str:
     """A real rank server's /metrics (text format) after a good and a refused RPC.
 
-    All recstack metrics are declared in recstack/metrics.py and exposed (at least their
+    All recstack metrics are declared in recstack/core/metrics.py and exposed (at least their
     HELP/TYPE) by any server; the RPCs make the per-method series appear.
     """
     running = serve_rank(
@@ -162,12 +162,12 @@ def test_exposition_passes_promtool_check_metrics(scraped: str) -> None:
 
 def _declared_labels(name: str) -> tuple[str, ...]:
     """Label names of a metric that may have no series yet (e.g. a counter never hit)."""
-    from recstack import metrics
+    from recstack.core import metrics
 
     for value in vars(metrics).values():
         if getattr(value, "_name", None) == name:
             return tuple(value._labelnames)
-    raise AssertionError(f"{name} exposed but not declared in recstack/metrics.py")
+    raise AssertionError(f"{name} exposed but not declared in recstack/core/metrics.py")
 
 
 def _check_expr(expr: str, exposed: dict[str, set[str]], records: set[str]) -> list[str]:

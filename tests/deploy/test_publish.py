@@ -1,4 +1,4 @@
-"""recstack.publish: what the initContainer, the follow sidecar and the training Job's publish
+"""recstack.tools.publish: what the initContainer, the follow sidecar and the training Job's publish
 step rely on."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from recstack.bundle import CURRENT, MANIFEST, PREVIOUS, Bundle, write_manifest
-from recstack.publish import PublishError, fetch, follow_once, main, publish
+from recstack.core.bundle import CURRENT, MANIFEST, PREVIOUS, Bundle, write_manifest
+from recstack.tools.publish import PublishError, fetch, follow_once, main, publish
 
 VERSION = "20260101T000000-tiny"
 
@@ -158,7 +158,7 @@ def test_follow_cli_stops_on_sigterm(source: Path, tmp_path: Path) -> None:
 
     pod = tmp_path / "pod"
     argv = ["follow", "--source", str(source), "--dest", str(pod), "--interval-s", "0.2"]
-    proc = subprocess.Popen([sys.executable, "-m", "recstack.publish", *argv])
+    proc = subprocess.Popen([sys.executable, "-m", "recstack.tools.publish", *argv])
     try:
         deadline = time.monotonic() + 60
         while not (pod / CURRENT).exists():

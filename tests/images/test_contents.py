@@ -13,7 +13,7 @@ print(json.dumps({"mods": mods, "python": sys.version.split()[0]}))
 """
 HEAVY = ["torch", "transformers", "optimum"]
 NOT_SERVING_CODE = ["training", "bench", "loadtest"]
-SERVICES = ["recall_service", "rank_service", "gateway", "recstack.publish", "psycopg"]
+SERVICES = ["recall_service", "rank_service", "gateway", "recstack.tools.publish", "psycopg"]
 
 
 def probe(image: str, *modules: str) -> dict[str, object]:
@@ -42,7 +42,7 @@ def test_serving_image_runs_as_the_pods_uid(images):
 def test_training_image_has_torch_cpu_and_the_pipeline(images):
     out = podman.run_in(
         images["train"], "python", "-c",
-        "import torch, training.pipeline, recstack.publish;"
+        "import torch, training.pipeline, recstack.tools.publish;"
         "print(torch.__version__, torch.cuda.is_available())",
     )  # fmt: skip
     assert out.split() == ["2.13.0+cpu", "False"]

@@ -8,7 +8,7 @@ as observed here. These tests keep what works:
   securityContext (UID 10001, read-only root, all capabilities dropped, no privilege
   escalation) and the resource limits, as podman inspect reports them;
 * the rank Deployment runs: its initContainer fetches the published bundle from the PVC's
-  volume (``recstack.publish fetch``), rank becomes SERVING on the pod's address and drains
+  volume (``recstack.tools.publish fetch``), rank becomes SERVING on the pod's address and drains
   on SIGTERM with exit status 0.
 
 Substitutions, each for a reason named where it is made: names get a per-session prefix
@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from recstack.publish import publish
+from recstack.tools.publish import publish
 from tests.deploy import k8s
 from tests.images import podman
 

@@ -21,7 +21,7 @@ from gateway.server import SERVICE_NAME as RECOMMEND_SERVICE
 from rank_service.server import SERVICE_NAME as RANK_SERVICE
 from recall_service.server import SERVICE_NAME as RECALL_SERVICE
 from recstack.client import RecstackClient, item_write
-from recstack.procs import free_port
+from recstack.tools.procs import free_port
 from recstack.v1 import recall_pb2
 from tests.images import podman
 

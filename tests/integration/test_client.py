@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from recall_service.server import serve as serve_recall
-from recstack import metrics
 from recstack.client import (
     AsyncRecstackClient,
     RecstackClient,
@@ -19,9 +18,10 @@ from recstack.client import (
     open_channel,
     query_vector,
 )
-from recstack.config import ServerOptions
-from recstack.domain import MetadataFilter
-from recstack.lifecycle import Versions
+from recstack.core import metrics
+from recstack.core.config import ServerOptions
+from recstack.core.domain import MetadataFilter
+from recstack.core.lifecycle import Versions
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from tests.conftest import recall_options
 

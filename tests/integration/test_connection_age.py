@@ -8,7 +8,7 @@ import threading
 import grpc
 
 from rank_service.server import serve
-from recstack.config import RankOptions, ServerOptions
+from recstack.core.config import RankOptions, ServerOptions
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from tests.conftest import READY_TIMEOUT_S
 

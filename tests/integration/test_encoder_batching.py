@@ -7,9 +7,9 @@ import numpy as np
 from prometheus_client import REGISTRY
 
 from recall_service.replica import Replica
-from recstack.config import OrtOptions
-from recstack.encoder import TextEncoder
-from recstack.ort import SessionOptions
+from recstack.core.config import OrtOptions
+from recstack.models.encoder import TextEncoder
+from recstack.models.ort import SessionOptions
 from tests.conftest import recall_options
 
 TEXTS = [f"a film about {w}" for w in ("pirates", "jazz", "robots", "chess", "rain", "bees")]

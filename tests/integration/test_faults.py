@@ -28,9 +28,9 @@ from gateway.server import serve as serve_gateway
 from rank_service.server import serve as serve_rank
 from recall_service.server import serve as serve_recall
 from recstack.client import RecstackClient
-from recstack.config import GatewayOptions, RankOptions, ServerOptions
-from recstack.server import RunningServer
-from recstack.sharding import shard_of
+from recstack.core.config import GatewayOptions, RankOptions, ServerOptions
+from recstack.core.sharding import shard_of
+from recstack.runtime.server import RunningServer
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import READY_TIMEOUT_S, recall_options
 

@@ -35,7 +35,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recstack.client import error_details
-from recstack.errors import DOMAIN
+from recstack.core.errors import DOMAIN
+from recstack.core.vectors import pack, unpack_rows
 from recstack.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
@@ -44,7 +45,6 @@ from recstack.v1 import (
     recall_pb2,
     recall_pb2_grpc,
 )
-from recstack.vectors import pack, unpack_rows
 from tests.conftest import channel_to
 
 ALLOWED = {

@@ -14,8 +14,8 @@ from rank_service.server import serve as serve_rank
 from recall_service.replica import Replica
 from recall_service.server import SERVICE_NAME as RECALL
 from recall_service.server import serve as serve_recall
-from recstack.config import RankOptions, ServerOptions
-from recstack.errors import BundleError
+from recstack.core.config import RankOptions, ServerOptions
+from recstack.core.errors import BundleError
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from tests.conftest import channel_to, recall_options
 

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.events import Event, EventStore
 from recall_service.catalog_log import DELETE, UPSERT, LogWrite, open_log
-from recstack.bundle import CURRENT, PREVIOUS, Bundle, copy_bundle, point_current
+from recstack.core.bundle import CURRENT, PREVIOUS, Bundle, copy_bundle, point_current
 from training.cli import main as cli_main
 from training.data import load_dataset, write_synthetic_dataset
 from training.live import export_live

@@ -16,8 +16,8 @@ import pytest
 
 from loadtest.cli import main
 from loadtest.workload import BundleData, Generator, WorkloadOptions, parse_mix
-from recstack.bundle import Bundle
-from recstack.server import RunningServer
+from recstack.core.bundle import Bundle
+from recstack.runtime.server import RunningServer
 from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from rank_service.server import serve
-from recstack.config import RankOptions, ServerOptions
-from recstack.procs import free_port
+from recstack.core.config import RankOptions, ServerOptions
+from recstack.tools.procs import free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 from tests.conftest import channel_to
 

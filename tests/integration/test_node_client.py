@@ -18,7 +18,7 @@ from pathlib import Path
 
 import google.rpc
 
-from recstack import contracts
+from recstack.runtime import contracts
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_PACKAGES = ["@grpc/grpc-js@1.14.7", "@grpc/proto-loader@0.8.1", "protobufjs@7.6.6"]

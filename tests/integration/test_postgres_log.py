@@ -5,7 +5,7 @@ import pytest
 
 from recall_service.catalog_log import DELETE, UPSERT, LogWrite, open_log
 from recall_service.server import serve
-from recstack.config import ServerOptions
+from recstack.core.config import ServerOptions
 from recstack.v1 import recall_pb2, recall_pb2_grpc
 from tests.conftest import channel_to, recall_options
 from tests.postgres import postgres_cluster

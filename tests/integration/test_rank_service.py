@@ -12,11 +12,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from rank_service.server import serve
-from recstack.bundle import Bundle
 from recstack.client import error_details
-from recstack.config import RankOptions, ServerOptions
+from recstack.core.bundle import Bundle
+from recstack.core.config import RankOptions, ServerOptions
+from recstack.core.vectors import pack
 from recstack.v1 import rank_pb2, rank_pb2_grpc
-from recstack.vectors import pack
 from tests.conftest import channel_to
 from tests.unit.test_rank_core import (
     FEATURE_WEIGHTS,

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from recstack.client import candidate_scores, candidate_vectors, error_details
-from recstack.encoder import TextEncoder
-from recstack.ort import SessionOptions
-from recstack.user_tower import UserTower
+from recstack.core.vectors import pack, unpack_rows, unpack_vector
+from recstack.models.encoder import TextEncoder
+from recstack.models.ort import SessionOptions
+from recstack.models.user_tower import UserTower
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from recstack.vectors import pack, unpack_rows, unpack_vector
 from tests.conftest import channel_to
 
 
@@ -156,7 +156,7 @@ def test_get_info(stub, bundle):
 
 
 def test_include_recent_keeps_the_bundles_recent_items_among_k(stub, bundle, catalog):
-    from recstack.features import load_recent_top
+    from recstack.core.features import load_recent_top
 
     ids, _ = catalog
     top = load_recent_top(bundle)

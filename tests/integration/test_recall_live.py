@@ -11,11 +11,11 @@ import pytest
 
 from recall_service import core as recall_core
 from recall_service.server import serve
-from recstack.bundle import MANIFEST, write_manifest
 from recstack.client import candidate_scores, candidate_vectors, error_details
-from recstack.config import ServerOptions
+from recstack.core.bundle import MANIFEST, write_manifest
+from recstack.core.config import ServerOptions
+from recstack.core.vectors import l2_normalize, pack
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from recstack.vectors import l2_normalize, pack
 from tests.conftest import channel_to, recall_options
 
 

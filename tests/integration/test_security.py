@@ -11,9 +11,9 @@ from gateway.server import serve as serve_gateway
 from loadtest.cli import main as loadtest_main
 from rank_service.server import serve as serve_rank
 from recall_service.server import serve as serve_recall
-from recstack.auth import channel_credentials
 from recstack.client import RecstackClient, error_details, open_channel
-from recstack.config import GatewayOptions, RankOptions, ServerOptions
+from recstack.core.config import GatewayOptions, RankOptions, ServerOptions
+from recstack.runtime.auth import channel_credentials
 from recstack.v1 import rank_pb2, rank_pb2_grpc, recall_pb2
 from tests.conftest import recall_options
 from tests.tlsutil import make_pki

@@ -17,12 +17,12 @@ import hnswlib
 import numpy as np
 import pytest
 
-from recstack.bundle import Bundle
-from recstack.config import GatewayOptions, RankOptions, ServerOptions
-from recstack.features import load_recency, load_recent_top
-from recstack.ort import CPU, SessionOptions, create_session
-from recstack.server import RunningServer
-from recstack.user_tower import UserTower
+from recstack.core.bundle import Bundle
+from recstack.core.config import GatewayOptions, RankOptions, ServerOptions
+from recstack.core.features import load_recency, load_recent_top
+from recstack.models.ort import CPU, SessionOptions, create_session
+from recstack.models.user_tower import UserTower
+from recstack.runtime.server import RunningServer
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import recall_options
 

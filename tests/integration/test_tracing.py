@@ -24,11 +24,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 from gateway.server import serve as serve_gateway
 from rank_service.server import serve as serve_rank
 from recall_service.server import serve as serve_recall
-from recstack import tracing
 from recstack.client import open_channel, recommend_request
-from recstack.config import GatewayOptions, RankOptions, ServerOptions
-from recstack.procs import free_port
-from recstack.server import RunningServer
+from recstack.core.config import GatewayOptions, RankOptions, ServerOptions
+from recstack.runtime import tracing
+from recstack.runtime.server import RunningServer
+from recstack.tools.procs import free_port
 from recstack.v1 import gateway_pb2_grpc
 from tests.conftest import READY_TIMEOUT_S, recall_options
 

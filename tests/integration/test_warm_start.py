@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recstack.bundle import Bundle, copy_bundle, write_manifest
+from recstack.core.bundle import Bundle, copy_bundle, write_manifest
 from training.cli import main as cli_main
 from training.data import DataError, write_synthetic_dataset
 from training.pipeline import PROFILES, build_bundle, profile_with

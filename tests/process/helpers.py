@@ -1,5 +1,5 @@
 """Process-level test helpers: service command lines as child processes."""
 
-from recstack.procs import ServiceProcess as Proc
+from recstack.tools.procs import ServiceProcess as Proc
 
 __all__ = ["Proc"]

@@ -35,8 +35,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recall_service.catalog_log import open_log
 from recstack.client import candidate_vectors
+from recstack.core.vectors import l2_normalize, pack
 from recstack.v1 import recall_pb2, recall_pb2_grpc
-from recstack.vectors import l2_normalize, pack
 from tests.process.helpers import Proc
 
 pytestmark = pytest.mark.process

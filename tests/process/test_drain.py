@@ -25,9 +25,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from recstack.procs import free_port
+from recstack.core.vectors import l2_normalize
+from recstack.tools.procs import free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
-from recstack.vectors import l2_normalize
 from tests.process.helpers import Proc
 from tests.unit.test_rank_core import rank_request as request_for
 

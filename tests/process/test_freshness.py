@@ -10,7 +10,7 @@ import json
 import pytest
 
 from bench.freshness import run
-from recstack.bundle import Bundle
+from recstack.core.bundle import Bundle
 from training.data import Interaction, Item, load_dataset, write_dataset, write_synthetic_dataset
 
 pytestmark = pytest.mark.process

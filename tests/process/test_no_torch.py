@@ -45,3 +45,16 @@ def test_the_gateway_and_the_client_sdk_load_no_model_runtime():
     assert loaded("gateway.__main__, gateway.server", heavy) == []
     assert loaded("recstack.client", heavy | {"recall_service", "rank_service", "gateway"}) == []
     assert loaded("gateway.server", {"recall_service", "rank_service"}) == []
+
+
+def test_the_core_loads_neither_grpc_nor_a_model_runtime():
+    """recstack.core (bundles, domain, errors, vectors, features, options, lifecycle) is what
+    every process shares: it needs neither grpc nor ONNX Runtime nor hnswlib."""
+    core = ", ".join(
+        f"recstack.core.{m}"
+        for m in (
+            "bundle", "config", "deadline", "domain", "errors", "features", "lifecycle",
+            "metrics", "sharding", "storage", "vectors",
+        )
+    )  # fmt: skip
+    assert loaded(core, {"grpc", "onnxruntime", "hnswlib", "tokenizers"}) == []

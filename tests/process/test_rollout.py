@@ -6,7 +6,7 @@
   (the gateway must re-ask recall in the version rank still serves) and rank first (rank
   must keep serving the version recall still answers in).
 * A Kubernetes-style roll: old recall and rank processes (v1) and new ones (v2, plus v1
-  as PREVIOUS, installed by ``recstack.publish fetch --previous-version`` as the pods'
+  as PREVIOUS, installed by ``recstack.tools.publish fetch --previous-version`` as the pods'
   initContainer does) serve side by side behind one gateway that balances over both
   (gRPC ``ipv4:`` address lists, as a headless Service gives it every pod); then the old
   ones get SIGTERM and drain.
@@ -30,8 +30,8 @@ from bench.rollout_bench import (
     start_load,
     two_versions,
 )
-from recstack.procs import ServiceProcess, Stack, free_port
-from recstack.publish import fetch
+from recstack.tools.procs import ServiceProcess, Stack, free_port
+from recstack.tools.publish import fetch
 
 pytestmark = pytest.mark.process
 

@@ -7,9 +7,9 @@ from gateway.clients import GrpcRecall, ShardedRecall
 from rank_service.server import serve as serve_rank
 from recall_service.server import serve
 from recstack.client import candidate_scores, open_channel
-from recstack.config import RankOptions, ServerOptions
-from recstack.domain import RecallQuery
-from recstack.sharding import shard_of
+from recstack.core.config import RankOptions, ServerOptions
+from recstack.core.domain import RecallQuery
+from recstack.core.sharding import shard_of
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc, recall_pb2, recall_pb2_grpc
 from tests.conftest import channel_to, recall_options
 from tests.process.helpers import Proc

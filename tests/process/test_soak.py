@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from recstack.client import RecstackClient, item_write
-from recstack.vectors import l2_normalize
+from recstack.core.vectors import l2_normalize
 from tests.process.helpers import Proc
 
 pytestmark = pytest.mark.process

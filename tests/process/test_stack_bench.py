@@ -1,9 +1,9 @@
-"""The three-service stack as processes (recstack.procs.Stack) and the A/B bench on it."""
+"""The three-service stack as processes (recstack.tools.procs.Stack) and the A/B bench on it."""
 
 import json
 
 from bench import stack_bench
-from recstack.procs import Stack
+from recstack.tools.procs import Stack
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
 

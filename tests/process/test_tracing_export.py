@@ -19,7 +19,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from recstack.client import open_channel, recommend_request
-from recstack.procs import Stack
+from recstack.tools.procs import Stack
 from recstack.v1 import gateway_pb2_grpc
 
 pytestmark = pytest.mark.process

@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from recstack.procs import free_port
+from recstack.tools.procs import free_port
 from recstack.v1 import rank_pb2, rank_pb2_grpc
 
 pytestmark = pytest.mark.process

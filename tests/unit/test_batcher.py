@@ -1,4 +1,4 @@
-"""Dynamic batcher (recstack.batcher) with a numpy stand-in for the model run.
+"""Dynamic batcher (recstack.models.batcher) with a numpy stand-in for the model run.
 
 The batcher is model-agnostic (it concatenates row-aligned arrays and splits one output
 vector back), so a deterministic per-row function checks merging and splitting exactly.
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from rank_service.core import RANK_BATCH_METRICS
-from recstack.batcher import Batcher
-from recstack.deadline import Deadline
-from recstack.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from recstack.core.deadline import Deadline
+from recstack.core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from recstack.models.batcher import Batcher
 
 WAIT = 30.0
 

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from recstack.bundle import MANIFEST, Bundle, resolve_bundle_dir, write_manifest
-from recstack.errors import BundleError
+from recstack.core.bundle import MANIFEST, Bundle, resolve_bundle_dir, write_manifest
+from recstack.core.errors import BundleError
 
 
 def make_bundle(root, version="v1"):
@@ -102,7 +102,7 @@ def test_not_a_bundle(tmp_path):
 
 @pytest.mark.parametrize("shape", [(2, 3), (3, 3), (2, 2)])
 def test_recency_counts_are_checked_against_the_catalog(tmp_path, shape):
-    from recstack.features import RECENCY_WINDOWS_S, load_recency
+    from recstack.core.features import RECENCY_WINDOWS_S, load_recency
 
     d = make_bundle(tmp_path)
     assert load_recency(Bundle.open(d)) == {}  # no recency section: no counts

@@ -1,7 +1,7 @@
 import pytest
 
-from recstack.deadline import Deadline
-from recstack.errors import DeadlineExceeded
+from recstack.core.deadline import Deadline
+from recstack.core.errors import DeadlineExceeded
 
 
 def test_unbounded():

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from recstack.encoder import TextEncoder
-from recstack.errors import BundleError
-from recstack.ort import SessionOptions
+from recstack.core.errors import BundleError
+from recstack.models.encoder import TextEncoder
+from recstack.models.ort import SessionOptions
 
 TEXTS = ["a space adventure", "recently liked: Toy Story; Heat", "", "x " * 500]
 

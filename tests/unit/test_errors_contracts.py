@@ -1,5 +1,5 @@
-"""Rich error details (recstack.errors) and the contract tables derived from the protos
-(recstack.contracts): permissions, retries, the shipped service config."""
+"""Rich error details (recstack.core.errors) and the contract tables derived from the protos
+(recstack.runtime.contracts): permissions, retries, the shipped service config."""
 
 import json
 from pathlib import Path
@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 from google.rpc import code_pb2, error_details_pb2
 
-from recstack import contracts
-from recstack.auth import READ, WRITE, required_permission
-from recstack.errors import (
+from recstack.core.errors import (
     DOMAIN,
     STATUS_DETAILS_KEY,
     ErrorKind,
@@ -22,7 +20,9 @@ from recstack.errors import (
     limit_exceeded,
     to_status,
 )
-from recstack.server import STATUS_FOR_KIND
+from recstack.runtime import contracts
+from recstack.runtime.auth import READ, WRITE, required_permission
+from recstack.runtime.server import STATUS_FOR_KIND
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ import pytest
 from gateway.clients import ShardedRecall, shard_targets
 from gateway.core import GatewayCore
 from gateway.events import Event, EventStore
-from recstack.config import GatewayOptions
-from recstack.deadline import Deadline
-from recstack.domain import (
+from recstack.core.config import GatewayOptions
+from recstack.core.deadline import Deadline
+from recstack.core.domain import (
     ItemDetails,
     ItemsResult,
     RankQuery,
@@ -20,8 +20,8 @@ from recstack.domain import (
     RecommendQuery,
     ScoredItem,
 )
-from recstack.errors import FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
-from recstack.lifecycle import VersionNotServed
+from recstack.core.errors import FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
+from recstack.core.lifecycle import VersionNotServed
 
 DIM = 4
 VECTORS = {f"i{n}": np.eye(DIM, dtype=np.float32)[n % DIM] * (1 + n) for n in range(12)}
@@ -242,7 +242,7 @@ def test_side_features_sent_in_the_rankers_order(tmp_path):
 
 
 def test_recency_features_come_from_the_bundle_counts(tmp_path):
-    from recstack.features import RECENCY
+    from recstack.core.features import RECENCY
 
     backend = Catalog()
     events = EventStore(f"sqlite:///{tmp_path}/e.db", [("u1", ["i11", "i10"])])

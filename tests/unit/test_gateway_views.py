@@ -10,10 +10,10 @@ import pytest
 
 from gateway.core import assemble
 from gateway.events import EventStore
-from recstack.bundle import MANIFEST, Bundle, copy_bundle, point_current, write_manifest
-from recstack.config import GatewayOptions
-from recstack.deadline import Deadline
-from recstack.domain import (
+from recstack.core.bundle import MANIFEST, Bundle, copy_bundle, point_current, write_manifest
+from recstack.core.config import GatewayOptions
+from recstack.core.deadline import Deadline
+from recstack.core.domain import (
     ItemDetails,
     ItemsResult,
     RankResult,
@@ -21,7 +21,7 @@ from recstack.domain import (
     RecommendQuery,
     ScoredItem,
 )
-from recstack.features import RANKER_FEATURES, RECENCY
+from recstack.core.features import RANKER_FEATURES, RECENCY
 
 
 class Backend:

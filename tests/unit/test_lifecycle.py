@@ -1,4 +1,4 @@
-"""The shared core lifecycle (recstack.lifecycle): versions held during a rollout, leases
+"""The shared core lifecycle (recstack.core.lifecycle): versions held during a rollout, leases
 that keep a core open while a request runs on it, retirement after the grace period, and
 the CURRENT-pointer watcher (reloads on a move, reports a refused bundle only once).
 The services' real cores are exercised in test_rank_core and the integration tests."""
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from recstack.bundle import resolve_previous_dir
-from recstack.errors import FailedPrecondition, Unavailable
-from recstack.lifecycle import PointerWatcher, VersionNotServed, Versions
+from recstack.core.bundle import resolve_previous_dir
+from recstack.core.errors import FailedPrecondition, Unavailable
+from recstack.core.lifecycle import PointerWatcher, VersionNotServed, Versions
 from tests.unit.test_bundle import make_bundle
 
 WAIT = 30.0

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from recstack.errors import BundleError
-from recstack.onnx_guard import check_model
-from recstack.ort import SessionOptions, create_session
+from recstack.core.errors import BundleError
+from recstack.models.onnx_guard import check_model
+from recstack.models.ort import SessionOptions, create_session
 
 
 def model_with_weight(tmp_path, location=None, domain=""):

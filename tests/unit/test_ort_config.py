@@ -2,9 +2,9 @@ import argparse
 
 import pytest
 
-from recstack.config import GatewayOptions, ServerOptions, add_arguments, from_args
-from recstack.errors import BundleError
-from recstack.ort import CPU, CUDA, choose_providers
+from recstack.core.config import GatewayOptions, ServerOptions, add_arguments, from_args
+from recstack.core.errors import BundleError
+from recstack.models.ort import CPU, CUDA, choose_providers
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Every message <-> domain conversion (recstack.pbconv) round-trips: what the sender packs
+"""Every message <-> domain conversion (recstack.runtime.pbconv) round-trips: what the sender packs
 is what the receiver unpacks, field for field."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from recstack.domain import (
+from recstack.core.domain import (
     ItemDetails,
     ItemsResult,
     MetadataFilter,
@@ -17,8 +17,8 @@ from recstack.domain import (
     RecallQuery,
     ScoredItem,
 )
-from recstack.errors import InvalidArgument
-from recstack.pbconv import (
+from recstack.core.errors import InvalidArgument
+from recstack.runtime.pbconv import (
     items_from_pb,
     items_to_pb,
     rank_query_from_pb,

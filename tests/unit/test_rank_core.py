@@ -18,16 +18,16 @@ from onnx import TensorProto, helper, numpy_helper
 from rank_service.core import RankCore, load_core
 from rank_service.runner import RankerRunner
 from rank_service.server import rank_lifecycle
-from recstack.bundle import MANIFEST, Bundle, copy_bundle, write_manifest
-from recstack.config import OrtOptions, RankOptions
-from recstack.deadline import Deadline
-from recstack.domain import RankQuery
-from recstack.errors import BundleError, FailedPrecondition, InvalidArgument
-from recstack.features import candidate_features, history_similarities
-from recstack.lifecycle import VersionNotServed
-from recstack.ort import CPU, CUDA, SessionOptions
+from recstack.core.bundle import MANIFEST, Bundle, copy_bundle, write_manifest
+from recstack.core.config import OrtOptions, RankOptions
+from recstack.core.deadline import Deadline
+from recstack.core.domain import RankQuery
+from recstack.core.errors import BundleError, FailedPrecondition, InvalidArgument
+from recstack.core.features import candidate_features, history_similarities
+from recstack.core.lifecycle import VersionNotServed
+from recstack.core.vectors import pack
+from recstack.models.ort import CPU, CUDA, SessionOptions
 from recstack.v1 import rank_pb2
-from recstack.vectors import pack
 
 WAIT = 30.0
 HAS_CUDA = CUDA in ort.get_available_providers()

@@ -10,12 +10,12 @@ import pytest
 from recall_service.catalog_log import DELETE, UPSERT, LogWrite, open_log
 from recall_service.filters import compile_filters
 from recall_service.index import IndexParams, ItemIndex, SearchSpec
-from recstack.bundle import CatalogItem
-from recstack.domain import MetadataFilter
-from recstack.errors import InvalidArgument
-from recstack.rwlock import RWLock
-from recstack.sharding import shard_of
-from recstack.vectors import l2_normalize
+from recall_service.rwlock import RWLock
+from recstack.core.bundle import CatalogItem
+from recstack.core.domain import MetadataFilter
+from recstack.core.errors import InvalidArgument
+from recstack.core.sharding import shard_of
+from recstack.core.vectors import l2_normalize
 
 DIM = 16
 PARAMS = IndexParams(DIM, "ip", 16, 100, 64)

@@ -1,4 +1,4 @@
-"""Recent-popularity candidates: the one join rule (recstack.features.join_recent) as the
+"""Recent-popularity candidates: the one join rule (recstack.core.features.join_recent) as the
 recall core, the shard merge and the evaluation apply it."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recstack.domain import RecallResult
-from recstack.features import join_recent
+from recstack.core.domain import RecallResult
+from recstack.core.features import join_recent
 from training import evaluate as ev
 
 

@@ -1,4 +1,4 @@
-"""recstack.tracing off and on: nothing is wrapped while off, servers run without
+"""recstack.runtime.tracing off and on: nothing is wrapped while off, servers run without
 OpenTelemetry installed, JSON logs carry the current trace."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from recstack import tracing
-from recstack.logs import JsonFormatter
+from recstack.runtime import tracing
+from recstack.runtime.logs import JsonFormatter
 
 
 def test_off_by_default_nothing_is_wrapped() -> None:
@@ -56,7 +56,7 @@ def test_json_logs_and_exemplars_carry_the_current_trace() -> None:
 
 
 def test_sample_ratio_out_of_range_is_refused() -> None:
-    from recstack.errors import BundleError
+    from recstack.core.errors import BundleError
 
     with pytest.raises(BundleError, match="trace-sample-ratio"):
         tracing.configure("http://127.0.0.1:4317", 1.5, "x")
@@ -69,9 +69,9 @@ def test_servers_need_no_opentelemetry_unless_tracing_is_asked_for() -> None:
         """
         import sys
         sys.modules["opentelemetry"] = None
-        from recstack import server, tracing
-        from recstack.errors import BundleError
-        from recstack.logs import JsonFormatter
+        from recstack.runtime import server, tracing
+        from recstack.core.errors import BundleError
+        from recstack.runtime.logs import JsonFormatter
         import logging
         tracing.configure("", 1.0, "x")
         assert server.tracing.server_interceptors() == []

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from recstack.features import candidate_features
+from recstack.core.features import candidate_features
 from training.ranker import (
     FusionRanker,
     RankerConfig,

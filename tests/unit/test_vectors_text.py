@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from recstack.errors import InvalidArgument
-from recstack.vectors import l2_normalize, pack, unpack_rows, unpack_vector
+from recstack.core.errors import InvalidArgument
+from recstack.core.vectors import l2_normalize, pack, unpack_rows, unpack_vector
 
 
 def test_pack_roundtrip_little_endian():

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from recstack.errors import BundleError
+from recstack.core.errors import BundleError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Publish a built bundle version and fetch it onto a serving pod's volume.
 
-Three subcommands (``python -m recstack.publish ...``)::
+Three subcommands (``python -m recstack.tools.publish ...``)::
 
     publish --bundles ROOT [--version V] --dest DIR      copy ROOT/V (default: ROOT's
                                                          CURRENT) to DIR/V, point DIR/CURRENT
@@ -19,10 +19,10 @@ services' CURRENT watchers hot-swap to it; overlays/follow).
 Invariants (both commands share ``_install``):
 
 * Only the files listed in the source's ``manifest.json`` are copied; every listed path is
-  checked with :func:`recstack.bundle.safe_member` (relative, no "..", no symlinks), and
+  checked with :func:`recstack.core.bundle.safe_member` (relative, no "..", no symlinks), and
   the version name must be a single path component, so nothing is written outside ``DIR``.
 * A version is assembled in a hidden staging directory, verified with
-  :meth:`recstack.bundle.Bundle.open` (sha256 of every file against the manifest, plus the
+  :meth:`recstack.core.bundle.Bundle.open` (sha256 of every file against the manifest, plus the
   manifest's ``version`` must equal the requested one), and only then renamed to ``DIR/V``.
   ``DIR/CURRENT`` is replaced atomically (write + ``os.replace``) last, so a reader of
   ``DIR`` sees the previous complete version or the new complete version, never a mix.
@@ -54,8 +54,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recstack import logs
-from recstack.bundle import (
+from recstack.core.bundle import (
     CURRENT,
     MANIFEST,
     PREVIOUS,
@@ -64,9 +63,10 @@ from recstack.bundle import (
     safe_member,
     write_pointer,
 )
-from recstack.errors import BundleError
+from recstack.core.errors import BundleError
+from recstack.runtime import logs
 
-log = logging.getLogger("recstack.publish")
+log = logging.getLogger("recstack.tools.publish")
 
 HTTP_TIMEOUT_S = 60.0
 HTTP_ATTEMPTS = 4
@@ -324,7 +324,7 @@ def follow(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m recstack.publish", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m recstack.tools.publish", description=__doc__)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("publish", help="copy a built bundle version to a target directory")

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from recstack import metrics
-from recstack.bundle import resolve_bundle_dir, resolve_previous_dir
-from recstack.errors import BundleError, FailedPrecondition, Unavailable
+from recstack.core import metrics
+from recstack.core.bundle import resolve_bundle_dir, resolve_previous_dir
+from recstack.core.errors import BundleError, FailedPrecondition, Unavailable
 
 log = logging.getLogger(__name__)
 

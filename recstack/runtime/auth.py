@@ -3,7 +3,7 @@
 Tokens file (one per service, ``--auth-tokens-file``): one token per line as
 ``<token> <permission>[,<permission>]`` with permissions ``read`` and/or ``write``; ``#``
 starts a comment. The permission of a recstack.v1 method comes from its declared
-``idempotency_level`` (recstack.contracts): NO_SIDE_EFFECTS methods (Recall, RecallBatch,
+``idempotency_level`` (recstack.runtime.contracts): NO_SIDE_EFFECTS methods (Recall, RecallBatch,
 GetItems, Rank, Recommend, GetInfo) need ``read``; all others (Upsert, Delete, RecordEvents,
 DeleteUser and the admin services' ReloadBundle) need ``write``. Other services (server
 reflection) need ``read``. ``grpc.health.v1.Health`` is exempt so that Kubernetes probes,
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import grpc
 
-from recstack.contracts import method_table
-from recstack.errors import BundleError, PermissionDenied, Unauthenticated
+from recstack.core.errors import BundleError, PermissionDenied, Unauthenticated
+from recstack.runtime.contracts import method_table
 
 READ, WRITE = "read", "write"
 EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from recstack.errors import DeadlineExceeded
+from recstack.core.errors import DeadlineExceeded
 
 
 @dataclass(frozen=True)

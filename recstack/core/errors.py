@@ -1,6 +1,6 @@
 """Domain errors: the one place that says what can go wrong for a caller.
 
-Cores raise these; the gRPC error interceptor (recstack.server) maps each ``kind`` to a
+Cores raise these; the gRPC error interceptor (recstack.runtime.server) maps each ``kind`` to a
 status code and sends the error's rich details as a ``google.rpc.Status`` in the
 ``grpc-status-details-bin`` trailer (the standard every gRPC language decodes):
 

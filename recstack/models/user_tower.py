@@ -28,10 +28,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from recstack.bundle import Bundle
-from recstack.errors import BundleError
-from recstack.ort import SessionOptions, create_session
-from recstack.vectors import F32Array, l2_normalize
+from recstack.core.bundle import Bundle
+from recstack.core.errors import BundleError
+from recstack.core.vectors import F32Array, l2_normalize
+from recstack.models.ort import SessionOptions, create_session
 
 SECTION = "user"
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recstack.config import ServerOptions
+from recstack.core.config import ServerOptions
 
 log = logging.getLogger(__name__)
 

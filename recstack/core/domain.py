@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from recstack.features import join_recent
-from recstack.vectors import F32Array
+from recstack.core.features import join_recent
+from recstack.core.vectors import F32Array
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,9 @@ class RecallQuery:
     exclude_history: bool = False
     # Fill the result's titles and texts.
     include_details: bool = False
-    # Answer in this bundle version ("" = the replica's primary): see recstack.lifecycle.
+    # Answer in this bundle version ("" = the replica's primary): see recstack.core.lifecycle.
     embedding_version: str = ""
-    # Keep the bundle's recent-popularity items among the k (recstack.features.join_recent).
+    # Keep the bundle's recent-popularity items among the k (recstack.core.features.join_recent).
     include_recent: bool = False
 
 

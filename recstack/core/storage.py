@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from recstack.errors import BundleError
+from recstack.core.errors import BundleError
 
 SQLITE = "sqlite"
 POSTGRES = "postgresql"

@@ -2,7 +2,7 @@
 
 Each RPC's ``idempotency_level`` option in protos/recstack/v1/*.proto decides:
 
-- its permission (recstack.auth): NO_SIDE_EFFECTS methods need ``read``, every other
+- its permission (recstack.runtime.auth): NO_SIDE_EFFECTS methods need ``read``, every other
   recstack.v1 method (writes, admin) needs ``write``;
 - whether clients retry it (the service config): NO_SIDE_EFFECTS and IDEMPOTENT methods
   are retried on UNAVAILABLE with exponential backoff, others never automatically.

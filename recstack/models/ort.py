@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recstack.errors import BundleError
+from recstack.core.errors import BundleError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -27,7 +27,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class SessionOptions:
-    """How to build a session; defaults live in recstack.config."""
+    """How to build a session; defaults live in recstack.core.config."""
 
     device: str = "auto"
     allow_cpu_fallback: bool = True
@@ -61,14 +61,14 @@ def choose_providers(device: str, available: Sequence[str], allow_cpu_fallback: 
 def create_session(model: Path, options: SessionOptions) -> tuple[ort.InferenceSession, str]:
     """Build a session; returns it and the provider actually used for its nodes.
 
-    The model is first checked by recstack.onnx_guard (no external data outside its
+    The model is first checked by recstack.models.onnx_guard (no external data outside its
     directory, no custom operator domains).
     """
     # Imported here, not at the top: options and device names are read by processes that
     # never run a model (the gateway, the client SDK), which need not load ONNX Runtime.
     import onnxruntime as ort
 
-    from recstack.onnx_guard import check_model
+    from recstack.models.onnx_guard import check_model
 
     check_model(model)
     so = ort.SessionOptions()

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from recstack.bundle import safe_member
-from recstack.errors import BundleError
+from recstack.core.bundle import safe_member
+from recstack.core.errors import BundleError
 
 BUILTIN_DOMAINS = frozenset(
     {

@@ -42,9 +42,9 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Counter, Gauge, Histogram
 
-from recstack.deadline import Deadline
-from recstack.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from recstack.vectors import F32Array
+from recstack.core.deadline import Deadline
+from recstack.core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from recstack.core.vectors import F32Array
 
 log = logging.getLogger(__name__)
 

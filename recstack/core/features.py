@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recstack.errors import BundleError
-from recstack.vectors import F32Array
+from recstack.core.errors import BundleError
+from recstack.core.vectors import F32Array
 
 if TYPE_CHECKING:
-    from recstack.bundle import Bundle
+    from recstack.core.bundle import Bundle
 
 DAY_S = 86_400
 SIMILARITIES = ("history_max_similarity", "history_mean_similarity", "last_item_similarity")

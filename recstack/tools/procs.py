@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from recstack import contracts
 from recstack.client import wait_serving
+from recstack.runtime import contracts
 
 
 class ServiceProcess:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from recstack.ort import DEVICES, SessionOptions
+from recstack.models.ort import DEVICES, SessionOptions
 
 MiB = 1 << 20
 T = TypeVar("T")
@@ -112,7 +112,7 @@ class ServerOptions:
     auth_tokens_file: str = _opt(
         "",
         "bearer tokens and their read/write permissions "
-        "(see recstack/auth.py); empty = no authentication",
+        "(see recstack/runtime/auth.py); empty = no authentication",
     )
     processes: int = _opt(
         1, "worker processes sharing --port via SO_REUSEPORT (stateless services only)"

@@ -1,6 +1,6 @@
 """End-to-end demo: start recall, rank and gateway as processes on loopback, recommend, stop.
 
-Usage: python -m recstack.demo --bundle bundles [--users 1 2 3] [--query "..."]
+Usage: python -m recstack.tools.demo --bundle bundles [--users 1 2 3] [--query "..."]
 
 Each service is started exactly as an operator would (its command line, ``--port 0`` and a
 port file), health is awaited through ``grpc.health.v1``, Recommend is called over gRPC,
@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from recstack.bundle import Bundle
-from recstack.procs import STACK_TIMEOUT_S, Stack
+from recstack.core.bundle import Bundle
+from recstack.tools.procs import STACK_TIMEOUT_S, Stack
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
 START_TIMEOUT_S = STACK_TIMEOUT_S
@@ -66,7 +66,7 @@ def run(bundle_path: str, users: list[str], query: str, k: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recstack.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m recstack.tools.demo", description=__doc__)
     parser.add_argument("--bundle", default="bundles", help="bundle dir or root with CURRENT")
     parser.add_argument(
         "--users",

@@ -32,11 +32,10 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from threadpoolctl import threadpool_limits
 
-from recstack import logs, metrics, tracing
-from recstack.auth import TokenTable, authorize, server_credentials
-from recstack.config import ServerOptions, add_arguments, from_args
-from recstack.deadline import Deadline
-from recstack.errors import (
+from recstack.core import metrics
+from recstack.core.config import ServerOptions, add_arguments, from_args
+from recstack.core.deadline import Deadline
+from recstack.core.errors import (
     FIELD_METADATA_KEY,
     BundleError,
     ErrorKind,
@@ -44,7 +43,9 @@ from recstack.errors import (
     Unavailable,
     to_status,
 )
-from recstack.workers import supervise
+from recstack.runtime import logs, tracing
+from recstack.runtime.auth import TokenTable, authorize, server_credentials
+from recstack.runtime.workers import supervise
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,7 +98,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Reject RPCs whose bearer token lacks the method's permission (see recstack.auth).
+    """Reject RPCs whose bearer token lacks the method's permission (see recstack.runtime.auth).
 
     Runs before any servicer code; the refusal is an UNAUTHENTICATED or PERMISSION_DENIED
     status on a handler of the same streaming kind as the real one.
@@ -119,7 +120,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 def rich_status(exc: RecstackError) -> grpc.Status:
     """The status of a domain error: code, message, the google.rpc.Status details in
-    ``grpc-status-details-bin`` (recstack.errors.to_status) and, deprecated, the
+    ``grpc-status-details-bin`` (recstack.core.errors.to_status) and, deprecated, the
     ``recstack-field`` trailer."""
     status = rpc_status.to_status(to_status(exc))
     trailers = tuple(status.trailing_metadata)

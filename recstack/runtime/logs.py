@@ -1,6 +1,6 @@
 """Structured (one JSON object per line) logging for every recstack process.
 
-Inside a traced RPC (recstack.tracing) each line also carries ``trace_id`` and ``span_id``.
+Inside a traced RPC (recstack.runtime.tracing) each line also carries ``trace_id`` and ``span_id``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from recstack import tracing
+from recstack.runtime import tracing
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from recstack.domain import (
+from recstack.core.domain import (
     ItemDetails,
     ItemsResult,
     MetadataFilter,
@@ -25,9 +25,9 @@ from recstack.domain import (
     RecommendResult,
     ScoredItem,
 )
-from recstack.errors import InvalidArgument
+from recstack.core.errors import InvalidArgument
+from recstack.core.vectors import WIRE_DTYPE, F32Array, pack, unpack_rows, unpack_vector
 from recstack.v1 import gateway_pb2, rank_pb2, recall_pb2
-from recstack.vectors import WIRE_DTYPE, F32Array, pack, unpack_rows, unpack_vector
 
 SIMILARITY_COLUMNS = 3
 

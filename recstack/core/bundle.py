@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from recstack.errors import BundleError
+from recstack.core.errors import BundleError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -49,7 +49,7 @@ def sha256_file(path: Path) -> str:
 
 
 CURRENT = "CURRENT"
-# The version CURRENT named before the last publish (written by recstack.publish): a
+# The version CURRENT named before the last publish (written by recstack.tools.publish): a
 # service started mid-rollout also loads it, for callers still on the old version.
 PREVIOUS = "PREVIOUS"
 

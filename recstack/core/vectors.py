@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from recstack.errors import InvalidArgument
+from recstack.core.errors import InvalidArgument
 
 WIRE_DTYPE = np.dtype("<f4")
 F32Array = npt.NDArray[np.float32]
