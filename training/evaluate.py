@@ -147,7 +147,9 @@ class EvalCase:
     seen: set[str]
     target: str
     query: str = ""
-    time: int = 0  # when the request is made: the newest history item's timestamp
+    # When the request is made: as the user acts, i.e. the held-out interaction's time
+    # (recency counts only what came strictly before it); the time split's cut there.
+    time: int = 0
 
 
 def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[EvalCase]:
@@ -160,7 +162,8 @@ def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[Eval
         before = list(split.train[user])
         if phase == "test":
             before.append(split.valid[user])
-        when = dataset.user_interactions[user][len(before) - 1].timestamp
+        # The request is made as the user acts: at the held-out interaction's time.
+        when = dataset.user_interactions[user][len(before)].timestamp
         cases.append(EvalCase(user, before, set(before), held[user], time=when))
     return cases
 
@@ -194,7 +197,7 @@ def query_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[Eva
         genre = top_genre(dataset, split.train[user])
         if genre is not None:
             n = len(split.train[user]) + (1 if phase == "test" else 0)
-            when = dataset.user_interactions[user][n - 1].timestamp
+            when = dataset.user_interactions[user][n].timestamp
             cases.append(EvalCase(user, [], set(), held[user], query=genre, time=when))
     return cases
 

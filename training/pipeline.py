@@ -239,9 +239,9 @@ def _ranker_lists(
     served as new, from the genre they watched most before it
     (:func:`training.evaluate.top_genre`, as the query-user protocol asks), nothing
     excluded: without it the ranker never sees ``history_length`` 0 and has no reason to
-    lean on popularity there. Recency counts are taken at each list's own time (its newest
-    history item's). Returns the lists that contain their target, and how many positions
-    were tried.
+    lean on popularity there. Recency counts are taken at each list's own time: its
+    target's, when the user acts (only interactions strictly before it count). Returns the
+    lists that contain their target, and how many positions were tried.
     """
     from training import evaluate as ev
 
@@ -253,11 +253,11 @@ def _ranker_lists(
         stamps = [x.timestamp for x in dataset.user_interactions[user]]
         first = max(1, len(seq) - prof.ranker_holdout)
         for t in range(first, len(seq)):
-            cases.append(ev.EvalCase(user, list(seq[:t]), set(seq[:t]), seq[t], time=stamps[t - 1]))
+            cases.append(ev.EvalCase(user, list(seq[:t]), set(seq[:t]), seq[t], time=stamps[t]))
         genre = ev.top_genre(dataset, seq[:first])
         if genre is not None and first < len(seq):
             q_cases.append(
-                ev.EvalCase(user, [], set(), seq[first], query=genre, time=stamps[first - 1])
+                ev.EvalCase(user, [], set(), seq[first], query=genre, time=stamps[first])
             )
     if not cases:
         raise DataError("no ranker training positions (need users with 2+ train items)")

@@ -6,7 +6,12 @@ the reference time count, so a training list never sees its own target or anythi
 it:
 
 - training lists and leave-last-out evaluation: the reference time is the timestamp of the
-  case's most recent history item (the request comes right after it);
+  case's held-out (target) interaction: the request is made as the user acts, so what
+  everyone did up to that moment is known (a user returning after weeks sees the weeks'
+  trends). Taking the newest *history* item's time instead, as the first version did, hides
+  exactly that from returning users' lists: on the time split's 90 users the served NDCG@10
+  rose from 0.0553 to 0.0711, paired +0.0158 (+0.0006 … +0.0340), with leave-last-out
+  validation level (docs/model-quality.md);
 - the global time split: the cut;
 - serving: the bundle ships the counts as of its data's end (``items/recent.npy``, one row
   per catalog item), which is what the time split evaluates.
