@@ -130,8 +130,14 @@ def run_loop(opts: LoopOptions) -> Path:
     from training.live import export_live
     from training.pipeline import PROFILES, Refit, build_bundle
     from training.timesplit import evaluate_bundle_on_future, future_cases, past
+    from training.warm import keeps_state
 
     serving = resolve_bundle_dir(opts.serving)
+    if opts.warm_start is not None and not keeps_state(opts.warm_start):
+        # A bundle from before bundles kept their state (the first run after an upgrade):
+        # train from scratch this once rather than fail the scheduled run.
+        print(f"warm start: {opts.warm_start} keeps no training state; training from scratch")
+        opts = replace(opts, warm_start=None)
     summary, event_seconds = export_live(
         opts.base_data,
         serving,

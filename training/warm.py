@@ -69,6 +69,14 @@ def save_state(
     }
 
 
+def keeps_state(source: Path) -> bool:
+    """Whether the bundle at ``source`` carries a warm-start state (bundles built before
+    this module did not)."""
+    from recstack.core.bundle import Bundle, resolve_bundle_dir
+
+    return bool(Bundle.open(resolve_bundle_dir(source), verify="none").manifest.get("warm_start"))
+
+
 def load_state(source: Path, shape: dict[str, Any], base_model: str) -> WarmState:
     """Read the warm-start state of the bundle at ``source`` (a bundle directory or a root
     with CURRENT), checked against the build about to use it (``shape``: the keys of

@@ -13,7 +13,7 @@ from recstack.core.bundle import Bundle, copy_bundle, write_manifest
 from training.cli import main as cli_main
 from training.data import DataError, write_synthetic_dataset
 from training.pipeline import PROFILES, build_bundle, profile_with
-from training.warm import STATE_PATH, load_state
+from training.warm import STATE_PATH, keeps_state, load_state
 
 
 def test_every_bundle_keeps_its_training_state(bundle_dir: Path) -> None:
@@ -64,6 +64,7 @@ def test_a_state_that_does_not_fit_is_refused_before_training(
     del manifest["warm_start"], manifest["files"]
     (old / STATE_PATH).unlink()
     write_manifest(old, manifest)
+    assert keeps_state(bundle_dir) and not keeps_state(old)
     with pytest.raises(DataError, match="keeps no training state"):
         build_bundle(data, tmp_path / "b", "tiny", progress=False, warm_start=old)
     assert not (tmp_path / "b" / "CURRENT").exists()
