@@ -127,15 +127,20 @@ def compare(
     per_user: dict[str, np.ndarray] = {}
     for name, root in (("stale", stale), ("retrained", fresh)):
         arrays: dict[str, dict[str, np.ndarray]] = {}
-        res = evaluate_bundle_on_future(root, dataset, cut, RECENT_DAYS, arrays)
+        lists: dict[str, list[list[str]]] = {}
+        res = evaluate_bundle_on_future(root, dataset, cut, RECENT_DAYS, arrays, lists)
         per_user[name] = arrays["ranked"]["ndcg@10"]
         hits = arrays["ranked"]["recall@20"]
         on_new = np.asarray([c.target in new_ids for c in cases])
+        top10 = [set(x[:10]) & new_ids for x in lists["ranked"]]
         out[name] = {
             "ndcg@10": res["ranked"]["ndcg@10"],
             "ndcg@10_ci95": res["ranked"]["ci95"]["ndcg@10"],
             "recall@20": res["ranked"]["recall@20"],
             "recall@20_on_new_item_targets": float(hits[on_new].mean()) if on_new.any() else None,
+            # Are the new items recommended at all (to anyone), not only hit?
+            "users_with_a_new_item_in_top10": sum(1 for t in top10 if t),
+            "new_items_in_some_top10": len(set().union(*top10)) if top10 else 0,
         }
         if name == "stale":
             out["recent_popularity"] = {
@@ -301,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  {name:<10} NDCG@10 {r[name]['ndcg@10']:.4f} ({lo:.4f}-{hi:.4f})  "
             f"Recall@20 {r[name]['recall@20']:.4f}  on new-item targets "
-            f"{r[name]['recall@20_on_new_item_targets']}"
+            f"{r[name]['recall@20_on_new_item_targets']}; users with a new item in their top 10: "
+            f"{r[name]['users_with_a_new_item_in_top10']} (distinct new items shown: "
+            f"{r[name]['new_items_in_some_top10']})"
         )
     d = r["retrained_minus_stale"]
     print(f"  retrained - stale: {d['mean']:+.4f} {d['ci95']} {d['verdict']}")

@@ -467,6 +467,7 @@ def evaluate_pipelines(
     window: int = 50,
     recency: Callable[[int], np.ndarray] | None = None,
     recent_top: Callable[[int], Sequence[str]] | None = None,
+    lists_out: dict[str, list[list[str]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics (with intervals) of ``exact`` (always), ``hnsw`` (with an index) and
     ``ranked`` (with both; ``counts`` give the popularity feature). ``per_user_out``, when
@@ -474,7 +475,8 @@ def evaluate_pipelines(
     the user tower's history length (the similarity features read the same items).
     ``recency(time)``: the catalog's [N_items, 3] recency counts at a case's time;
     ``recent_top(time)``: the recent-popularity candidate ids joined to the ranked
-    pipeline's candidates at a case's time (:func:`with_recent`; None: none)."""
+    pipeline's candidates at a case's time (:func:`with_recent`; None: none).
+    ``lists_out``, when given, receives the ranked pipeline's lists (``"ranked"``)."""
     targets: list[str | None] = [c.target for c in cases]
     k = max(KS)
     out: dict[str, dict[str, Any]] = {}
@@ -508,6 +510,8 @@ def evaluate_pipelines(
                 None if recency is None else [recency(c.time) for c in cases],
             )
             out["ranked"], store["ranked"] = with_intervals(reranked, targets)
+            if lists_out is not None:
+                lists_out["ranked"] = [list(x) for x in reranked]
     return out
 
 

@@ -179,10 +179,12 @@ def evaluate_bundle_on_future(
     cut: int,
     recent_days: int,
     arrays: dict[str, dict[str, np.ndarray]] | None = None,
+    lists: dict[str, list[list[str]]] | None = None,
 ) -> dict[str, Any]:
     """Served path (tower → HNSW → ranker, as ``training.evaluate`` runs it), recall only,
     all-time and recent popularity on the future cases, with intervals and paired
-    differences (per-user values into ``arrays`` when given). The bundle serves
+    differences (per-user values into ``arrays``, the served lists into ``lists`` when
+    given). The bundle serves
     ``dataset``'s catalog (:func:`catalog_vectors`)."""
     from recstack.core.bundle import Bundle
     from recstack.core.features import load_recent_top
@@ -222,6 +224,7 @@ def evaluate_bundle_on_future(
         tower.max_len,
         lambda _time: recent,
         (lambda _time: top) if top else None,
+        lists,
     )
     order = _order(counts, item_ids)
     targets: list[str | None] = [c.target for c in cases]

@@ -71,6 +71,8 @@ def test_freshness_measurement_runs_the_loop_through_the_services(tmp_path):
         assert 0.0 <= res[name]["ndcg@10"] <= 1.0
         lo, hi = res[name]["ndcg@10_ci95"]
         assert lo <= res[name]["ndcg@10"] <= hi
+        assert 0 <= res[name]["users_with_a_new_item_in_top10"] <= res["users"]
+        assert 0 <= res[name]["new_items_in_some_top10"] <= n_new
     diff = res["retrained_minus_stale"]
     assert diff["mean"] == pytest.approx(res["retrained"]["ndcg@10"] - res["stale"]["ndcg@10"])
     json.dumps(report)  # the bench writes it as JSON
