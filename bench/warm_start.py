@@ -93,7 +93,6 @@ def run(
 
     per_user: dict[str, np.ndarray] = {}
     rows: dict[str, Any] = {}
-    reference: dict[str, Any] = {}
     for name, (bundle, wall) in built.items():
         arrays: dict[str, dict[str, np.ndarray]] = {}
         res = evaluate_bundle_on_future(bundle, dataset, cut, RECENT_DAYS, arrays)
@@ -110,11 +109,12 @@ def run(
             "wall_s_this_run": round(wall, 1) if wall else None,
             "own_valid_curve": training["tower_valid_curve"],
         }
-        reference = {
-            "users": res["users"] if "users" in res else len(per_user[name]),
-            "recent_popularity_ndcg@10": res["popularity_recent"]["ndcg@10"],
-            "all_time_popularity_ndcg@10": res["popularity_all_time"]["ndcg@10"],
-        }
+    # The baselines depend on the users and the data only: the same for every bundle.
+    reference = {
+        "users": res["users"],
+        "recent_popularity_ndcg@10": res["popularity_recent"]["ndcg@10"],
+        "all_time_popularity_ndcg@10": res["popularity_all_time"]["ndcg@10"],
+    }
     paired = {
         f"{name}_minus_cold": ev.paired_difference(per_user[name], per_user["cold"])
         for name in per_user

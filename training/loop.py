@@ -89,15 +89,6 @@ def holdout_cut(event_seconds: Sequence[int], fraction: float) -> int:
     return int(stamps[min(len(stamps) - 1, int((1.0 - fraction) * len(stamps)))])
 
 
-def data_end(bundle_dir: Path) -> int:
-    """The newest interaction (Unix seconds) a bundle trained on; 0 when its manifest does
-    not say (bundles from before recency features)."""
-    from recstack.core.bundle import Bundle
-
-    manifest = Bundle.open(bundle_dir, verify="none").manifest
-    return int(manifest.get("ranker", {}).get("recency", {}).get("as_of", 0))
-
-
 def decide(
     candidate: np.ndarray, serving: np.ndarray, min_users: int
 ) -> tuple[bool, dict[str, Any]]:
@@ -126,11 +117,11 @@ def decide(
 def run_loop(opts: LoopOptions) -> Path:
     """Export, hold out, train the candidate, gate, refit and publish; returns the new
     bundle's directory. Raises :class:`GateRefused` when the gate keeps the serving bundle."""
-    from recstack.core.bundle import resolve_bundle_dir
+    from recstack.core.bundle import Bundle, resolve_bundle_dir
     from training.live import export_live
     from training.pipeline import PROFILES, Refit, build_bundle
     from training.timesplit import evaluate_bundle_on_future, future_cases, past
-    from training.warm import keeps_state
+    from training.warm import keeps_state, trained_until
 
     serving = resolve_bundle_dir(opts.serving)
     if opts.warm_start is not None and not keeps_state(opts.warm_start):
@@ -157,7 +148,7 @@ def run_loop(opts: LoopOptions) -> Path:
         scratch = Path(tmp)
         if opts.gate:
             seen = [serving] + ([] if opts.warm_start is None else [opts.warm_start])
-            seen_until = max(data_end(resolve_bundle_dir(b)) for b in seen)
+            seen_until = max(trained_until(Bundle.open(b, verify="none").manifest) for b in seen)
             quantile = holdout_cut(event_seconds, opts.holdout_fraction)
             cut = max(quantile, seen_until + 1)
             gate.update(

@@ -69,6 +69,12 @@ def save_state(
     }
 
 
+def trained_until(manifest: dict[str, Any]) -> int:
+    """The newest interaction (Unix seconds) the bundle of ``manifest`` trained on; 0 when it
+    does not say (bundles from before recency features)."""
+    return int(manifest.get("ranker", {}).get("recency", {}).get("as_of", 0))
+
+
 def keeps_state(source: Path) -> bool:
     """Whether the bundle at ``source`` carries a warm-start state (bundles built before
     this module did not)."""
@@ -114,10 +120,9 @@ def load_state(source: Path, shape: dict[str, Any], base_model: str) -> WarmStat
             parts[group][rest] = value
     if head is None or not parts["tower"]:
         raise DataError(f"--warm-start {source}: {spec['state']} lacks the tower or the head")
-    recency = bundle.manifest.get("ranker", {}).get("recency", {})
     return WarmState(
         version=bundle.version,
-        data_end=int(recency.get("as_of", 0)),
+        data_end=trained_until(bundle.manifest),
         tower=parts["tower"],
         head=head,
         encoder_top=parts["encoder_top"],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recstack.core.errors import BundleError
+from recstack.models.onnx_guard import check_model
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -67,8 +68,6 @@ def create_session(model: Path, options: SessionOptions) -> tuple[ort.InferenceS
     # Imported here, not at the top: options and device names are read by processes that
     # never run a model (the gateway, the client SDK), which need not load ONNX Runtime.
     import onnxruntime as ort
-
-    from recstack.models.onnx_guard import check_model
 
     check_model(model)
     so = ort.SessionOptions()
