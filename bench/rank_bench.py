@@ -91,7 +91,9 @@ def ort_vs_torch(bundle: Bundle, threads: int, budget_s: float) -> list[dict[str
         users = np.repeat(user / np.linalg.norm(user), n, axis=0)
         feeds = {"user": users, "item": items}
         if model.features:
-            feeds["features"] = candidate_features(items @ users[0], np.zeros(n), 10)
+            feeds["features"] = candidate_features(
+                items @ users[0], np.zeros(n), 10, names=spec.get("side_features", ())
+            )
         tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
         def run_ort(feeds: dict[str, np.ndarray] = feeds) -> np.ndarray:

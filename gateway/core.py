@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -78,8 +78,13 @@ def catalog_from_bundle(bundle: Bundle | None) -> tuple[dict[str, tuple[str, str
 def open_events(options: GatewayOptions, bundle: Bundle | None) -> EventStore:
     """The event store the options name, seeded with the bundle's user histories."""
     dsn = options.events_dsn or f"sqlite:///{Path(options.state_dir).resolve()}/events.db"
-    seed = bundle.iter_user_histories() if bundle is not None else ()
-    return EventStore(dsn, seed, max_batch=options.max_events)
+    profiles = list(bundle.iter_user_profiles()) if bundle is not None else []
+    return EventStore(
+        dsn,
+        ((user, items) for user, items, _ in profiles),
+        max_batch=options.max_events,
+        seed_last_seen={user: last for user, _, last in profiles if last},
+    )
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ class GatewayCore:
         side_features: Sequence[str] = (),
         recency: Mapping[str, np.ndarray] | None = None,
         bundle_root: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``side_features``: the names the ranker declares (rank GetInfo), in its order;
         each must be one :func:`recstack.core.features.candidate_features` computes.
@@ -150,7 +156,9 @@ class GatewayCore:
         :func:`recstack.core.features.load_recency`); required when the ranker declares
         recency features. Both belong to ``catalog_version``; for any other version recall
         answers in (a rollout, a hot swap) the gateway reads that version's manifest and
-        counts from ``bundle_root/<version>`` when it is there (:meth:`view`)."""
+        counts from ``bundle_root/<version>`` when it is there (:meth:`view`).
+        ``clock``: Unix time in seconds (the since_last_interaction feature's "now")."""
+        self.clock = clock
         self.recall_backend = recall
         self.rank_backend = rank
         self.events = events
@@ -183,10 +191,16 @@ class GatewayCore:
         # recall's own (a rollout). One tuple store: readers see the old or the new pin.
         self._pin: tuple[str, float] = ("", 0.0)
 
-    def _history(self, q: RecommendQuery) -> tuple[tuple[str, ...], bool]:
-        """The user's history (explicit first, then stored) and whether any was stored."""
-        stored = self.events.history(q.user_id, self.options.max_history) or () if q.user_id else ()
-        return tuple(dict.fromkeys([*q.history_item_ids, *stored])), bool(stored)
+    def _history(self, q: RecommendQuery) -> tuple[tuple[str, ...], bool, float | None]:
+        """The user's history (explicit first, then stored), whether any was stored, and
+        the seconds since their newest interaction (None: unknown, or an explicit history,
+        which a caller sends for a user acting now)."""
+        profile = self.events.profile(q.user_id, self.options.max_history) if q.user_id else None
+        stored = profile.items if profile is not None else ()
+        gap = None
+        if profile is not None and profile.last_seen_s and not q.history_item_ids:
+            gap = max(0.0, self.clock() - profile.last_seen_s)
+        return tuple(dict.fromkeys([*q.history_item_ids, *stored])), bool(stored), gap
 
     def validate(self, q: RecommendQuery) -> tuple[int, int]:
         """Effective (k, candidate_count); raise naming the field on bad input."""
@@ -228,12 +242,12 @@ class GatewayCore:
         )
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        history, stored = self._history(q)
+        history, stored, gap = self._history(q)
         timings["profile"] = (time.perf_counter() - t0) * 1000
         if not history and not q.query_text.strip():
             result = self._popular(k, timings)
         else:
-            result = self._personal(q, k, n, history, stored, deadline, timings)
+            result = self._personal(q, k, n, history, stored, gap, deadline, timings)
         result.timings["total"] = (time.perf_counter() - started) * 1000
         for stage, millis in result.timings.items():
             metrics.STAGE_LATENCY.labels(stage).observe(millis / 1000)
@@ -259,6 +273,7 @@ class GatewayCore:
         n: int,
         history: tuple[str, ...],
         stored: bool,
+        gap: float | None,
         deadline: Deadline,
         timings: dict[str, float],
     ) -> RecommendResult:
@@ -287,14 +302,14 @@ class GatewayCore:
             deadline.check("rank")
             t0 = time.perf_counter()
             try:
-                ranked = self._rank(recalled, q, k, len(history), deadline)
+                ranked = self._rank(recalled, q, k, len(history), gap, deadline)
             except FailedPrecondition as exc:
                 if exc.field != VERSION_FIELD:
                     raise
                 # A rollout: rank does not serve recall's version (yet, or any more).
                 recalled = self._recall_in_rank_version(query, recalled.bundle_version, deadline)
                 self._pin = (recalled.bundle_version, time.monotonic() + self.options.version_pin_s)
-                ranked = self._rank(recalled, q, k, len(history), deadline)
+                ranked = self._rank(recalled, q, k, len(history), gap, deadline)
             timings["rank"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             row = {item_id: i for i, item_id in enumerate(recalled.ids)}
@@ -341,7 +356,13 @@ class GatewayCore:
         return self.recall_backend.recall(query, deadline.budget(self.options.recall_share))
 
     def _rank(
-        self, recalled: RecallResult, q: RecommendQuery, k: int, history: int, deadline: Deadline
+        self,
+        recalled: RecallResult,
+        q: RecommendQuery,
+        k: int,
+        history: int,
+        gap: float | None,
+        deadline: Deadline,
     ) -> RankResult:
         assert recalled.vectors is not None  # the gateway never asks omit_vectors
         return self.rank_backend.rank(
@@ -353,7 +374,7 @@ class GatewayCore:
                 embedding_version=recalled.bundle_version,
                 top_k=k,
                 diversity_lambda=q.diversity_lambda,
-                candidate_features=self._features(recalled, history),
+                candidate_features=self._features(recalled, history, gap),
             ),
             deadline.budget(),
         )
@@ -434,7 +455,9 @@ class GatewayCore:
             self._views[version] = view
             return view
 
-    def _features(self, recalled: RecallResult, history_length: int) -> np.ndarray | None:
+    def _features(
+        self, recalled: RecallResult, history_length: int, gap: float | None
+    ) -> np.ndarray | None:
         """The ranker's declared side features of recall's candidates, flat [N * F], as
         the bundle of the version recall answered in defines them."""
         view = self.view(recalled.bundle_version)
@@ -450,6 +473,7 @@ class GatewayCore:
             view.side_features,
             # Items added live have no counts in the bundle: 0 interactions.
             np.stack([recency.get(i, self._no_recency) for i in recalled.ids]),
+            gap,
         ).reshape(-1)
 
     def _details(

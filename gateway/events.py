@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from recstack.core.errors import InvalidArgument, limit_exceeded
 from recstack.core.storage import POSTGRES, Database
 
 EVENT_TYPES = ("view", "click", "like", "purchase")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A user's stored history (distinct item ids, most recent first) and the Unix time in
+    seconds of their newest interaction (0: unknown, e.g. a seed user of an older bundle)."""
+
+    items: tuple[str, ...]
+    last_seen_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,11 +45,16 @@ class EventStore:
     """Durable events + seed histories + popularity, behind one lock per connection."""
 
     def __init__(
-        self, dsn: str, seed: Iterable[tuple[str, list[str]]] = (), max_batch: int = 1000
+        self,
+        dsn: str,
+        seed: Iterable[tuple[str, list[str]]] = (),
+        max_batch: int = 1000,
+        seed_last_seen: Mapping[str, int] | None = None,
     ) -> None:
         self.db = Database(dsn)
         self.max_batch = max_batch
         self._seed = {user: tuple(dict.fromkeys(items)) for user, items in seed}
+        self._seed_last = dict(seed_last_seen or {})
         # Popularity from the bundle's interaction histories: how many users had each item.
         self.popularity = Counter(i for items in self._seed.values() for i in items)
         key = (
@@ -97,14 +111,15 @@ class EventStore:
             row = cur.fetchone()
         return int(row[0])
 
-    def history(self, user_id: str, limit: int) -> tuple[str, ...] | None:
-        """Distinct item ids, most recent first; None if the user is entirely unknown."""
+    def profile(self, user_id: str, limit: int) -> Profile | None:
+        """At most ``limit`` distinct item ids, most recent first, and the newest
+        interaction's time; None if the user is entirely unknown."""
         db = self.db
         with db.lock:
             rows = db.conn.execute(
                 db.sql(
-                    "SELECT item_id FROM user_events WHERE user_id = ? ORDER BY timestamp_ms DESC,"
-                    " sequence DESC LIMIT ?"
+                    "SELECT item_id, timestamp_ms FROM user_events WHERE user_id = ? ORDER BY"
+                    " timestamp_ms DESC, sequence DESC LIMIT ?"
                 ),
                 (user_id, limit),
             ).fetchall()
@@ -113,8 +128,13 @@ class EventStore:
             ).fetchone()
         seed = () if deleted else self._seed.get(user_id, ())
         if not rows and not seed:
-            return None if not deleted and user_id not in self._seed else ()
-        return tuple(dict.fromkeys([r[0] for r in rows] + list(seed)))[:limit]
+            return None if not deleted and user_id not in self._seed else Profile(())
+        # Rows are newest first; an event's time may predate the seed's (a backfill).
+        last = max(
+            int(rows[0][1]) // 1000 if rows else 0, self._seed_last.get(user_id, 0) if seed else 0
+        )
+        items = tuple(dict.fromkeys([r[0] for r in rows] + list(seed)))[:limit]
+        return Profile(items, last)
 
     def delete_user(self, user_id: str) -> int:
         """Remove the user's events and hide their seed history; returns events removed."""

@@ -40,7 +40,12 @@ from typing import Any
 import numpy as np
 
 from recstack.core.config import RecallOptions
-from recstack.core.features import candidate_features, history_similarities, join_recent
+from recstack.core.features import (
+    RANKER_FEATURES,
+    candidate_features,
+    history_similarities,
+    join_recent,
+)
 from training.data import Dataset, Split
 
 KS = (10, 20)
@@ -150,6 +155,15 @@ class EvalCase:
     # When the request is made: as the user acts, i.e. the held-out interaction's time
     # (recency counts only what came strictly before it); the time split's cut there.
     time: int = 0
+    # The newest history interaction's time (0: unknown, as for an explicit history).
+    last_time: int = 0
+
+    @property
+    def gap_s(self) -> int | None:
+        """Seconds from the newest history interaction to the request (None: unknown)."""
+        if not self.history or not self.last_time or not self.time:
+            return None
+        return max(0, self.time - self.last_time)
 
 
 def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[EvalCase]:
@@ -163,8 +177,10 @@ def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[Eval
         if phase == "test":
             before.append(split.valid[user])
         # The request is made as the user acts: at the held-out interaction's time.
-        when = dataset.user_interactions[user][len(before)].timestamp
-        cases.append(EvalCase(user, before, set(before), held[user], time=when))
+        seq = dataset.user_interactions[user]
+        when = seq[len(before)].timestamp
+        last = seq[len(before) - 1].timestamp if before else 0
+        cases.append(EvalCase(user, before, set(before), held[user], time=when, last_time=last))
     return cases
 
 
@@ -358,16 +374,22 @@ def rerank_lists(
     histories: Sequence[np.ndarray],
     history_lengths: Sequence[int],
     recent: Sequence[np.ndarray | None] | None = None,
+    gaps: Sequence[float | None] | None = None,
+    feature_names: Sequence[str] = RANKER_FEATURES,
 ) -> list[list[str]]:
     """Candidates reordered by the ONNX ranker's score (stable for equal scores), with the
     side features the gateway sends (:func:`recstack.core.features.candidate_features`);
     ``histories`` are the vectors the user vector was built from (for the similarities);
-    ``recent[b]`` the catalog's [N_items, 3] recency counts at case b's time (or None)."""
+    ``recent[b]`` the catalog's [N_items, 3] recency counts at case b's time (or None);
+    ``gaps[b]`` seconds since case b's newest history interaction (None: unknown);
+    ``feature_names`` the ranker's declared side features (its bundle's
+    ``ranker.side_features``)."""
     names = {i.name for i in ranker.get_inputs()}
     out: list[list[str]] = []
     recents = list(recent) if recent is not None else [None] * len(recalled)
-    for vec, (cands, scores), hist, n_hist, counts_now in zip(
-        user_vecs, recalled, histories, history_lengths, recents, strict=True
+    gap_list = list(gaps) if gaps is not None else [None] * len(recalled)
+    for vec, (cands, scores), hist, n_hist, counts_now, gap in zip(
+        user_vecs, recalled, histories, history_lengths, recents, gap_list, strict=True
     ):
         if not cands:
             out.append([])
@@ -385,7 +407,9 @@ def rerank_lists(
                 pops,
                 n_hist,
                 history_similarities(items, hist),
+                names=feature_names,
                 recent_counts=None if counts_now is None else counts_now[rows],
+                gap_s=gap,
             )
         ranked = ranker.run(["score"], feed)[0]
         order = np.argsort(-ranked, kind="stable")
@@ -468,6 +492,7 @@ def evaluate_pipelines(
     recency: Callable[[int], np.ndarray] | None = None,
     recent_top: Callable[[int], Sequence[str]] | None = None,
     lists_out: dict[str, list[list[str]]] | None = None,
+    feature_names: Sequence[str] = RANKER_FEATURES,
 ) -> dict[str, dict[str, Any]]:
     """Metrics (with intervals) of ``exact`` (always), ``hnsw`` (with an index) and
     ``ranked`` (with both; ``counts`` give the popularity feature). ``per_user_out``, when
@@ -476,7 +501,8 @@ def evaluate_pipelines(
     ``recency(time)``: the catalog's [N_items, 3] recency counts at a case's time;
     ``recent_top(time)``: the recent-popularity candidate ids joined to the ranked
     pipeline's candidates at a case's time (:func:`with_recent`; None: none).
-    ``lists_out``, when given, receives the ranked pipeline's lists (``"ranked"``)."""
+    ``lists_out``, when given, receives the ranked pipeline's lists (``"ranked"``);
+    ``feature_names``: the ranker's declared side features."""
     targets: list[str | None] = [c.target for c in cases]
     k = max(KS)
     out: dict[str, dict[str, Any]] = {}
@@ -508,6 +534,8 @@ def evaluate_pipelines(
                 [history_matrix(c, item_vecs, item_pos, window) for c in cases],
                 [len(c.history) for c in cases],
                 None if recency is None else [recency(c.time) for c in cases],
+                [c.gap_s for c in cases],
+                feature_names,
             )
             out["ranked"], store["ranked"] = with_intervals(reranked, targets)
             if lists_out is not None:

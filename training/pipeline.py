@@ -90,6 +90,14 @@ class Profile:
     # Ranker: trained on each user's last ``ranker_holdout`` train positions, which the
     # tower is not trained to predict (their recall scores look like serving's).
     ranker_holdout: int = 3
+    # Also a list at every earlier train position that follows a break of more than this
+    # many days (a returning user; 0 = none): the last positions are mostly mid-session
+    # (3% follow a break of a day or more), so without them the ranker barely sees the
+    # since_last_interaction feature vary. The tower did train on those positions, so
+    # their recall scores are a little optimistic. Quick, chosen on the time split's
+    # validation cut (docs/model-quality.md): NDCG@10 0.0971 without them; 0.1208, 0.1257,
+    # **0.1313**, 0.1309 for 0.25, 1, 3, 7 days; leave-last-out validation level for all.
+    ranker_returning_days: float = 3.0
     # Quick, 6 epochs, validation NDCG@10: hidden (64,) 0.0833 vs (256, 64) 0.0826 — no
     # difference (intervals ~±0.012), so the one at half the training time.
     ranker_epochs: int = 6
@@ -230,8 +238,9 @@ def _ranker_lists(
     encoder: TextEncoder,
     recency: RecentCounts,
 ) -> tuple[RankerLists, int]:
-    """Listwise examples at each user's last ``ranker_holdout`` train positions, plus one
-    query-only list per user (the request a new user makes).
+    """Listwise examples at each user's last ``ranker_holdout`` train positions and at
+    every earlier one that follows a break of more than ``ranker_returning_days`` (a
+    returning user), plus one query-only list per user (the request a new user makes).
 
     History = the train items before the position; candidates = the HNSW top-N of the
     served user vector with the history excluded (as recall serves them); features as the
@@ -252,8 +261,26 @@ def _ranker_lists(
         seq = split.train[user]
         stamps = [x.timestamp for x in dataset.user_interactions[user]]
         first = max(1, len(seq) - prof.ranker_holdout)
-        for t in range(first, len(seq)):
-            cases.append(ev.EvalCase(user, list(seq[:t]), set(seq[:t]), seq[t], time=stamps[t]))
+        breaks = (
+            [
+                t
+                for t in range(1, first)
+                if stamps[t] - stamps[t - 1] > prof.ranker_returning_days * DAY_S
+            ]
+            if prof.ranker_returning_days > 0
+            else []
+        )
+        for t in [*breaks, *range(first, len(seq))]:
+            cases.append(
+                ev.EvalCase(
+                    user,
+                    list(seq[:t]),
+                    set(seq[:t]),
+                    seq[t],
+                    time=stamps[t],
+                    last_time=stamps[t - 1],
+                )
+            )
         genre = ev.top_genre(dataset, seq[:first])
         if genre is not None and first < len(seq):
             q_cases.append(
@@ -292,6 +319,7 @@ def _ranker_lists(
                 len(case.history),
                 history_similarities(item_vecs[rows], history),
                 recent_counts=recency.at(case.time)[rows],
+                gap_s=case.gap_s,
             )
         )
         target.append(ids.index(case.target))
@@ -665,7 +693,12 @@ def _build_into(
             )
 
     histories = [
-        {"user_id": u, "items": dataset.sequence(u)[::-1]}
+        {
+            "user_id": u,
+            "items": dataset.sequence(u)[::-1],
+            # The gateway's since_last_interaction feature for users without new events.
+            "last_time": max(x.timestamp for x in dataset.user_interactions[u]),
+        }
         for u in sorted(dataset.user_interactions)
     ]
     _write_jsonl(work / "users" / "history.jsonl", histories)
@@ -852,9 +885,11 @@ def _int8_report(
     ort_options: SessionOptions,
     torch_encoder: tuple[Any, Any, np.ndarray],
 ) -> dict[str, Any]:
-    """Exact-search test metrics (item vectors from each encoder, the same tower) and
-    encode time of int8 vs fp32 ONNX vs torch eager (``torch_encoder`` = model,
-    tokenizer, head: the torch reference of the served vectors), measured in one run."""
+    """Exact-search test metrics (item vectors from each encoder, the same tower: the worst
+    case, every item re-encoded), query-only users' metrics with each encoder's query
+    vectors over the fp32 item vectors (what int8 changes in serving), and encode time of
+    int8 vs fp32 ONNX vs torch eager (``torch_encoder`` = model, tokenizer, head: the torch
+    reference of the served vectors), measured in one run."""
     import torch
 
     from training import evaluate as ev
@@ -887,6 +922,23 @@ def _int8_report(
             ref_i = iv
         else:
             out["max_abs_diff_items"] = float(np.max(np.abs(iv - ref_i)))
+    # What int8 changes in serving: the encoder runs only for query texts and upserted
+    # items (history users never reach it). Query-only users, exact search, paired.
+    q_cases = ev.query_cases(dataset, split, "test")
+    if q_cases:
+        q_targets: list[str | None] = [c.target for c in q_cases]
+        q_arrays = {}
+        for name, enc in (("fp32", fp32), ("int8", int8)):
+            qv = ev.encode_texts(enc, [c.query for c in q_cases], DIM)
+            uv = ev.user_vectors(tower, q_cases, ref_i, dataset.item_index, qv)
+            m, q_arrays[name] = ev.with_intervals(
+                ev.exact_lists(uv, ref_i, q_cases, item_ids, 20), q_targets
+            )
+            out[name]["query_users"] = {k: m[k] for k in ("recall@20", "ndcg@10")}
+        out["query_users_paired"] = {
+            k: ev.paired_difference(q_arrays["int8"][k], q_arrays["fp32"][k])
+            for k in ("recall@20", "ndcg@10")
+        }
     f32, i8 = out["fp32"], out["int8"]
     out["speedup_batch"] = round(i8["item_texts_per_s"] / f32["item_texts_per_s"], 2)
     out["speedup_single"] = round(f32["single_text_ms"] / i8["single_text_ms"], 2)

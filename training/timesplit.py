@@ -85,7 +85,8 @@ def future_cases(dataset: Dataset, cut: int, until: int | None = None) -> list[e
             and x.item_id not in seen
         ]
         if after:
-            cases.append(ev.EvalCase(user, history, seen, after[0], time=cut))
+            last = max(x.timestamp for x in seq if x.timestamp < cut)
+            cases.append(ev.EvalCase(user, history, seen, after[0], time=cut, last_time=last))
     return cases
 
 
@@ -225,6 +226,7 @@ def evaluate_bundle_on_future(
         lambda _time: recent,
         (lambda _time: top) if top else None,
         lists,
+        tuple(bundle.section("ranker").get("side_features", ())),
     )
     order = _order(counts, item_ids)
     targets: list[str | None] = [c.target for c in cases]

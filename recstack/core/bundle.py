@@ -275,7 +275,9 @@ class Bundle:
             )
         return vectors
 
-    def iter_user_histories(self) -> Iterator[tuple[str, list[str]]]:
+    def iter_user_profiles(self) -> Iterator[tuple[str, list[str], int]]:
+        """(user id, item ids most recent first, newest interaction's Unix time in seconds
+        or 0 when the bundle does not say) per seed user (``users/history.jsonl``)."""
         users = self.manifest.get("users")
         if not users:
             return
@@ -283,4 +285,15 @@ class Bundle:
             for line in f:
                 if line.strip():
                     d = json.loads(line)
-                    yield str(d["user_id"]), [str(i) for i in d["items"]]
+                    last = d.get("last_time", 0)
+                    if not isinstance(last, int) or isinstance(last, bool) or last < 0:
+                        raise BundleError(
+                            f"bundle {self.version}: user {d['user_id']}'s last_time "
+                            f"{last!r} is not a Unix time in seconds"
+                        )
+                    yield str(d["user_id"]), [str(i) for i in d["items"]], last
+
+    def iter_user_histories(self) -> Iterator[tuple[str, list[str]]]:
+        """(user id, item ids most recent first) per seed user."""
+        for user, items, _ in self.iter_user_profiles():
+            yield user, items

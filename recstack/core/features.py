@@ -19,7 +19,15 @@ Per candidate, in this order (the bundle's ``ranker.side_features``):
   interactions in the 1, 7 and 30 days before the request (:data:`RECENCY_WINDOWS_S`): in
   training, before each list's own time (``training.recency``); in serving, the bundle's
   counts as of its data's end (``items/recent.npy``, :func:`load_recency`; items added live
-  have 0), what the global time split evaluates.
+  have 0), what the global time split evaluates;
+- ``since_last_interaction``: ``log1p`` of the hours between the request and the user's
+  newest interaction, capped at :data:`MAX_GAP_S` (0 when unknown: a query-only user or an
+  explicit history without times, which is what a caller sending its live session means).
+  It tells the ranker a user in the middle of a session (most leave-last-out positions)
+  from one returning after weeks (what the time split asks about), for whom what everyone
+  watched meanwhile matters more. In training, the list's time minus its newest history
+  item's; in serving, now minus the newest time the gateway's event store knows for the
+  user (recorded events, else the bundle's ``users/history.jsonl`` ``last_time``).
 
 The gateway assembles the features from recall's answer, the bundle and the user's
 profile; training computes them the same way for its lists (``training.pipeline``).
@@ -51,6 +59,10 @@ DAY_S = 86_400
 SIMILARITIES = ("history_max_similarity", "history_mean_similarity", "last_item_similarity")
 RECENCY_WINDOWS_S = (DAY_S, 7 * DAY_S, 30 * DAY_S)
 RECENCY = ("item_recent_1d", "item_recent_7d", "item_recent_30d")
+GAP = "since_last_interaction"
+# Gaps longer than this all read as "long ago" (training data rarely spans more; a bundle
+# served long after its data's end must not feed the ranker values it never saw).
+MAX_GAP_S = 180 * DAY_S
 RANKER_FEATURES = (
     "recall_score",
     "recall_rank",
@@ -58,6 +70,7 @@ RANKER_FEATURES = (
     "history_length",
     *SIMILARITIES,
     *RECENCY,
+    GAP,
 )
 
 
@@ -83,6 +96,13 @@ def history_similarities(candidates: np.ndarray, history: np.ndarray) -> F32Arra
     return summarize_similarities(cands @ hist.T)
 
 
+def gap_feature(gap_s: float | None) -> np.float32:
+    """The ``since_last_interaction`` value of a gap in seconds (None or <= 0: unknown)."""
+    if gap_s is None or gap_s <= 0:
+        return np.float32(0.0)
+    return np.float32(np.log1p(min(float(gap_s), MAX_GAP_S) / 3600.0))
+
+
 def candidate_features(
     recall_scores: np.ndarray,
     popularity_counts: np.ndarray,
@@ -90,10 +110,12 @@ def candidate_features(
     similarities: np.ndarray | None = None,
     names: Sequence[str] = RANKER_FEATURES,
     recent_counts: np.ndarray | None = None,
+    gap_s: float | None = None,
 ) -> F32Array:
     """[N, len(names)] features of N candidates in recall's order (best first);
     ``similarities`` [N, 3] as :func:`history_similarities` (None: no history);
-    ``recent_counts`` [N, 3] interactions per :data:`RECENCY_WINDOWS_S` (None: none)."""
+    ``recent_counts`` [N, 3] interactions per :data:`RECENCY_WINDOWS_S` (None: none);
+    ``gap_s`` seconds since the user's newest interaction (None: unknown)."""
     n = len(recall_scores)
     sims = np.zeros((n, 3), np.float32) if similarities is None else similarities
     recent = (
@@ -108,6 +130,7 @@ def candidate_features(
         "history_length": np.full(n, np.log1p(np.float32(history_length)), np.float32),
         **{name: np.asarray(sims[:, j], np.float32) for j, name in enumerate(SIMILARITIES)},
         **{name: recent[:, j] for j, name in enumerate(RECENCY)},
+        GAP: np.full(n, gap_feature(gap_s), np.float32),
     }
     out = np.empty((n, len(names)), np.float32)
     for j, name in enumerate(names):

@@ -8,6 +8,7 @@ tests), and both must return the same top-10.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from recstack.core.bundle import Bundle
 from recstack.core.config import GatewayOptions, RankOptions, ServerOptions
-from recstack.core.features import load_recency, load_recent_top
+from recstack.core.features import GAP, MAX_GAP_S, load_recency, load_recent_top
 from recstack.models.ort import CPU, SessionOptions, create_session
 from recstack.models.user_tower import UserTower
 from recstack.runtime.server import RunningServer
@@ -105,26 +106,39 @@ def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, bundle
         recalled, uv, cases, [top] * len(cases), vectors, item_pos, CANDIDATES
     )
     assert any(i in ids for i in top for ids, _ in recalled)
-    expected = ev.rerank_lists(
-        ranker,
-        uv,
-        recalled,
-        vectors,
-        item_pos,
-        counts,
-        [ev.history_matrix(c, vectors, item_pos, tower.max_len) for c in cases],
-        [len(c.history) for c in cases],
-        [snapshot] * len(cases),
-    )
-    stub = gateway_pb2_grpc.RecommendServiceStub(grpc.insecure_channel(f"127.0.0.1:{servers}"))
-    for case, want in zip(cases, expected, strict=True):
-        resp = stub.Recommend(
-            gateway_pb2.RecommendRequest(
-                history_item_ids=case.history[::-1], k=K, candidate_count=CANDIDATES
-            ),
-            timeout=30,
+    names = tuple(bundle.section("ranker")["side_features"])
+    assert GAP in names
+
+    def expected(gap_s: float | None) -> list[list[str]]:
+        return ev.rerank_lists(
+            ranker,
+            uv,
+            recalled,
+            vectors,
+            item_pos,
+            counts,
+            [ev.history_matrix(c, vectors, item_pos, tower.max_len) for c in cases],
+            [len(c.history) for c in cases],
+            [snapshot] * len(cases),
+            [gap_s] * len(cases),
+            names,
         )
-        got = [i.id for i in resp.items]
-        assert got == want[:K], (case.user_id, got, want[:K])
-        assert not set(got) & case.seen
+
+    stub = gateway_pb2_grpc.RecommendServiceStub(grpc.insecure_channel(f"127.0.0.1:{servers}"))
+    # An explicit history is a user acting now (no gap); a known user asked by id is as far
+    # from their newest interaction as the bundle's data is from now: more than the cap.
+    newest = max(last for _, _, last in bundle.iter_user_profiles())
+    assert time.time() - newest > MAX_GAP_S
+    asked_by_history = expected(None)
+    asked_by_id = expected(MAX_GAP_S)
+    for case, by_history, by_id in zip(cases, asked_by_history, asked_by_id, strict=True):
+        for request, want in (
+            (gateway_pb2.RecommendRequest(history_item_ids=case.history[::-1]), by_history),
+            (gateway_pb2.RecommendRequest(user_id=case.user_id), by_id),
+        ):
+            request.k, request.candidate_count = K, CANDIDATES
+            resp = stub.Recommend(request, timeout=30)
+            got = [i.id for i in resp.items]
+            assert got == want[:K], (case.user_id, got, want[:K])
+            assert not set(got) & case.seen
     assert np.isfinite(uv).all()

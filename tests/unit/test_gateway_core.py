@@ -7,7 +7,7 @@ import pytest
 
 from gateway.clients import ShardedRecall, shard_targets
 from gateway.core import GatewayCore
-from gateway.events import Event, EventStore
+from gateway.events import Event, EventStore, Profile
 from recstack.core.config import GatewayOptions
 from recstack.core.deadline import Deadline
 from recstack.core.domain import (
@@ -197,7 +197,7 @@ def test_deleted_user_is_forgotten(setup):
     core, _ = setup
     core.record_events([Event("u1", "i2")])
     assert core.delete_user("u1") == 1
-    assert core.events.history("u1", 10) == ()
+    assert core.events.profile("u1", 10) == Profile(())
     result = core.recommend(RecommendQuery(user_id="u1", k=1), Deadline.after(5))
     assert result.fallback == "popularity"
 
@@ -363,3 +363,38 @@ def test_shards_in_different_versions_are_re_asked_in_one_they_all_hold():
 )
 def test_recall_address_names_one_target_per_shard(value, targets):
     assert shard_targets(value) == targets
+
+
+def test_since_last_interaction_from_the_profile_and_never_for_explicit_history(tmp_path):
+    from recstack.core.features import DAY_S, GAP, MAX_GAP_S
+
+    backend = Catalog()
+    now = 1_000_000_000.0
+    events = EventStore(
+        f"sqlite:///{tmp_path}/e.db",
+        [("u1", ["i11", "i10"]), ("u2", ["i5"])],
+        seed_last_seen={"u1": int(now) - 2 * DAY_S, "u2": int(now) - 10 * MAX_GAP_S},
+    )
+    core = GatewayCore(
+        backend, backend, events, GatewayOptions(), side_features=(GAP,), clock=lambda: now
+    )
+
+    def gap_sent(q: RecommendQuery) -> float:
+        core.recommend(q, Deadline.after(5))
+        feats = backend.ranks[-1][0].candidate_features
+        assert feats is not None and np.ptp(feats) == 0  # one value for every candidate
+        return float(feats[0])
+
+    assert gap_sent(RecommendQuery(user_id="u1", k=2)) == pytest.approx(np.log1p(48.0))
+    # Away longer than the cap: the cap (what training saw at most).
+    assert gap_sent(RecommendQuery(user_id="u2", k=2)) == pytest.approx(np.log1p(MAX_GAP_S / 3600))
+    # A recorded event is newer than the seed's last interaction.
+    core.record_events([Event("u1", "i3", "view", int((now - 3600) * 1000))])
+    assert events.profile("u1", 10) == Profile(("i3", "i11", "i10"), int(now) - 3600)
+    assert gap_sent(RecommendQuery(user_id="u1", k=2)) == pytest.approx(np.log1p(1.0))
+    # Explicit history (a live session) and query-only users: 0 (unknown).
+    assert gap_sent(RecommendQuery(user_id="u1", history_item_ids=("i4",), k=2)) == 0.0
+    assert gap_sent(RecommendQuery(query_text="x", k=2)) == 0.0
+    # A deleted user's seed time is forgotten with their seed history.
+    core.delete_user("u2")
+    assert events.profile("u2", 10) == Profile(())

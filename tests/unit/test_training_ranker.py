@@ -87,3 +87,20 @@ def test_listwise_ranker_learns_a_toy_signal_and_exports_with_features(tmp_path:
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["user", "item", "features"]
     assert check_ranker_parity(res.model, path, DIM, n=9) <= 1e-5
+
+
+def test_since_last_interaction_is_log_hours_capped_and_zero_when_unknown() -> None:
+    from recstack.core.features import DAY_S, GAP, MAX_GAP_S, RANKER_FEATURES
+    from training import evaluate as ev
+
+    def gap_column(gap_s: float | None) -> np.ndarray:
+        feats = candidate_features(np.ones(3), np.zeros(3), 2, gap_s=gap_s)
+        return feats[:, RANKER_FEATURES.index(GAP)]
+
+    np.testing.assert_allclose(gap_column(7200), np.log1p(2.0))
+    np.testing.assert_allclose(gap_column(10 * MAX_GAP_S), np.log1p(MAX_GAP_S / 3600))
+    assert not gap_column(None).any() and not gap_column(0).any()
+    # Evaluation cases know it from their own times; query-only cases do not.
+    case = ev.EvalCase("u", ["a"], {"a"}, "b", time=3 * DAY_S, last_time=DAY_S)
+    assert case.gap_s == 2 * DAY_S
+    assert ev.EvalCase("u", [], set(), "b", query="x", time=3 * DAY_S).gap_s is None
