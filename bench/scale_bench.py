@@ -79,7 +79,13 @@ def measure(n: int, shard_count: int, queries: np.ndarray, data: np.ndarray) -> 
             per_shard[s].append(time.perf_counter() - t)
             hits += [(float(sc), int(rows[lab])) for lab, sc in zip(labels, scores, strict=True)]
         found.append({r for _, r in sorted(hits, reverse=True)[:10]})
-    exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+    # Exact top-10 in query chunks (a 1M catalog's full score matrix would not fit twice).
+    exact = np.concatenate(
+        [
+            np.argpartition(-(queries[c : c + 50] @ data.T), 10, axis=1)[:, :10]
+            for c in range(0, len(queries), 50)
+        ]
+    )
     recall = float(
         np.mean([len(f & set(e.tolist())) / 10 for f, e in zip(found, exact, strict=True)])
     )
@@ -135,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default="1,2,4")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--out", default=str(RESULTS / "scale.json"))
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the --out file's rows of other (items, shards) pairs and re-plot them all "
+        "(to add a size without re-running the others)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     shard_counts = [int(x) for x in args.shards.split(",")]
@@ -160,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         del data
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.is_file():
+        mine = {(r["items"], r["shards"]) for r in rows}
+        kept = [
+            r for r in json.loads(out.read_text())["rows"] if (r["items"], r["shards"]) not in mine
+        ]
+        rows = sorted(kept + rows, key=lambda r: (r["items"], r["shards"]))
     out.write_text(json.dumps({"machine": platform.platform(), "rows": rows}, indent=2) + "\n")
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
