@@ -227,3 +227,21 @@ def test_each_recommendation_says_which_history_item_supports_it(stub, bundle):
     # A query-only request is explained by its query.
     resp = stub.Recommend(gateway_pb2.RecommendRequest(query_text="space adventure", k=3))
     assert all(i.because_query and not i.because_item_id for i in resp.items)
+
+
+def test_seed_profiles_carry_last_times_and_an_old_bundle_is_reported(bundle, tmp_path, caplog):
+    import logging
+
+    from gateway.core import open_events
+    from recstack.core.config import GatewayOptions
+
+    profiles = list(bundle.iter_user_profiles())
+    assert profiles and all(last > 0 for _, _, last in profiles)
+    with caplog.at_level(logging.WARNING, logger="gateway.core"):
+        events = open_events(GatewayOptions(state_dir=str(tmp_path)), bundle)
+    user, items, last = profiles[0]
+    assert events.profile(user, 1000).last_seen_s == last
+    assert events.profile(user, 1000).items == tuple(dict.fromkeys(items))
+    # The synthetic data is from 2023: older than the gap's cap.
+    assert "since_last_interaction is at its cap" in caplog.text
+    events.close()
