@@ -282,8 +282,21 @@ def _movie_title(raw: str) -> str:
     return f"{m['art']}{sep}{m['rest']}"
 
 
+# What fetch_ml100k's cached conversion must say to be reused (bump with any change of
+# convert_ml100k's output, so a cache from older code is converted again from the raw files).
+ML100K_CONVERSION = "2: duplicate films merged"
+CONVERSION_FILE = "CONVERSION"
+
+
 def convert_ml100k(raw_dir: Path, out_dir: Path) -> Path:
-    """Convert RecBole's ``ml-100k.item`` / ``ml-100k.inter`` into the generic format."""
+    """Convert RecBole's ``ml-100k.item`` / ``ml-100k.inter`` into the generic format.
+
+    MovieLens-100K lists 18 films twice, under two ids with the same title, year and genres
+    (e.g. "Chasing Amy" 246 and 268). Each such group becomes one item, the first id in
+    file order, with the others in ``metadata.merged_ids``; their interactions move to it,
+    and a user who rated two copies keeps the earlier interaction only. Otherwise a
+    recommender shows the same film twice, or recommends a film "because you watched" it.
+    """
     item_path, inter_path = raw_dir / "ml-100k.item", raw_dir / "ml-100k.inter"
     for p in (item_path, inter_path):
         if not p.is_file():
@@ -309,6 +322,14 @@ def convert_ml100k(raw_dir: Path, out_dir: Path) -> Path:
                 head = f"{title} ({year_raw})"
             text = head + "." + (f" Genres: {', '.join(genres)}." if genres else "")
             items.append(Item(parts[cols["item_id"]].strip(), title, text, meta))
+    canonical: dict[str, str] = {}  # item id -> the id its film is kept under
+    first_by_text: dict[str, Item] = {}
+    for it in items:
+        kept = first_by_text.setdefault(it.text, it)
+        canonical[it.id] = kept.id
+        if kept is not it:
+            kept.metadata.setdefault("merged_ids", []).append(it.id)
+    items = [it for it in items if canonical[it.id] == it.id]
     inters: list[Interaction] = []
     with inter_path.open(encoding="utf-8") as f:
         cols = _typed_header(
@@ -323,12 +344,20 @@ def convert_ml100k(raw_dir: Path, out_dir: Path) -> Path:
                 rating = float(parts[cols["rating"]])
             except (ValueError, IndexError) as exc:
                 raise DataError(f"{inter_path}:{n}: {exc}") from None
+            item_id = parts[cols["item_id"]].strip()
             inters.append(
                 Interaction(
-                    parts[cols["user_id"]].strip(), parts[cols["item_id"]].strip(), ts, rating
+                    parts[cols["user_id"]].strip(), canonical.get(item_id, item_id), ts, rating
                 )
             )
-    return write_dataset(out_dir, items, inters)
+    # One interaction per (user, film): the earliest (ties: file order).
+    earliest: dict[tuple[str, str], Interaction] = {}
+    for x in sorted(inters, key=lambda x: x.timestamp):
+        earliest.setdefault((x.user_id, x.item_id), x)
+    kept_inters = [x for x in inters if earliest[(x.user_id, x.item_id)] is x]
+    out = write_dataset(out_dir, items, kept_inters)
+    (out / CONVERSION_FILE).write_text(ML100K_CONVERSION + "\n")
+    return out
 
 
 def _download_recbole_wheel(dest: Path) -> Path:
@@ -358,10 +387,17 @@ def _download_recbole_wheel(dest: Path) -> Path:
 
 
 def fetch_ml100k(cache_dir: Path) -> Path:
-    """MovieLens-100K in the generic format under ``cache_dir/ml100k`` (fetched once)."""
+    """MovieLens-100K in the generic format under ``cache_dir/ml100k`` (fetched once;
+    converted again from the cached raw files when :data:`ML100K_CONVERSION` changed)."""
     cache_dir = Path(cache_dir)
     out = cache_dir / "ml100k"
-    if (out / ITEMS_CSV).is_file() and (out / INTERACTIONS_CSV).is_file():
+    marker = out / CONVERSION_FILE
+    if (
+        (out / ITEMS_CSV).is_file()
+        and (out / INTERACTIONS_CSV).is_file()
+        and marker.is_file()
+        and marker.read_text().strip() == ML100K_CONVERSION
+    ):
         return out
     raw = cache_dir / "raw" / "ml-100k"
     if not all((raw / f"ml-100k.{e}").is_file() for e in _ML100K_EXTS):

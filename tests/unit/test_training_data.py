@@ -142,6 +142,42 @@ def test_convert_ml100k_sample(tmp_path: Path) -> None:
     assert ds.user_interactions["7"][0].rating == 3.0
 
 
+def test_convert_ml100k_merges_duplicate_films(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "ml-100k.item").write_text(
+        ML_ITEM + "246\tChasing Amy\t1997\tDrama Romance\n"
+        "268\tChasing Amy\t1997\tDrama Romance\n"
+        "300\tChasing Amy\t1996\tDrama Romance\n"
+    )
+    (raw / "ml-100k.inter").write_text(
+        ML_INTER + "7\t268\t4\t881250000\n7\t246\t5\t881250999\n8\t268\t2\t881250001\n"
+    )
+    ds = load_dataset(convert_ml100k(raw, tmp_path / "out"))
+    ids = [it.id for it in ds.items]
+    assert ids == ["1", "12", "99", "246", "300"]  # 268 is 246; another year is another film
+    assert ds.items[ids.index("246")].metadata["merged_ids"] == ["268"]
+    # User 7 rated both copies: the earlier interaction stays (under the kept id).
+    assert [(x.item_id, x.rating) for x in ds.user_interactions["7"]] == [
+        ("246", 4.0),
+        ("1", 3.0),
+        ("12", 5.0),
+    ]
+    assert ds.sequence("8") == ["99", "246"]
+
+
+def test_fetch_ml100k_reconverts_a_cache_of_an_older_conversion(tmp_path: Path) -> None:
+    raw = tmp_path / "raw" / "ml-100k"
+    raw.mkdir(parents=True)
+    (raw / "ml-100k.item").write_text(ML_ITEM)
+    (raw / "ml-100k.inter").write_text(ML_INTER)
+    (raw / "ml-100k.user").write_text("user_id:token\n")
+    out = fetch_ml100k(tmp_path)
+    (out / "CONVERSION").unlink()  # what a cache written by older code looks like
+    (out / "items.csv").write_text("item_id,text\nstale,x\n")
+    assert [it.id for it in load_dataset(fetch_ml100k(tmp_path)).items] == ["1", "12", "99"]
+
+
 def test_fetch_ml100k_uses_cached_raw_files_without_network(tmp_path: Path) -> None:
     raw = tmp_path / "raw" / "ml-100k"
     raw.mkdir(parents=True)
