@@ -82,14 +82,15 @@ def open_events(options: GatewayOptions, bundle: Bundle | None) -> EventStore:
     dsn = options.events_dsn or f"sqlite:///{Path(options.state_dir).resolve()}/events.db"
     profiles = list(bundle.iter_user_profiles()) if bundle is not None else []
     newest = max((last for _, _, last in profiles), default=0)
-    if bundle is not None and newest and time.time() - newest > MAX_GAP_S:
+    age = time.time() - newest
+    if bundle is not None and newest and age > MAX_GAP_S:
         # Not an error (a demo on old data is served this way), but every seed user then
         # reads as long away to the ranker until they record events.
         log.warning(
             "bundle %s: its newest interaction is %.0f days old; since_last_interaction is "
             "at its cap (%d days) for every seed user until they record events",
             bundle.version,
-            (time.time() - newest) / DAY_S,
+            age / DAY_S,
             MAX_GAP_S // DAY_S,
         )
     return EventStore(

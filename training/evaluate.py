@@ -166,6 +166,17 @@ class EvalCase:
         return max(0, self.time - self.last_time)
 
 
+def case_at(dataset: Dataset, user: str, before: list[str], target: str) -> EvalCase:
+    """The user asked for ``target`` right after the interactions ``before`` (the first
+    ``len(before)`` of their sequence), as they act: at the target's time, with their newest
+    history item's time (leave-last-out cases, cold-start cases, ranker training lists)."""
+    seq = dataset.user_interactions[user]
+    last = seq[len(before) - 1].timestamp if before else 0
+    return EvalCase(
+        user, before, set(before), target, time=seq[len(before)].timestamp, last_time=last
+    )
+
+
 def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[EvalCase]:
     """One case per user with a held-out item of ``phase`` ("valid" or "test")."""
     if phase not in ("valid", "test"):
@@ -176,11 +187,7 @@ def eval_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[Eval
         before = list(split.train[user])
         if phase == "test":
             before.append(split.valid[user])
-        # The request is made as the user acts: at the held-out interaction's time.
-        seq = dataset.user_interactions[user]
-        when = seq[len(before)].timestamp
-        last = seq[len(before) - 1].timestamp if before else 0
-        cases.append(EvalCase(user, before, set(before), held[user], time=when, last_time=last))
+        cases.append(case_at(dataset, user, before, held[user]))
     return cases
 
 

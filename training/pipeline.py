@@ -261,26 +261,10 @@ def _ranker_lists(
         seq = split.train[user]
         stamps = [x.timestamp for x in dataset.user_interactions[user]]
         first = max(1, len(seq) - prof.ranker_holdout)
-        breaks = (
-            [
-                t
-                for t in range(1, first)
-                if stamps[t] - stamps[t - 1] > prof.ranker_returning_days * DAY_S
-            ]
-            if prof.ranker_returning_days > 0
-            else []
-        )
+        away = prof.ranker_returning_days * DAY_S
+        breaks = [t for t in range(1, first) if 0 < away < stamps[t] - stamps[t - 1]]
         for t in [*breaks, *range(first, len(seq))]:
-            cases.append(
-                ev.EvalCase(
-                    user,
-                    list(seq[:t]),
-                    set(seq[:t]),
-                    seq[t],
-                    time=stamps[t],
-                    last_time=stamps[t - 1],
-                )
-            )
+            cases.append(ev.case_at(dataset, user, list(seq[:t]), seq[t]))
         genre = ev.top_genre(dataset, seq[:first])
         if genre is not None and first < len(seq):
             q_cases.append(

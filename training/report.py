@@ -92,13 +92,7 @@ def cold_start(
                 if target not in cold_ids:
                     continue
                 before = list(split.train[user]) + ([split.valid[user]] if phase == "test" else [])
-                # Asked as the user acts, like every leave-last-out case (eval_cases).
-                seq = dataset.user_interactions[user]
-                when = seq[len(before)].timestamp
-                last = seq[len(before) - 1].timestamp if before else 0
-                cases.append(
-                    ev.EvalCase(user, before, set(before), target, time=when, last_time=last)
-                )
+                cases.append(ev.case_at(dataset, user, before, target))
         result["events"] = len(cases)
         if cases:
             targets: list[str | None] = [c.target for c in cases]

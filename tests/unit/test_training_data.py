@@ -166,12 +166,17 @@ def test_convert_ml100k_merges_duplicate_films(tmp_path: Path) -> None:
     assert ds.sequence("8") == ["99", "246"]
 
 
-def test_fetch_ml100k_reconverts_a_cache_of_an_older_conversion(tmp_path: Path) -> None:
-    raw = tmp_path / "raw" / "ml-100k"
+def _cached_raw(cache: Path) -> None:
+    """The raw files fetch_ml100k keeps under ``cache/raw`` (so it needs no network)."""
+    raw = cache / "raw" / "ml-100k"
     raw.mkdir(parents=True)
     (raw / "ml-100k.item").write_text(ML_ITEM)
     (raw / "ml-100k.inter").write_text(ML_INTER)
     (raw / "ml-100k.user").write_text("user_id:token\n")
+
+
+def test_fetch_ml100k_reconverts_a_cache_of_an_older_conversion(tmp_path: Path) -> None:
+    _cached_raw(tmp_path)
     out = fetch_ml100k(tmp_path)
     (out / "CONVERSION").unlink()  # what a cache written by older code looks like
     (out / "items.csv").write_text("item_id,text\nstale,x\n")
@@ -179,11 +184,7 @@ def test_fetch_ml100k_reconverts_a_cache_of_an_older_conversion(tmp_path: Path) 
 
 
 def test_fetch_ml100k_uses_cached_raw_files_without_network(tmp_path: Path) -> None:
-    raw = tmp_path / "raw" / "ml-100k"
-    raw.mkdir(parents=True)
-    (raw / "ml-100k.item").write_text(ML_ITEM)
-    (raw / "ml-100k.inter").write_text(ML_INTER)
-    (raw / "ml-100k.user").write_text("user_id:token\n")
+    _cached_raw(tmp_path)
     out = fetch_ml100k(tmp_path)
     assert out == tmp_path / "ml100k"
     assert len(load_dataset(out).items) == 3
