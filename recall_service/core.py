@@ -36,7 +36,7 @@ import numpy as np
 from recall_service.catalog_log import DELETE, UPSERT, CatalogLog, LogEntry, LogWrite
 from recall_service.directory import VectorDirectory
 from recall_service.filters import compile_filters
-from recall_service.index import ItemIndex, SearchSpec
+from recall_service.index import ItemIndex, SearchSpec, member_mask
 from recstack.core import metrics
 from recstack.core.bundle import Bundle
 from recstack.core.config import RecallOptions
@@ -299,8 +299,8 @@ class RecallCore:
         shard holds and the spec admits (:func:`recstack.core.features.join_recent`): labels,
         scores and recent flags of the k kept, best first. Same read section as the search."""
         extra, extra_scores = self.index.named(self.recent_top, query, spec)
-        found = np.isin(labels, extra)  # already among the hits: one row, flagged
-        new = ~np.isin(extra, labels)
+        found = member_mask(labels, extra)  # already among the hits: one row, flagged
+        new = ~member_mask(extra, labels)
         all_labels = np.concatenate([labels, extra[new]]).astype(np.int64)
         all_scores = np.concatenate([scores, extra_scores[new]]).astype(np.float32)
         flags = np.concatenate([found, np.ones(int(new.sum()), bool)])

@@ -336,10 +336,11 @@ class ItemIndex:
         return idx, (self._vectors[idx] @ query).astype(np.float32)
 
     def _excluded(self, spec: SearchSpec) -> npt.NDArray[np.int64]:
-        """Distinct live labels of the spec's excluded ids (unknown ids are ignored)."""
+        """Distinct live labels of the spec's excluded ids (unknown ids are ignored), in
+        no particular order."""
         label_of = self._label_of
-        found = (label_of[i] for i in spec.exclude_ids if i in label_of)
-        return np.unique(np.fromiter(found, dtype=np.int64))
+        found = {label_of[i] for i in spec.exclude_ids if i in label_of}
+        return np.fromiter(found, dtype=np.int64, count=len(found))
 
     def _ann_batch(
         self, queries: F32Array, specs: Sequence[SearchSpec], num_threads: int
@@ -360,7 +361,7 @@ class ItemIndex:
         scores = (1.0 - dists).astype(np.float32)
         out = []
         for row, (spec, ex) in enumerate(zip(specs, excluded, strict=True)):
-            keep = ~np.isin(labels[row], ex) if len(ex) else slice(None)
+            keep = ~member_mask(labels[row], ex) if len(ex) else slice(None)
             hits = (labels[row][keep][: spec.k], scores[row][keep][: spec.k])
             if len(hits[0]) < min(spec.k, live - len(ex)):
                 hits = self._exact(queries[row], spec, None)
@@ -474,6 +475,14 @@ class ItemIndex:
 
 
 _NO_HITS: Hits = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def member_mask(values: npt.NDArray[Any], pool: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """``values[i] in pool`` for the short label arrays of one request (a hundred hits, a
+    few dozen excluded or recent labels): a Python set is 3-5x faster than ``np.isin``'s
+    sort at these sizes (``np.isin`` showed in py-spy profiles of recall under load)."""
+    members = set(pool.tolist())
+    return np.fromiter((v in members for v in values.tolist()), dtype=bool, count=len(values))
 
 
 def _meta_digest(meta: dict[str, Any]) -> str:

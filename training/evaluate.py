@@ -455,6 +455,24 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, n: int = BOOTSTRAP) -> list[
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def group_bootstrap_ratio(
+    num: np.ndarray, den: np.ndarray, groups: Sequence[str], seed: int = 0, n: int = BOOTSTRAP
+) -> list[float]:
+    """95% percentile bootstrap interval of ``sum(num) / sum(den)`` when whole groups are
+    resampled (e.g. the events of one cold item together: the item draw, not the users, is
+    what such a figure depends on most). ``den`` of ones gives the interval of the mean."""
+    keys = sorted(set(groups))
+    if not keys:
+        return [0.0, 0.0]
+    at = {g: i for i, g in enumerate(keys)}
+    which = np.asarray([at[g] for g in groups], dtype=np.int64)
+    g_num = np.bincount(which, weights=np.asarray(num, np.float64), minlength=len(keys))
+    g_den = np.bincount(which, weights=np.asarray(den, np.float64), minlength=len(keys))
+    pick = np.random.default_rng(seed).integers(0, len(keys), size=(n, len(keys)))
+    ratios = g_num[pick].sum(axis=1) / np.maximum(g_den[pick].sum(axis=1), 1e-12)
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+
+
 def paired_difference(
     a: np.ndarray, b: np.ndarray, seed: int = 0, n: int = BOOTSTRAP
 ) -> dict[str, Any]:

@@ -9,6 +9,10 @@ enter the catalog by their text alone (the cold model's encoder head over their 
 for each held-out event on a cold item the cold model's user vector ranks the full catalog
 (input history excluded) and we count Recall@20 of that item, next to the random
 expectation ``20 / (catalog - history)`` and to the same events under the warm model.
+The figure depends on which items are drawn more than on the users, so its 95% intervals
+resample cold items (all of an item's events together), and it is also given for disjoint
+draws of the cold set (``cold_draw_fraction`` of the catalog each, the one-draw size the
+protocol once used) to show how far one draw can move it.
 
 Query-only users: every test user is served as if new, from a short query made of the
 genre they watched most in train (``metadata.genres`` or ``metadata.topic``), with nothing
@@ -57,7 +61,8 @@ def cold_start(
     held = sorted({*split.valid.values(), *split.test.values()})
     rng = random.Random(seed)
     n_cold = max(1, round(prof.cold_fraction * n))
-    cold_ids = set(rng.sample(held, min(n_cold, len(held))))
+    cold_ids_sorted = sorted(rng.sample(held, min(n_cold, len(held))))
+    cold_ids = set(cold_ids_sorted)
     cold_idx = {dataset.item_index[i] for i in cold_ids}
 
     rows = [
@@ -101,12 +106,40 @@ def cold_start(
             cold_lists = ev.exact_lists(cold_users, cold.item_vectors, cases, item_ids, k)
             warm_users = ev.user_vectors(tower, cases, served_items, dataset.item_index)
             warm_lists = ev.exact_lists(warm_users, served_items, cases, item_ids, k)
-            result["recall@20_cold_model"] = ev.recall_at_k(cold_lists, targets, k)
-            result["recall@20_warm_model"] = ev.recall_at_k(warm_lists, targets, k)
-            result["recall@20_random"] = float(np.mean([k / (n - len(c.seen)) for c in cases]))
-            result["recall@20_x_random"] = result["recall@20_cold_model"] / max(
-                result["recall@20_random"], 1e-12
-            )
+            hits = ev.per_user(cold_lists, targets, k, "recall")
+            warm_hits = ev.per_user(warm_lists, targets, k, "recall")
+            chance = np.asarray([k / (n - len(c.seen)) for c in cases])
+            ones = np.ones(len(cases))
+            item_of = [c.target for c in cases]
+            result["recall@20_cold_model"] = float(hits.mean())
+            result["recall@20_warm_model"] = float(warm_hits.mean())
+            result["recall@20_random"] = float(chance.mean())
+            result["recall@20_x_random"] = float(hits.sum() / max(chance.sum(), 1e-12))
+            # Intervals over the cold *items* (each item's events resampled together).
+            result["ci95_over_items"] = {
+                "recall@20_cold_model": ev.group_bootstrap_ratio(hits, ones, item_of, seed),
+                "recall@20_warm_model": ev.group_bootstrap_ratio(warm_hits, ones, item_of, seed),
+                "recall@20_x_random": ev.group_bootstrap_ratio(hits, chance, item_of, seed),
+            }
+            # The same figure for disjoint draws of the cold set, each the size the
+            # protocol used before (``cold_draw_fraction`` of the catalog): how much one
+            # draw's figure says about the model (their spread) and about the draw.
+            order = list(cold_ids_sorted)
+            random.Random(seed + 1).shuffle(order)
+            per_draw = max(1, round(prof.cold_draw_fraction * n))
+            draws = []
+            for start in range(0, len(order) - per_draw + 1, per_draw):
+                members = set(order[start : start + per_draw])
+                sel = np.asarray([t in members for t in item_of])
+                if sel.any():
+                    draws.append(
+                        {
+                            "items": len(members),
+                            "events": int(sel.sum()),
+                            "recall@20_x_random": float(hits[sel].sum() / chance[sel].sum()),
+                        }
+                    )
+            result["draws"] = draws
             # How often a cold item shows up at all in the top-20 of users (exposure).
             result["cold_share_of_top20"] = float(
                 np.mean([sum(i in cold_ids for i in lst) / max(1, len(lst)) for lst in cold_lists])
@@ -188,25 +221,42 @@ def write_plots(out_dir: Path, report: dict[str, Any]) -> list[Path]:
     plt.close(fig)
 
     cold = report["cold_start"]
-    bars: list[tuple[str, float]] = []
+    # (label, value, 95% interval or None): cold items' intervals are over items,
+    # query-only users' over users.
+    bars: list[tuple[str, float, list[float] | None]] = []
     if "recall@20_cold_model" in cold:
+        over_items = cold.get("ci95_over_items", {})
         bars += [
-            ("cold items:\nwarm model", cold["recall@20_warm_model"]),
-            ("cold items:\ntext only", cold["recall@20_cold_model"]),
-            ("cold items:\nrandom", cold["recall@20_random"]),
+            (
+                "cold items:\nwarm model",
+                cold["recall@20_warm_model"],
+                over_items.get("recall@20_warm_model"),
+            ),
+            (
+                "cold items:\ntext only",
+                cold["recall@20_cold_model"],
+                over_items.get("recall@20_cold_model"),
+            ),
+            ("cold items:\nrandom", cold["recall@20_random"], None),
         ]
     if "query_users" in cold:
         q = cold["query_users"]
         bars += [
-            ("query-only user:\nmodel", q["model"]["recall@20"]),
-            ("query-only user:\nmost popular", q["most_popular"]["recall@20"]),
-            ("query-only user:\nrandom", q["random"]["recall@20"]),
+            ("query-only user:\nmodel", q["model"]["recall@20"], q["model"]["ci95"]["recall@20"]),
+            (
+                "query-only user:\nmost popular",
+                q["most_popular"]["recall@20"],
+                q["most_popular"]["ci95"]["recall@20"],
+            ),
+            ("query-only user:\nrandom", q["random"]["recall@20"], None),
         ]
     fig, ax = plt.subplots(figsize=(9, 3.8))
     if bars:
-        ax.bar(range(len(bars)), [b[1] for b in bars], color="tab:blue")
+        values = [b[1] for b in bars]
+        err = np.asarray([[v - ci[0], ci[1] - v] if ci else [0.0, 0.0] for _, v, ci in bars]).T
+        ax.bar(range(len(bars)), values, yerr=err, capsize=3, color="tab:blue")
         ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
-    ax.set(title="cold start: Recall@20", ylabel="Recall@20")
+    ax.set(title="cold start: Recall@20 (95% intervals)", ylabel="Recall@20")
     fig.tight_layout()
     paths.append(out_dir / "cold_start.png")
     fig.savefig(paths[-1], dpi=80)

@@ -9,7 +9,7 @@ import pytest
 
 from recall_service.catalog_log import DELETE, UPSERT, LogWrite, open_log
 from recall_service.filters import compile_filters
-from recall_service.index import IndexParams, ItemIndex, SearchSpec
+from recall_service.index import IndexParams, ItemIndex, SearchSpec, member_mask
 from recall_service.rwlock import RWLock
 from recstack.core.bundle import CatalogItem
 from recstack.core.domain import MetadataFilter
@@ -280,3 +280,13 @@ def test_hnsw_recall_at_10_vs_exact_on_20k_vectors():
     pairs = zip(ann, exact, strict=True)
     recall = np.mean([len(set(labels.tolist()) & set(e)) / 10 for (labels, _), e in pairs])
     assert recall >= 0.98, recall
+
+
+def test_member_mask_matches_isin():
+    rng = np.random.default_rng(3)
+    for n, m in ((100, 20), (20, 100), (0, 5), (5, 0), (1, 1)):
+        values = rng.integers(0, 60, n).astype(np.int64)
+        pool = rng.integers(0, 60, m).astype(np.uint64 if m % 2 else np.int64)
+        mask = member_mask(values, pool)
+        assert mask.dtype == bool and mask.shape == (n,)
+        assert np.array_equal(mask, np.isin(values, pool.astype(np.int64)))

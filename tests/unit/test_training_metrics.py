@@ -14,6 +14,7 @@ from training.evaluate import (
     bootstrap_ci,
     eval_cases,
     exact_lists,
+    group_bootstrap_ratio,
     hit_rank,
     most_popular_lists,
     mrr_at_k,
@@ -165,3 +166,24 @@ def test_per_user_values_average_to_the_metric() -> None:
         ndcg_at_k(ranked, targets, 10)
     )
     assert per_user(ranked, targets, 20, "recall").tolist() == [1.0, 1.0, 0.0]
+
+
+def test_group_bootstrap_resamples_whole_groups() -> None:
+    rng = np.random.default_rng(1)
+    # 40 items with 5 events each; an item's events all hit or all miss.
+    groups = [f"i{g}" for g in range(40) for _ in range(5)]
+    hits = np.repeat(rng.random(40) < 0.3, 5).astype(np.float64)
+    ones = np.ones(len(hits))
+    lo, hi = group_bootstrap_ratio(hits, ones, groups)
+    assert lo <= hits.mean() <= hi
+    # Events of one item are not independent: the interval over items is wider than the
+    # one that treats the 200 events as independent draws.
+    e_lo, e_hi = bootstrap_ci(hits)
+    assert hi - lo > 1.5 * (e_hi - e_lo)
+    # A ratio: sum(num) / sum(den) for the point estimate lies inside.
+    den = np.full(len(hits), 0.01)
+    r_lo, r_hi = group_bootstrap_ratio(hits, den, groups)
+    assert r_lo <= hits.sum() / den.sum() <= r_hi
+    # One group: nothing to resample, the interval is the point.
+    assert group_bootstrap_ratio(hits[:5], ones[:5], groups[:5]) == [hits[0], hits[0]]
+    assert group_bootstrap_ratio(np.zeros(0), np.zeros(0), []) == [0.0, 0.0]
