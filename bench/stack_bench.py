@@ -15,7 +15,9 @@ calls a difference whose ranges overlap "no difference". Raw runs go to
 ``bench/results/stack-<a>-vs-<b>.json``.
 
 Usage: ``python -m bench.stack_bench --bundle bundles --a default --b rank-no-batching``
-(variants: see ``VARIANTS``; ``--list`` prints them).
+(variants: see ``VARIANTS``; ``--list`` prints them). A code change is compared the same
+way: ``--a-source`` / ``--b-source`` name a source tree (e.g. ``git worktree add --detach
+/tmp/old HEAD~1``) whose servers that side runs, with the same variant on both sides.
 """
 
 from __future__ import annotations
@@ -144,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
     parser.add_argument("--mix", default=None, help="recommend mix, as loadtest --mix")
+    for key in ("a", "b"):
+        parser.add_argument(
+            f"--{key}-source",
+            type=Path,
+            default=None,
+            help=f"source tree whose servers side {key.upper()} runs (default: this checkout)",
+        )
     parser.add_argument("--out", default="", help="JSON (default bench/results/stack-A-vs-B)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     args = parser.parse_args(argv)
@@ -151,8 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra in VARIANTS.items():
             print(f"{name:24} {extra if name != FLOOR else 'in-process pipeline, no RPC'}")
         return 0
-    if args.a == args.b:
-        parser.error("--a and --b must differ")
+    sources = {"A": args.a_source, "B": args.b_source}
+    for key, source in sources.items():
+        if source is not None and not (source / "recstack" / "__init__.py").is_file():
+            parser.error(f"--{key.lower()}-source {source}: not a recstack source tree")
+    if args.a == args.b and args.a_source == args.b_source:
+        parser.error("--a and --b (or --a-source and --b-source) must differ")
+    if FLOOR in (args.a, args.b) and (args.a_source or args.b_source):
+        parser.error("--a-source / --b-source apply to stacks, not to the floor")
     if args.pairs < 1:
         parser.error("--pairs must be positive")
     sides = {"A": args.a, "B": args.b}
@@ -166,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
                     stacks[key] = None
                     continue
                 (work / key).mkdir()
-                print(f"starting stack {key} ({variant}) ...", flush=True)
-                stacks[key] = Stack(args.bundle, work / key, VARIANTS[variant]).start()
+                where = f" from {sources[key]}" if sources[key] else ""
+                print(f"starting stack {key} ({variant}{where}) ...", flush=True)
+                side = Stack(args.bundle, work / key, VARIANTS[variant], source=sources[key])
+                stacks[key] = side.start()
             for pair in range(1, args.pairs + 1):
                 for key in ("A", "B"):
                     result = measure(sides[key], stacks[key], args, work)
@@ -212,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         "bundle": args.bundle,
         "a": args.a,
         "b": args.b,
+        "a_source": str(args.a_source or ""),
+        "b_source": str(args.b_source or ""),
         "concurrency": args.concurrency,
         "duration_s": args.duration,
         "mix": args.mix,

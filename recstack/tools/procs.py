@@ -8,6 +8,7 @@ by the process-level tests.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -22,10 +23,22 @@ from recstack.runtime import contracts
 
 
 class ServiceProcess:
-    """``python -m <module> --port 0 --port-file F <args>``, logging to ``<name>.log``."""
+    """``python -m <module> --port 0 --port-file F <args>``, logging to ``<name>.log``.
 
-    def __init__(self, module: str, *args: str, workdir: Path, name: str) -> None:
+    ``source``: a source tree (e.g. a git worktree of another revision) whose modules the
+    child runs instead of this checkout's, for code A/B benchmarks: it becomes the child's
+    working directory and leads its ``PYTHONPATH`` (paths in ``args`` must be absolute)."""
+
+    def __init__(
+        self, module: str, *args: str, workdir: Path, name: str, source: Path | None = None
+    ) -> None:
         self.name = name
+        env = None
+        if source is not None:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(source), env.get("PYTHONPATH", "")) if p
+            )
         self.port_file = workdir / f"{name}.port"
         self.port_file.unlink(missing_ok=True)
         self.log_path = workdir / f"{name}.log"
@@ -43,6 +56,8 @@ class ServiceProcess:
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            cwd=source,
+            env=env,
         )
         self.port = 0
 
@@ -111,15 +126,20 @@ class Stack:
     ``extra`` adds command-line flags per service name (``recall``, ``rank``, ``gateway``),
     e.g. ``{"rank": ["--no-batching"]}``. ``start`` returns once the gateway is SERVING
     (which implies both downstream services are); ``stop`` sends SIGTERM to each, gateway
-    first, and returns their exit statuses.
+    first, and returns their exit statuses. ``source``: as for :class:`ServiceProcess`.
     """
 
     def __init__(
-        self, bundle: str, workdir: Path, extra: dict[str, list[str]] | None = None
+        self,
+        bundle: str,
+        workdir: Path,
+        extra: dict[str, list[str]] | None = None,
+        source: Path | None = None,
     ) -> None:
-        self.bundle = bundle
+        self.bundle = bundle if source is None else str(Path(bundle).resolve())
         self.workdir = workdir
         self.extra = extra or {}
+        self.source = source
         self.services: list[ServiceProcess] = []
 
     def _start(self, module: str, name: str, *args: str) -> ServiceProcess:
@@ -135,6 +155,7 @@ class Stack:
             *extra,
             workdir=self.workdir,
             name=name,
+            source=self.source,
         )
         self.services.append(proc)
         return proc

@@ -1,9 +1,12 @@
 """The three-service stack as processes (recstack.tools.procs.Stack) and the A/B bench on it."""
 
 import json
+import sys
+
+import pytest
 
 from bench import stack_bench
-from recstack.tools.procs import Stack
+from recstack.tools.procs import ServiceProcess, Stack
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 
 
@@ -46,3 +49,36 @@ def test_verdict_calls_overlapping_ranges_no_difference():
     )
     assert stack_bench.verdict(a, {"median": 14.0, "min": 12.0, "max": 15.0}, True) == "B better"
     assert stack_bench.verdict(a, {"median": 14.0, "min": 12.0, "max": 15.0}, False) == "A better"
+
+
+def test_service_process_runs_the_named_source_tree(tmp_path):
+    # A code A/B runs each side's servers from its own tree: the child must import the
+    # tree's module, not this checkout's.
+    tree = tmp_path / "tree"
+    (tree / "probe").mkdir(parents=True)
+    (tree / "probe" / "__main__.py").write_text(
+        "import sys, probe\n"
+        "args = sys.argv[1:]\n"
+        "port_file = args[args.index('--port-file') + 1]\n"
+        "open(port_file + '.who', 'w').write(probe.__file__)\n"
+        "open(port_file, 'w').write('1')\n"
+    )
+    (tree / "probe" / "__init__.py").write_text("")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = ServiceProcess("probe", workdir=work, name="probe", source=tree)
+    assert proc.wait_port(60) == 1
+    assert proc.proc.wait(60) == 0
+    assert (work / "probe.port.who").read_text() == str(tree / "probe" / "__init__.py")
+    # Without a source the module is not importable (it lives only in that tree).
+    other = ServiceProcess("probe", workdir=work, name="none")
+    assert other.proc.wait(60) != 0
+    assert "No module named probe" in other.log_path.read_text()
+    assert sys.executable == proc.proc.args[0]
+
+
+def test_stack_bench_rejects_same_sides_and_bad_sources(tmp_path):
+    with pytest.raises(SystemExit):
+        stack_bench.main(["--a", "default", "--b", "default"])
+    with pytest.raises(SystemExit):
+        stack_bench.main(["--a", "default", "--b", "default", "--b-source", str(tmp_path)])
