@@ -186,7 +186,33 @@ def _timesplit(args: argparse.Namespace) -> int:
         print(f"  {label:<40} {res[name_]['ndcg@10']:.4f} ({lo:.4f}-{hi:.4f})")
     for other, d in res["paired"].items():
         nd = d["ndcg@10"]
-        print(f"  {other}: {nd['mean']:+.4f} {nd['ci95']} {nd['verdict']}")
+        lo, hi = nd["ci95"]
+        print(f"  {other}: {nd['mean']:+.4f} ({lo:+.4f} ... {hi:+.4f}) {nd['verdict']}")
+    st = report["stream"]
+    print(
+        f"stream after the cut: {st['requests']} requests of {st['users']} users; "
+        "NDCG@10 per user (95% CI)"
+    )
+    for name_, label in (
+        ("ranked", "served (bundle's recency)"),
+        ("ranked_live_recency", "served, recency counted live"),
+        ("hnsw", "recall only"),
+        (
+            "popularity_recent_frozen",
+            f"recent popularity at the cut ({st['windows']['frozen']['days']} days)",
+        ),
+        (
+            "popularity_recent_live",
+            f"recent popularity live ({st['windows']['live']['days']} days)",
+        ),
+        ("popularity_all_time", "all-time popularity"),
+    ):
+        lo, hi = st[name_]["ci95"]["ndcg@10"]
+        print(f"  {label:<40} {st[name_]['ndcg@10']:.4f} ({lo:.4f}-{hi:.4f})")
+    for other, d in st["paired"].items():
+        nd = d["ndcg@10"]
+        lo, hi = nd["ci95"]
+        print(f"  {other}: {nd['mean']:+.4f} ({lo:+.4f} ... {hi:+.4f}) {nd['verdict']}")
     print(f"report: {args.out / 'timesplit.json'}")
     return 0
 

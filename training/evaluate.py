@@ -526,7 +526,8 @@ def evaluate_pipelines(
     ``recency(time)``: the catalog's [N_items, 3] recency counts at a case's time;
     ``recent_top(time)``: the recent-popularity candidate ids joined to the ranked
     pipeline's candidates at a case's time (:func:`with_recent`; None: none).
-    ``lists_out``, when given, receives the ranked pipeline's lists (``"ranked"``);
+    ``lists_out``, when given, receives the ranked and recall-only pipelines' lists
+    (``"ranked"``, ``"hnsw"``);
     ``feature_names``: the ranker's declared side features."""
     targets: list[str | None] = [c.target for c in cases]
     k = max(KS)
@@ -538,6 +539,8 @@ def evaluate_pipelines(
     if index is not None:
         recalled = recall_lists(index, user_vecs, cases, item_ids, max(k, rerank_n))
         out["hnsw"], store["hnsw"] = with_intervals([ids for ids, _ in recalled], targets)
+        if lists_out is not None:
+            lists_out["hnsw"] = [list(ids) for ids, _ in recalled]
         out["hnsw"][f"recall@{rerank_n}"] = recall_at_k(
             [ids for ids, _ in recalled], targets, rerank_n
         )

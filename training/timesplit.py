@@ -15,8 +15,20 @@ all interaction timestamps) splits the data.
   a validation cut ``T_v`` (the ``1 - test_fraction - valid_fraction`` quantile, same
   construction, counts before ``T_v``), never on the test cases.
 
-``python -m training timesplit`` runs it and writes ``timesplit.json`` (with 95% bootstrap
-intervals and paired differences over users) next to the bundle it built.
+A second protocol on the same past-only bundle, the **stream** (:func:`stream_cases`):
+every interaction after ``T`` whose item is new to its user is one request, asked at its
+own time with everything the user did before it as history (the events the gateway has
+recorded since the cut included), as the bundle would serve the weeks until the next one.
+It is GRU4Rec's protocol (time split, every next event of the test period) and holds
+~100x more requests than the first-item protocol; metrics are averaged per user, then over
+users, so intervals stay over users. The served path keeps the bundle's recency (as of
+its data's end, what serving has); baselines: popularity frozen at ``T`` (the same
+information), popularity counted live at each request (more information than the served
+path has), all-time popularity; each window chosen on the validation cut's stream.
+
+``python -m training timesplit`` runs both and writes ``timesplit.json`` (with 95% bootstrap
+intervals and paired differences over users) and ``timesplit.png`` next to the bundle it
+built.
 """
 
 from __future__ import annotations
@@ -88,6 +100,88 @@ def future_cases(dataset: Dataset, cut: int, until: int | None = None) -> list[e
             last = max(x.timestamp for x in seq if x.timestamp < cut)
             cases.append(ev.EvalCase(user, history, seen, after[0], time=cut, last_time=last))
     return cases
+
+
+def stream_cases(dataset: Dataset, cut: int, until: int | None = None) -> list[ev.EvalCase]:
+    """Every request after the cut as serving meets it: one case per interaction at or
+    after ``cut`` (before ``until`` when given) whose item is new to its user and who has
+    an earlier interaction, with **all** those earlier interactions as history (before the
+    cut from the bundle's data, after it what the gateway has recorded since), asked at the
+    interaction's own time. Users first seen after the cut count from their second
+    interaction (the first has nothing to recommend from but popularity)."""
+    cases = []
+    for user in sorted(dataset.user_interactions):
+        seq = dataset.user_interactions[user]
+        for n in range(1, len(seq)):
+            x = seq[n]
+            if until is not None and x.timestamp >= until:
+                break
+            if x.timestamp < cut:
+                continue
+            before = [y.item_id for y in seq[:n]]
+            seen = set(before)
+            if x.item_id in seen:
+                continue
+            cases.append(
+                ev.EvalCase(
+                    user, before, seen, x.item_id, time=x.timestamp, last_time=seq[n - 1].timestamp
+                )
+            )
+    return cases
+
+
+def user_means(values: np.ndarray, cases: Sequence[ev.EvalCase]) -> np.ndarray:
+    """Per user (sorted by id) the mean of ``values`` over their cases: every user weighs
+    the same however many requests they made, so intervals and paired differences over
+    these are over users, as in the other protocols."""
+    users = sorted({c.user_id for c in cases})
+    at = {u: n for n, u in enumerate(users)}
+    which = np.asarray([at[c.user_id] for c in cases], np.int64)
+    sums = np.bincount(which, weights=np.asarray(values, np.float64), minlength=len(users))
+    return sums / np.bincount(which, minlength=len(users))
+
+
+def over_users(
+    lists: Sequence[Sequence[str]], cases: Sequence[ev.EvalCase], seed: int = 0
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """NDCG@10 and Recall@20 averaged per user then over users, with 95% bootstrap
+    intervals over users, the per-request (micro) averages, and the per-user arrays."""
+    targets: list[str | None] = [c.target for c in cases]
+    arrays: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
+    for name, k, kind in (("ndcg@10", 10, "ndcg"), ("recall@20", 20, "recall")):
+        per_case = ev.per_user(lists, targets, k, kind)
+        arrays[name] = user_means(per_case, cases)
+        out[name] = float(arrays[name].mean()) if len(arrays[name]) else 0.0
+        out[f"{name}_per_request"] = float(per_case.mean()) if len(per_case) else 0.0
+    out["ci95"] = {name: ev.bootstrap_ci(v, seed) for name, v in arrays.items()}
+    return out, arrays
+
+
+def live_popularity_lists(
+    dataset: Dataset, window_days: int, order: Sequence[str], cases: Sequence[ev.EvalCase], k: int
+) -> list[list[str]]:
+    """Top-``k`` unseen items by interactions in the ``window_days`` before each case's own
+    time (counts that move with the stream; ties: ``order``)."""
+    from training.recency import RecentCounts
+
+    rec = RecentCounts(dataset, windows_s=(window_days * DAY_S,))
+    item_ids = [it.id for it in dataset.items]
+    tie = np.empty(len(item_ids), np.int64)
+    tie[[dataset.item_index[i] for i in order]] = np.arange(len(order))
+    out = []
+    for c in cases:
+        counts = rec.at(c.time)[:, 0]
+        ranked = np.lexsort((tie, -counts))
+        picked: list[str] = []
+        for j in ranked:
+            i = item_ids[int(j)]
+            if i not in c.seen:
+                picked.append(i)
+                if len(picked) == k:
+                    break
+        out.append(picked)
+    return out
 
 
 def popularity(interactions: Sequence[Interaction], since: int | None = None) -> Counter[str]:
@@ -174,6 +268,77 @@ def catalog_vectors(bundle: Any, dataset: Dataset) -> tuple[np.ndarray, Any]:
     return vecs, index
 
 
+@dataclass
+class PastBundle:
+    """A past-only bundle loaded once, as the evaluation serves it over a dataset's
+    catalog (:func:`catalog_vectors`), to run the served path on any set of cases."""
+
+    tower: Any
+    ranker: Any
+    item_ids: list[str]
+    item_vecs: np.ndarray
+    index: Any
+    rerank_n: int
+    top: list[str]
+    recent_window_s: int
+    side_features: tuple[str, ...]
+
+    @classmethod
+    def open(cls, root: Path, dataset: Dataset) -> PastBundle:
+        from recstack.core.bundle import Bundle
+        from recstack.core.features import load_recent_top
+        from recstack.models.ort import SessionOptions, create_session
+        from recstack.models.user_tower import UserTower
+
+        bundle = Bundle.open(root)
+        options = SessionOptions(device="cpu")
+        ranker, _ = create_session(bundle.path(bundle.section("ranker")["model"]), options)
+        item_vecs, index = catalog_vectors(bundle, dataset)
+        spec = bundle.section("items").get("recent_top") or {}
+        return cls(
+            UserTower(bundle, options),
+            ranker,
+            [it.id for it in dataset.items],
+            item_vecs,
+            index,
+            int(bundle.manifest["training"]["rerank_n"]),
+            load_recent_top(bundle),
+            int(spec.get("window_s", 0)),
+            tuple(bundle.section("ranker").get("side_features", ())),
+        )
+
+    def run(
+        self,
+        dataset: Dataset,
+        cases: Sequence[ev.EvalCase],
+        counts: Counter[str],
+        recency: Any,
+        recent_top: Any,
+        arrays: dict[str, dict[str, np.ndarray]],
+        lists: dict[str, list[list[str]]] | None = None,
+    ) -> dict[str, Any]:
+        """Served path (tower → HNSW → ranker, as ``training.evaluate`` runs it) and recall
+        only on ``cases``; ``recency(time)`` / ``recent_top(time)`` as
+        :func:`training.evaluate.evaluate_pipelines` takes them."""
+        uv = ev.user_vectors(self.tower, cases, self.item_vecs, dataset.item_index)
+        return ev.evaluate_pipelines(
+            cases,
+            uv,
+            self.item_ids,
+            self.item_vecs,
+            self.index,
+            self.ranker,
+            self.rerank_n,
+            counts,
+            arrays,
+            self.tower.max_len,
+            recency,
+            recent_top if self.top else None,
+            lists,
+            self.side_features,
+        )
+
+
 def evaluate_bundle_on_future(
     bundle_root: Path,
     dataset: Dataset,
@@ -181,54 +346,27 @@ def evaluate_bundle_on_future(
     recent_days: int,
     arrays: dict[str, dict[str, np.ndarray]] | None = None,
     lists: dict[str, list[list[str]]] | None = None,
+    past_bundle: PastBundle | None = None,
 ) -> dict[str, Any]:
-    """Served path (tower → HNSW → ranker, as ``training.evaluate`` runs it), recall only,
-    all-time and recent popularity on the future cases, with intervals and paired
-    differences (per-user values into ``arrays``, the served lists into ``lists`` when
-    given). The bundle serves
+    """Served path, recall only, all-time and recent popularity on the future cases
+    (:func:`future_cases`), with intervals and paired differences (per-user values into
+    ``arrays``, the served lists into ``lists`` when given). The bundle serves
     ``dataset``'s catalog (:func:`catalog_vectors`)."""
-    from recstack.core.bundle import Bundle
-    from recstack.core.features import load_recent_top
-    from recstack.models.ort import SessionOptions, create_session
-    from recstack.models.user_tower import UserTower
     from training.recency import RecentCounts
 
-    bundle = Bundle.open(bundle_root)
-    options = SessionOptions(device="cpu")
-    tower = UserTower(bundle, options)
-    ranker, _ = create_session(bundle.path(bundle.section("ranker")["model"]), options)
-    item_vecs, index = catalog_vectors(bundle, dataset)
-    item_ids = [it.id for it in dataset.items]
-    item_index = dataset.item_index
-
+    served = past_bundle or PastBundle.open(bundle_root, dataset)
     cases = future_cases(dataset, cut)
     before = past(dataset, cut)
     counts = popularity(before)
-    uv = ev.user_vectors(tower, cases, item_vecs, item_index)
     arrays = {} if arrays is None else arrays
-    rerank_n = int(bundle.manifest["training"]["rerank_n"])
     # Recency at the cut from the whole dataset: only interactions before it count.
     recent = RecentCounts(dataset).at(cut)
     # The recent-popularity candidates the bundle serves (as of its data's end, just
     # before the cut): exactly what a request at the cut gets.
-    top = load_recent_top(bundle)
-    res: dict[str, Any] = ev.evaluate_pipelines(
-        cases,
-        uv,
-        item_ids,
-        item_vecs,
-        index,
-        ranker,
-        rerank_n,
-        counts,
-        arrays,
-        tower.max_len,
-        lambda _time: recent,
-        (lambda _time: top) if top else None,
-        lists,
-        tuple(bundle.section("ranker").get("side_features", ())),
+    res = served.run(
+        dataset, cases, counts, lambda _t: recent, lambda _t: served.top, arrays, lists
     )
-    order = _order(counts, item_ids)
+    order = _order(counts, served.item_ids)
     targets: list[str | None] = [c.target for c in cases]
     for name, pop in (
         ("popularity_all_time", counts),
@@ -245,8 +383,185 @@ def evaluate_bundle_on_future(
         for other in ("hnsw", "popularity_all_time", "popularity_recent")
     }
     res["users"] = len(cases)
-    res["recent_candidates"] = len(top)
+    res["recent_candidates"] = len(served.top)
     return res
+
+
+def choose_stream_windows(
+    dataset: Dataset, valid_cut: int, test_cut: int, windows_days: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """Recent popularity's window for the stream protocol, chosen on the validation
+    cut's stream (``[valid_cut, test_cut)``, NDCG@10 over users) for each kind: counts
+    frozen at the cut (``frozen``) and counts at each request's time (``live``)."""
+    cases = stream_cases(dataset, valid_cut, until=test_cut)
+    if not cases:
+        raise DataError("no validation requests between the validation and test cuts")
+    before = past(dataset, valid_cut)
+    order = _order(popularity(before), [it.id for it in dataset.items])
+    curves: dict[str, list[tuple[int, float]]] = {"frozen": [], "live": []}
+    for days in windows_days:
+        frozen = popularity_lists(
+            popularity(before, since=valid_cut - days * DAY_S), order, cases, 10
+        )
+        live = live_popularity_lists(dataset, days, order, cases, 10)
+        for kind, lists in (("frozen", frozen), ("live", live)):
+            curves[kind].append((days, over_users(lists, cases)[0]["ndcg@10"]))
+    return {
+        kind: {"days": max(curve, key=lambda dc: (dc[1], -dc[0]))[0], "valid_ndcg@10": curve}
+        for kind, curve in curves.items()
+    }
+
+
+def evaluate_bundle_on_stream(
+    bundle_root: Path,
+    dataset: Dataset,
+    cut: int,
+    windows: dict[str, dict[str, Any]],
+    past_bundle: PastBundle | None = None,
+) -> dict[str, Any]:
+    """The stream protocol (:func:`stream_cases`): every request after the cut, the
+    past-only bundle serving with the history the gateway has recorded by then and its
+    recency as of its data's end (what serving does until the next bundle); also the
+    served path with recency counted at each request (what live counts would add, not
+    what serving does today), recall only, and popularity from counts frozen at the cut,
+    live counts, and all time. Metrics are averaged per user, then over users."""
+    from training.recency import RecentCounts
+
+    served = past_bundle or PastBundle.open(bundle_root, dataset)
+    cases = stream_cases(dataset, cut)
+    if not cases:
+        raise DataError("no requests after the cut")
+    before = past(dataset, cut)
+    counts = popularity(before)
+    rec = RecentCounts(dataset)
+    frozen = rec.at(cut)
+    row_ids = served.item_ids
+    runs: dict[str, list[list[str]]] = {}
+    lists: dict[str, list[list[str]]] = {}
+    served.run(dataset, cases, counts, lambda _t: frozen, lambda _t: served.top, {}, lists)
+    runs["ranked"], runs["hnsw"] = lists["ranked"], lists["hnsw"]
+    live: dict[str, list[list[str]]] = {}
+    count = len(served.top)
+    served.run(
+        dataset,
+        cases,
+        counts,
+        rec.at,
+        lambda t: [row_ids[r] for r in rec.top(t, served.recent_window_s, count)],
+        {},
+        live,
+    )
+    runs["ranked_live_recency"] = live["ranked"]
+    order = _order(counts, row_ids)
+    runs["popularity_all_time"] = popularity_lists(counts, order, cases, 20)
+    runs["popularity_recent_frozen"] = popularity_lists(
+        popularity(before, since=cut - windows["frozen"]["days"] * DAY_S), order, cases, 20
+    )
+    runs["popularity_recent_live"] = live_popularity_lists(
+        dataset, windows["live"]["days"], order, cases, 20
+    )
+    res: dict[str, Any] = {}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for name, got in runs.items():
+        res[name], arrays[name] = over_users(got, cases)
+    res["paired"] = {
+        f"{a}_vs_{b}": {
+            m: ev.paired_difference(arrays[a][m], arrays[b][m]) for m in ("ndcg@10", "recall@20")
+        }
+        for a, b in (
+            ("ranked", "hnsw"),
+            ("ranked", "popularity_all_time"),
+            ("ranked", "popularity_recent_frozen"),
+            ("ranked", "popularity_recent_live"),
+            ("ranked_live_recency", "ranked"),
+            ("ranked_live_recency", "popularity_recent_live"),
+        )
+    }
+    users = sorted({c.user_id for c in cases})
+    had = {x.user_id for x in before}
+    known = np.asarray([u in had for u in users])
+    # The same comparisons over each group of users alone: those the bundle knew (history
+    # before the cut) and those who arrived after it (the gateway's recorded events only).
+    res["by_users"] = {
+        group: {
+            "users": int(mask.sum()),
+            **{
+                f"{a}_vs_{b}": ev.paired_difference(
+                    arrays[a]["ndcg@10"][mask], arrays[b]["ndcg@10"][mask]
+                )
+                for a, b in (("ranked", "hnsw"), ("ranked", "popularity_recent_frozen"))
+            },
+            "ndcg@10": {n: float(arrays[n]["ndcg@10"][mask].mean()) for n in runs},
+        }
+        for group, mask in (("known_before_cut", known), ("new_after_cut", ~known))
+        if mask.any()
+    }
+    res["users"] = len(users)
+    res["requests"] = len(cases)
+    res["windows"] = windows
+    return res
+
+
+FIRST_ITEM_BARS: tuple[tuple[str, str], ...] = (
+    ("ranked", "served"),
+    ("hnsw", "recall only"),
+    ("popularity_recent", "recent\npopularity"),
+    ("popularity_all_time", "all-time\npopularity"),
+)
+STREAM_BARS: tuple[tuple[str, str], ...] = (
+    ("ranked", "served"),
+    ("ranked_live_recency", "served,\nlive recency"),
+    ("hnsw", "recall only"),
+    ("popularity_recent_frozen", "recent pop.\nat the cut"),
+    ("popularity_recent_live", "recent pop.\nlive"),
+    ("popularity_all_time", "all-time\npopularity"),
+)
+
+
+def write_plot(path: Path, report: dict[str, Any]) -> Path:
+    """``timesplit.png``: NDCG@10 with 95% intervals of every pipeline and baseline, the
+    first-item protocol and the stream side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (
+            f"first new item after the cut ({report['results']['users']} users)",
+            report["results"],
+            FIRST_ITEM_BARS,
+        ),
+    ]
+    if "stream" in report:
+        st = report["stream"]
+        panels.append(
+            (
+                f"stream: every request after the cut\n({st['requests']} requests, "
+                f"{st['users']} users; mean per user)",
+                st,
+                STREAM_BARS,
+            )
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (title, res, bars) in zip(axes[0], panels, strict=True):
+        shown = [(label, res[name]) for name, label in bars if name in res]
+        values = [m["ndcg@10"] for _, m in shown]
+        err = np.asarray(
+            [
+                [v - m["ci95"]["ndcg@10"][0], m["ci95"]["ndcg@10"][1] - v]
+                for v, (_, m) in zip(values, shown, strict=True)
+            ]
+        ).T
+        colors = ["tab:blue" if label.startswith("served") else "tab:gray" for label, _ in shown]
+        ax.bar(range(len(shown)), values, yerr=err, capsize=3, color=colors)
+        ax.set_xticks(range(len(shown)), [label for label, _ in shown], fontsize=8)
+        ax.set(title=title, ylabel="NDCG@10 (95% interval over users)")
+    fig.suptitle("global time split: trained before the cut, asked about after it")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def run_time_split(
@@ -277,7 +592,15 @@ def run_time_split(
             progress=progress,
             dataset_name=f"{dataset.name}-before-{test_cut}",
         )
-    results = evaluate_bundle_on_future(root, dataset, test_cut, recent_days)
+    served = PastBundle.open(root, dataset)
+    results = evaluate_bundle_on_future(root, dataset, test_cut, recent_days, past_bundle=served)
+    stream = evaluate_bundle_on_stream(
+        root,
+        dataset,
+        test_cut,
+        choose_stream_windows(dataset, valid_cut, test_cut, RECENT_WINDOWS_DAYS),
+        past_bundle=served,
+    )
     report = {
         "protocol": (
             "global time split: bundle trained on interactions before the cut; each user "
@@ -293,6 +616,8 @@ def run_time_split(
         "profile": profile,
         "seed": seed,
         "results": results,
+        "stream": stream,
     }
     (out_root / "timesplit.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_plot(out_root / "timesplit.png", report)
     return report

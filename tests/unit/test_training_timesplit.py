@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from training import timesplit as ts
@@ -104,3 +105,45 @@ def test_recent_top_orders_by_window_count_then_catalog_and_drops_unseen_items()
     assert rec.top(13 * DAY, 7 * DAY, 1) == [rows["c"]]
     assert rec.top(13 * DAY, 7 * DAY, 0) == []
     assert rec.top(DAY, DAY, 3) == []  # nothing strictly before 1d
+
+
+def test_stream_cases_are_every_new_item_after_the_cut_with_everything_before_it() -> None:
+    ds = _dataset(ROWS)
+    cases = ts.stream_cases(ds, 10 * DAY)
+    assert [(c.user_id, c.history, c.target, c.time, c.last_time) for c in cases] == [
+        ("u1", ["a", "b"], "b2", 11 * DAY, 2 * DAY),
+        # the event recorded after the cut is history for the next request
+        ("u1", ["a", "b", "b2"], "c", 12 * DAY, 11 * DAY),
+        # u3's only interaction has nothing before it; u4's repeat of c is not a request
+        ("u4", ["c", "c"], "a", 12 * DAY, 11 * DAY),
+    ]
+    assert cases[1].seen == {"a", "b", "b2"}
+    assert [c.target for c in ts.stream_cases(ds, 10 * DAY, until=12 * DAY)] == ["b2"]
+
+
+def test_stream_metrics_weigh_users_equally() -> None:
+    ds = _dataset(ROWS)
+    cases = ts.stream_cases(ds, 10 * DAY)
+    assert ts.user_means(np.asarray([1.0, 0.0, 0.5]), cases).tolist() == [0.5, 0.5]
+    m, arrays = ts.over_users([["b2"], ["x"], ["a"]], cases)
+    assert arrays["ndcg@10"].tolist() == [0.5, 1.0]
+    assert m["ndcg@10"] == pytest.approx(0.75)
+    assert m["ndcg@10_per_request"] == pytest.approx(2 / 3)
+    lo, hi = m["ci95"]["ndcg@10"]
+    assert 0.5 <= lo <= 0.75 <= hi <= 1.0
+
+
+def test_live_popularity_counts_the_window_before_each_request() -> None:
+    ds = _dataset(ROWS)
+    cut = 10 * DAY
+    cases = ts.stream_cases(ds, cut)
+    order = ts._order(ts.popularity(ts.past(ds, cut)), [it.id for it in ds.items])
+    assert order == ["a", "c", "b", "b2"]
+    lists = ts.live_popularity_lists(ds, 2, order, cases, 2)
+    # at 11d nothing in [9d, 11d) but u2's c at 9d; at 12d b2 and c (both at 11d) count,
+    # ties by the all-time order; seen items never appear
+    assert lists == [["c", "b2"], ["c"], ["b2", "a"]]
+    frozen = ts.popularity_lists(
+        ts.popularity(ts.past(ds, cut), since=cut - 2 * DAY), order, cases, 2
+    )
+    assert frozen[2] == ["a", "b"]  # counts frozen at the cut know nothing of 11d
