@@ -496,6 +496,21 @@ def evaluate_bundle_on_stream(
         for group, mask in (("known_before_cut", known), ("new_after_cut", ~known))
         if mask.any()
     }
+    # Items nobody had touched before the cut (first seen after it): how often they are
+    # the target, and how often each pipeline finds or shows them.
+    fresh = {i for i in row_ids if counts.get(i, 0) == 0}
+    on_fresh = [n for n, c in enumerate(cases) if c.target in fresh]
+    res["new_items"] = {
+        "items": len(fresh),
+        "target_requests": len(on_fresh),
+        **{
+            name: {
+                "hits@20": sum(cases[n].target in got[n][:20] for n in on_fresh),
+                "requests_showing_one@10": sum(any(i in fresh for i in g[:10]) for g in got),
+            }
+            for name, got in runs.items()
+        },
+    }
     res["users"] = len(users)
     res["requests"] = len(cases)
     res["windows"] = windows

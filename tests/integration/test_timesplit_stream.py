@@ -27,6 +27,9 @@ def test_stream_evaluation_of_a_bundle(bundle_dir: Path, tmp_path: Path) -> None
     assert res["requests"] == len(cases) > 0
     assert res["users"] == len({c.user_id for c in cases})
     assert sum(g["users"] for g in res["by_users"].values()) == res["users"]
+    fresh = res["new_items"]
+    for name in ("ranked", "popularity_all_time"):
+        assert 0 <= fresh[name]["hits@20"] <= fresh["target_requests"] <= res["requests"]
     runs = (
         "ranked",
         "ranked_live_recency",
