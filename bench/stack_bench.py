@@ -44,6 +44,7 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "default": {},
     "rank-no-batching": {"rank": ["--no-batching"]},
     "rank-batch-delay-0.2ms": {"rank": ["--max-queue-delay-ms", "0.2"]},
+    "rank-batch-delay-0": {"rank": ["--max-queue-delay-ms", "0"]},
     "rank-processes-2": {"rank": ["--processes", "2"]},
     "encoder-no-batching": {"recall": ["--no-encoder-batching"]},
     "recall-hnsw-always": {"recall": ["--full-scan-threshold", "0"]},
