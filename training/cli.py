@@ -174,47 +174,45 @@ def _timesplit(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         dataset_name=name,
     )
-    res = report["results"]
-    print(f"time split at {report['test_cut']}: {res['users']} users; NDCG@10 (95% CI)")
-    for name_, label in (
-        ("ranked", "served (tower -> HNSW -> ranker)"),
-        ("hnsw", "recall only"),
-        ("popularity_recent", f"recent popularity ({report['recent_window_days']} days)"),
-        ("popularity_all_time", "all-time popularity"),
-    ):
-        lo, hi = res[name_]["ci95"]["ndcg@10"]
-        print(f"  {label:<40} {res[name_]['ndcg@10']:.4f} ({lo:.4f}-{hi:.4f})")
+    res, st = report["results"], report["stream"]
+    _print_protocol(
+        f"time split at {report['test_cut']}: {res['users']} users; NDCG@10 (95% CI)",
+        res,
+        (
+            ("ranked", "served (tower -> HNSW -> ranker)"),
+            ("hnsw", "recall only"),
+            ("popularity_recent", f"recent popularity ({report['recent_window_days']} days)"),
+            ("popularity_all_time", "all-time popularity"),
+        ),
+    )
+    days = {kind: st["windows"][kind]["days"] for kind in ("frozen", "live")}
+    _print_protocol(
+        f"stream after the cut: {st['requests']} requests of {st['users']} users; "
+        "NDCG@10 per user (95% CI)",
+        st,
+        (
+            ("ranked", "served (bundle's recency)"),
+            ("ranked_live_recency", "served, recency counted live"),
+            ("hnsw", "recall only"),
+            ("popularity_recent_frozen", f"recent popularity at the cut ({days['frozen']} days)"),
+            ("popularity_recent_live", f"recent popularity live ({days['live']} days)"),
+            ("popularity_all_time", "all-time popularity"),
+        ),
+    )
+    print(f"report: {args.out / 'timesplit.json'}")
+    return 0
+
+
+def _print_protocol(title: str, res: dict[str, Any], rows: tuple[tuple[str, str], ...]) -> None:
+    """One protocol's NDCG@10 per pipeline and its paired differences, with intervals."""
+    print(title)
+    for name, label in rows:
+        lo, hi = res[name]["ci95"]["ndcg@10"]
+        print(f"  {label:<40} {res[name]['ndcg@10']:.4f} ({lo:.4f}-{hi:.4f})")
     for other, d in res["paired"].items():
         nd = d["ndcg@10"]
         lo, hi = nd["ci95"]
         print(f"  {other}: {nd['mean']:+.4f} ({lo:+.4f} ... {hi:+.4f}) {nd['verdict']}")
-    st = report["stream"]
-    print(
-        f"stream after the cut: {st['requests']} requests of {st['users']} users; "
-        "NDCG@10 per user (95% CI)"
-    )
-    for name_, label in (
-        ("ranked", "served (bundle's recency)"),
-        ("ranked_live_recency", "served, recency counted live"),
-        ("hnsw", "recall only"),
-        (
-            "popularity_recent_frozen",
-            f"recent popularity at the cut ({st['windows']['frozen']['days']} days)",
-        ),
-        (
-            "popularity_recent_live",
-            f"recent popularity live ({st['windows']['live']['days']} days)",
-        ),
-        ("popularity_all_time", "all-time popularity"),
-    ):
-        lo, hi = st[name_]["ci95"]["ndcg@10"]
-        print(f"  {label:<40} {st[name_]['ndcg@10']:.4f} ({lo:.4f}-{hi:.4f})")
-    for other, d in st["paired"].items():
-        nd = d["ndcg@10"]
-        lo, hi = nd["ci95"]
-        print(f"  {other}: {nd['mean']:+.4f} ({lo:+.4f} ... {hi:+.4f}) {nd['verdict']}")
-    print(f"report: {args.out / 'timesplit.json'}")
-    return 0
 
 
 def _resolve_data(arg: str, cache: Path) -> tuple[Path, str]:

@@ -172,15 +172,8 @@ def live_popularity_lists(
     out = []
     for c in cases:
         counts = rec.at(c.time)[:, 0]
-        ranked = np.lexsort((tie, -counts))
-        picked: list[str] = []
-        for j in ranked:
-            i = item_ids[int(j)]
-            if i not in c.seen:
-                picked.append(i)
-                if len(picked) == k:
-                    break
-        out.append(picked)
+        ranked = [item_ids[int(j)] for j in np.lexsort((tie, -counts))]
+        out += ev.unseen_lists(ranked, [c], k)
     return out
 
 
