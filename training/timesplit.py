@@ -300,10 +300,14 @@ class PastBundle:
             tuple(bundle.section("ranker").get("side_features", ())),
         )
 
+    def user_vectors(self, dataset: Dataset, cases: Sequence[ev.EvalCase]) -> np.ndarray:
+        """The served user vectors of ``cases`` (the tower over their histories)."""
+        return ev.user_vectors(self.tower, cases, self.item_vecs, dataset.item_index)
+
     def run(
         self,
-        dataset: Dataset,
         cases: Sequence[ev.EvalCase],
+        user_vecs: np.ndarray,
         counts: Counter[str],
         recency: Any,
         recent_top: Any,
@@ -311,12 +315,11 @@ class PastBundle:
         lists: dict[str, list[list[str]]] | None = None,
     ) -> dict[str, Any]:
         """Served path (tower → HNSW → ranker, as ``training.evaluate`` runs it) and recall
-        only on ``cases``; ``recency(time)`` / ``recent_top(time)`` as
-        :func:`training.evaluate.evaluate_pipelines` takes them."""
-        uv = ev.user_vectors(self.tower, cases, self.item_vecs, dataset.item_index)
+        only on ``cases`` from their :meth:`user_vectors`; ``recency(time)`` /
+        ``recent_top(time)`` as :func:`training.evaluate.evaluate_pipelines` takes them."""
         return ev.evaluate_pipelines(
             cases,
-            uv,
+            user_vecs,
             self.item_ids,
             self.item_vecs,
             self.index,
@@ -344,7 +347,8 @@ def evaluate_bundle_on_future(
     """Served path, recall only, all-time and recent popularity on the future cases
     (:func:`future_cases`), with intervals and paired differences (per-user values into
     ``arrays``, the served lists into ``lists`` when given). The bundle serves
-    ``dataset``'s catalog (:func:`catalog_vectors`)."""
+    ``dataset``'s catalog (:func:`catalog_vectors`); ``past_bundle``: it already opened
+    (else it is opened from ``bundle_root``)."""
     from training.recency import RecentCounts
 
     served = past_bundle or PastBundle.open(bundle_root, dataset)
@@ -356,9 +360,8 @@ def evaluate_bundle_on_future(
     recent = RecentCounts(dataset).at(cut)
     # The recent-popularity candidates the bundle serves (as of its data's end, just
     # before the cut): exactly what a request at the cut gets.
-    res = served.run(
-        dataset, cases, counts, lambda _t: recent, lambda _t: served.top, arrays, lists
-    )
+    uv = served.user_vectors(dataset, cases)
+    res = served.run(cases, uv, counts, lambda _t: recent, lambda _t: served.top, arrays, lists)
     order = _order(counts, served.item_ids)
     targets: list[str | None] = [c.target for c in cases]
     for name, pop in (
@@ -406,11 +409,7 @@ def choose_stream_windows(
 
 
 def evaluate_bundle_on_stream(
-    bundle_root: Path,
-    dataset: Dataset,
-    cut: int,
-    windows: dict[str, dict[str, Any]],
-    past_bundle: PastBundle | None = None,
+    served: PastBundle, dataset: Dataset, cut: int, windows: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """The stream protocol (:func:`stream_cases`): every request after the cut, the
     past-only bundle serving with the history the gateway has recorded by then and its
@@ -420,7 +419,6 @@ def evaluate_bundle_on_stream(
     live counts, and all time. Metrics are averaged per user, then over users."""
     from training.recency import RecentCounts
 
-    served = past_bundle or PastBundle.open(bundle_root, dataset)
     cases = stream_cases(dataset, cut)
     if not cases:
         raise DataError("no requests after the cut")
@@ -431,13 +429,15 @@ def evaluate_bundle_on_stream(
     row_ids = served.item_ids
     runs: dict[str, list[list[str]]] = {}
     lists: dict[str, list[list[str]]] = {}
-    served.run(dataset, cases, counts, lambda _t: frozen, lambda _t: served.top, {}, lists)
+    # One set of user vectors for both served runs: only the recency they see differs.
+    uv = served.user_vectors(dataset, cases)
+    served.run(cases, uv, counts, lambda _t: frozen, lambda _t: served.top, {}, lists)
     runs["ranked"], runs["hnsw"] = lists["ranked"], lists["hnsw"]
     live: dict[str, list[list[str]]] = {}
     count = len(served.top)
     served.run(
-        dataset,
         cases,
+        uv,
         counts,
         rec.at,
         lambda t: [row_ids[r] for r in rec.top(t, served.recent_window_s, count)],
@@ -603,11 +603,10 @@ def run_time_split(
     served = PastBundle.open(root, dataset)
     results = evaluate_bundle_on_future(root, dataset, test_cut, recent_days, past_bundle=served)
     stream = evaluate_bundle_on_stream(
-        root,
+        served,
         dataset,
         test_cut,
         choose_stream_windows(dataset, valid_cut, test_cut, RECENT_WINDOWS_DAYS),
-        past_bundle=served,
     )
     report = {
         "protocol": (

@@ -21,7 +21,8 @@ def test_stream_evaluation_of_a_bundle(bundle_dir: Path, tmp_path: Path) -> None
         "frozen": True,
         "live": True,
     }
-    res = ts.evaluate_bundle_on_stream(bundle_dir, ds, cut, windows)
+    served = ts.PastBundle.open(bundle_dir, ds)
+    res = ts.evaluate_bundle_on_stream(served, ds, cut, windows)
 
     cases = ts.stream_cases(ds, cut)
     assert res["requests"] == len(cases) > 0
@@ -51,6 +52,8 @@ def test_stream_evaluation_of_a_bundle(bundle_dir: Path, tmp_path: Path) -> None
     )
     assert np.isfinite(d["ci95"]).all()
 
-    first = ts.evaluate_bundle_on_future(bundle_dir, ds, cut, windows["frozen"]["days"])
+    first = ts.evaluate_bundle_on_future(
+        bundle_dir, ds, cut, windows["frozen"]["days"], past_bundle=served
+    )
     png = ts.write_plot(tmp_path / "timesplit.png", {"results": first, "stream": res})
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
