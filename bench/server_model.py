@@ -55,7 +55,7 @@ def _servicer(service: str, bundle: str, state_dir: str) -> tuple[Any, Callable[
         )
         replica.load()
         return RecallServicer(replica), recall_pb2_grpc.add_RecallServiceServicer_to_server
-    from rank_service.server import rank_lifecycle
+    from rank_service.core import rank_lifecycle
     from rank_service.servicer import RankServicer
 
     lifecycle = rank_lifecycle(RankOptions(bundle=bundle, bundle_poll_s=0))

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from recstack.tools.procs import Stack
+from recstack.tools.procs import COLOCATED, Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -49,6 +49,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "encoder-no-batching": {"recall": ["--no-encoder-batching"]},
     "recall-hnsw-always": {"recall": ["--full-scan-threshold", "0"]},
     "gateway-processes-2": {"gateway": ["--processes", "2"]},
+    # The three stages in one process (gateway.colocated): one RPC per Recommend.
+    COLOCATED: {COLOCATED: []},
     "library-threads": {
         "recall": SINGLE_THREADED,
         "rank": SINGLE_THREADED,

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.server import serve
-from recstack.core.config import GATEWAY_PORT, GatewayOptions
+from recstack.core.config import GATEWAY_PORT, GatewayOptions, OptionGroup
 from recstack.runtime.server import cli_main
 
 
@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="recstack-gateway",
         default_port=GATEWAY_PORT,
         description="Recommend: recall then rank, under the caller's deadline.",
-        groups=[(GatewayOptions, "gateway")],
+        groups=[OptionGroup(GatewayOptions, "gateway")],
         serve=serve,
         module="gateway",
     )

@@ -1,10 +1,11 @@
 """In-process implementations of the gateway's downstream protocols (no grpc, no RPC).
 
-``LocalRecall`` and ``LocalRank`` call a recall replica and a rank core directly, so a
+``LocalRecall`` and ``LocalRank`` call a recall replica and the rank cores directly, so a
 :class:`gateway.core.GatewayCore` built over them runs exactly the stages the three servers
 run (profile, user tower, HNSW, features, ranker, details) without the two RPC hops: the
-in-process floor the benchmarks compare Recommend over gRPC against, and the served path
-an embedding application can use.
+in-process floor the benchmarks compare Recommend over gRPC against, the backends of the
+colocated server (:mod:`gateway.colocated`), and the served path an embedding application
+can use.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 
 from gateway.core import GatewayCore, assemble, open_events
 from gateway.events import EventStore
-from rank_service.core import RankCore, load_core
+from rank_service.core import RankCore, rank_lifecycle
 from recall_service.replica import Replica
 from recstack.core.config import GatewayOptions, OrtOptions, RankOptions, RecallOptions
 from recstack.core.deadline import Deadline
 from recstack.core.domain import ItemsResult, RankQuery, RankResult, RecallQuery, RecallResult
+from recstack.core.lifecycle import Versions
 
 
 class LocalRecall:
@@ -37,19 +39,21 @@ class LocalRecall:
 
 
 class LocalRank:
-    """RankBackend over a rank core in this process."""
+    """RankBackend over the rank cores of a lifecycle in this process: each call leases the
+    core of the version its vectors came from, as the rank servicer does."""
 
-    def __init__(self, core: RankCore) -> None:
-        self.core = core
+    def __init__(self, versions: Versions[RankCore]) -> None:
+        self.versions = versions
 
     def rank(self, query: RankQuery, timeout: float | None) -> RankResult:
-        return self.core.rank(query, Deadline.after(timeout))
+        with self.versions.lease(query.embedding_version) as core:
+            return core.rank(query, Deadline.after(timeout))
 
     def side_features(self, timeout: float | None = None) -> tuple[str, ...]:
-        return self.core.side_features
+        return self.versions.primary().side_features
 
     def serving_versions(self, timeout: float | None) -> tuple[str, ...]:
-        return (self.core.version,)
+        return self.versions.held()
 
 
 class LocalPipeline:
@@ -74,7 +78,8 @@ class LocalPipeline:
         )
         self.replica = Replica(recall_options, session)
         self.replica.load()
-        self.ranker = load_core(replace(rank or RankOptions(), bundle=bundle), session)
+        self.rank = rank_lifecycle(replace(rank or RankOptions(), bundle=bundle), ort)
+        self.rank.load_initial()
         gateway_options = replace(
             gateway or GatewayOptions(), bundle=bundle, state_dir=str(state / "gateway")
         )
@@ -85,12 +90,12 @@ class LocalPipeline:
             gateway_options,
             opened,
             LocalRecall(self.replica),
-            LocalRank(self.ranker),
+            LocalRank(self.rank.versions),
             self.events,
-            self.ranker.side_features,
+            self.rank.versions.primary().side_features,
         )
 
     def close(self) -> None:
-        self.ranker.close(timeout=5)
+        self.rank.close()
         self.replica.close()
         self.events.close()

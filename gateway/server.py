@@ -25,11 +25,18 @@ SERVICE_NAME = contracts.GATEWAY_SERVICE
 DOWNSTREAM_WAIT_S = 300.0
 
 
+def service(ref: CoreRef[GatewayCore]) -> ServiceSpec:
+    """RecommendService over the gateway core ``ref`` will hold once loaded."""
+    servicer = RecommendServicer(ref)
+    return ServiceSpec(
+        SERVICE_NAME, lambda s: gateway_pb2_grpc.add_RecommendServiceServicer_to_server(servicer, s)
+    )
+
+
 def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
     """Start the gateway; health turns SERVING when profiles are loaded and every recall
     shard and the rank service are SERVING."""
     ref: CoreRef[GatewayCore] = CoreRef("gateway")
-    servicer = RecommendServicer(ref)
     addresses = shard_targets(options.recall_address)
     token = (
         Path(options.downstream_token_file).read_text().strip()
@@ -65,14 +72,4 @@ def serve(server: ServerOptions, options: GatewayOptions) -> RunningServer:
         if "events" in state:
             state["events"].close()
 
-    return start_server(
-        server,
-        [
-            ServiceSpec(
-                SERVICE_NAME,
-                lambda s: gateway_pb2_grpc.add_RecommendServiceServicer_to_server(servicer, s),
-            )
-        ],
-        load,
-        on_stop=close,
-    )
+    return start_server(server, [service(ref)], load, on_stop=close)

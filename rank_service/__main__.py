@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from rank_service.server import serve
-from recstack.core.config import RANK_PORT, OrtOptions, RankOptions
+from recstack.core.config import RANK_PORT, OptionGroup, OrtOptions, RankOptions
 from recstack.runtime.server import cli_main
 
 
@@ -16,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="recstack-rank",
         default_port=RANK_PORT,
         description="ONNX Runtime ranking of fused user-item vectors.",
-        groups=[(RankOptions, "rank"), (OrtOptions, "onnx runtime (ranker)")],
+        groups=[OptionGroup(RankOptions, "rank"), OptionGroup(OrtOptions, "onnx runtime (ranker)")],
         serve=serve,
         module="rank_service",
     )

@@ -19,6 +19,7 @@ stops its batcher.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from rank_service.mmr import mmr_order
 from rank_service.runner import RankerRunner
 from recstack.core import metrics
 from recstack.core.bundle import Bundle
-from recstack.core.config import RankOptions
+from recstack.core.config import OrtOptions, RankOptions
 from recstack.core.deadline import Deadline
 from recstack.core.domain import RankInfo, RankQuery, RankResult, ScoredItem
 from recstack.core.errors import (
@@ -36,6 +37,7 @@ from recstack.core.errors import (
     InvalidArgument,
     limit_exceeded,
 )
+from recstack.core.lifecycle import Lifecycle
 from recstack.core.vectors import F32Array
 from recstack.models.batcher import Batcher, BatchMetrics, BeforeRunHook
 from recstack.models.ort import CUDA, SessionOptions, create_session
@@ -296,3 +298,25 @@ def load_core(
         core.close(timeout=5)
         raise
     return core
+
+
+def rank_lifecycle(
+    options: RankOptions,
+    ort: OrtOptions | None = None,
+    *,
+    before_batch: BeforeRunHook | None = None,
+) -> Lifecycle[RankCore]:
+    """The rank cores of ``options.bundle`` (not loaded yet: call ``load_initial``)."""
+    session_options = (ort or OrtOptions()).session_options(options.optimized_model_path or None)
+
+    def build(path: Path) -> RankCore:
+        return load_core(options, session_options, path=str(path), before_batch=before_batch)
+
+    return Lifecycle(
+        "rank",
+        options.bundle,
+        build,
+        grace_s=options.version_grace_s,
+        load_previous=options.load_previous,
+        on_serving=lambda core, serving: publish_metrics(core, serving=serving),
+    )

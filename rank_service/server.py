@@ -10,9 +10,7 @@ in-flight RPCs.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from rank_service.core import RankCore, load_core, publish_metrics
+from rank_service.core import RankCore, rank_lifecycle
 from rank_service.servicer import RankAdminServicer, RankServicer
 from recstack.core.config import OrtOptions, RankOptions, ServerOptions
 from recstack.core.lifecycle import Lifecycle
@@ -25,26 +23,19 @@ SERVICE_NAME = contracts.RANK_SERVICE
 ADMIN_SERVICE_NAME = contracts.RANK_ADMIN_SERVICE
 
 
-def rank_lifecycle(
-    options: RankOptions,
-    ort: OrtOptions | None = None,
-    *,
-    before_batch: BeforeRunHook | None = None,
-) -> Lifecycle[RankCore]:
-    """The rank cores of ``options.bundle`` (not loaded yet: call ``load_initial``)."""
-    session_options = (ort or OrtOptions()).session_options(options.optimized_model_path or None)
-
-    def build(path: Path) -> RankCore:
-        return load_core(options, session_options, path=str(path), before_batch=before_batch)
-
-    return Lifecycle(
-        "rank",
-        options.bundle,
-        build,
-        grace_s=options.version_grace_s,
-        load_previous=options.load_previous,
-        on_serving=lambda core, serving: publish_metrics(core, serving=serving),
-    )
+def services(lifecycle: Lifecycle[RankCore], options: RankOptions) -> list[ServiceSpec]:
+    """RankService and RankAdminService over ``lifecycle``'s cores."""
+    servicer = RankServicer(lifecycle, reload_rpc=options.reload_rpc)
+    admin = RankAdminServicer(servicer)
+    return [
+        ServiceSpec(
+            SERVICE_NAME, lambda s: rank_pb2_grpc.add_RankServiceServicer_to_server(servicer, s)
+        ),
+        ServiceSpec(
+            ADMIN_SERVICE_NAME,
+            lambda s: rank_pb2_grpc.add_RankAdminServiceServicer_to_server(admin, s),
+        ),
+    ]
 
 
 def serve(
@@ -59,26 +50,12 @@ def serve(
     ``before_batch`` (tests only) is called by the batcher's worker before each merged run.
     """
     lifecycle = rank_lifecycle(options, ort, before_batch=before_batch)
-    servicer = RankServicer(lifecycle, reload_rpc=options.reload_rpc)
-    admin = RankAdminServicer(servicer)
 
     def load() -> None:
         lifecycle.load_initial()
         lifecycle.start_watching(options.bundle_poll_s)
 
-    running = start_server(
-        server,
-        [
-            ServiceSpec(
-                SERVICE_NAME, lambda s: rank_pb2_grpc.add_RankServiceServicer_to_server(servicer, s)
-            ),
-            ServiceSpec(
-                ADMIN_SERVICE_NAME,
-                lambda s: rank_pb2_grpc.add_RankAdminServiceServicer_to_server(admin, s),
-            ),
-        ],
-        load,
-    )
+    running = start_server(server, services(lifecycle, options), load)
     stop_grpc = running.stop
 
     def stop(grace: float | None = None) -> None:

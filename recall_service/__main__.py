@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from recall_service.server import serve
-from recstack.core.config import RECALL_PORT, OrtOptions, RecallOptions
+from recstack.core.config import RECALL_PORT, OptionGroup, OrtOptions, RecallOptions
 from recstack.runtime.server import cli_main
 
 
@@ -16,7 +16,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="recstack-recall",
         default_port=RECALL_PORT,
         description="HNSW recall over a recstack bundle's item embeddings.",
-        groups=[(RecallOptions, "recall"), (OrtOptions, "onnx runtime (encoder)")],
+        groups=[
+            OptionGroup(RecallOptions, "recall"),
+            OptionGroup(OrtOptions, "onnx runtime (encoder)"),
+        ],
         serve=serve,
     )
 

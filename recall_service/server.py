@@ -13,27 +13,26 @@ SERVICE_NAME = contracts.RECALL_SERVICE
 ADMIN_SERVICE_NAME = contracts.RECALL_ADMIN_SERVICE
 
 
+def services(replica: Replica) -> list[ServiceSpec]:
+    """RecallService and RecallAdminService over ``replica``."""
+    servicer = RecallServicer(replica)
+    admin = RecallAdminServicer(replica)
+    return [
+        ServiceSpec(
+            SERVICE_NAME,
+            lambda s: recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, s),
+        ),
+        ServiceSpec(
+            ADMIN_SERVICE_NAME,
+            lambda s: recall_pb2_grpc.add_RecallAdminServiceServicer_to_server(admin, s),
+        ),
+    ]
+
+
 def serve(
     server: ServerOptions, options: RecallOptions, ort: OrtOptions | None = None
 ) -> RunningServer:
     """Start the recall server; health turns SERVING once the bundle is loaded, the log
     replayed and the self-check passed. ``running.replica`` is the replica."""
     replica = Replica(options, (ort or OrtOptions()).session_options())
-    servicer = RecallServicer(replica)
-    admin = RecallAdminServicer(replica)
-    running = start_server(
-        server,
-        [
-            ServiceSpec(
-                SERVICE_NAME,
-                lambda s: recall_pb2_grpc.add_RecallServiceServicer_to_server(servicer, s),
-            ),
-            ServiceSpec(
-                ADMIN_SERVICE_NAME,
-                lambda s: recall_pb2_grpc.add_RecallAdminServiceServicer_to_server(admin, s),
-            ),
-        ],
-        replica.load,
-        on_stop=replica.close,
-    )
-    return running
+    return start_server(server, services(replica), replica.load, on_stop=replica.close)

@@ -38,34 +38,54 @@ def _env_default(name: str, default: Any) -> Any:
     return raw
 
 
+@dataclass(frozen=True)
+class OptionGroup:
+    """One option dataclass on a command line: its flags are ``--<prefix>-<field>`` (just
+    ``--<field>`` without a prefix) and its environment variables ``RECSTACK_<PREFIX>_<FIELD>``;
+    fields in ``skip`` get no flag (the entry point sets them) and keep their defaults."""
+
+    cls: type[Any]
+    title: str
+    prefix: str = ""
+    skip: frozenset[str] = frozenset()
+
+    def dest(self, name: str) -> str:
+        return f"{self.prefix}_{name}" if self.prefix else name
+
+
 def add_arguments(
     parser: argparse.ArgumentParser,
-    cls: type[Any],
-    title: str,
+    group: OptionGroup | type[Any],
+    title: str = "",
     overrides: dict[str, Any] | None = None,
 ) -> None:
     """Add one ``--flag`` per dataclass field; help text comes from ``metadata["help"]``.
 
+    ``group`` is an :class:`OptionGroup` or a bare dataclass (no prefix, titled ``title``).
     ``overrides`` replaces a field's default for one service (e.g. its well-known port).
     """
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = _env_default(f.name, (overrides or {}).get(f.name, f.default))
+    spec = group if isinstance(group, OptionGroup) else OptionGroup(group, title)
+    arg_group = parser.add_argument_group(spec.title)
+    for f in dataclasses.fields(spec.cls):
+        if f.name in spec.skip:
+            continue
+        dest = spec.dest(f.name)
+        flag = "--" + dest.replace("_", "-")
+        default = _env_default(dest, (overrides or {}).get(f.name, f.default))
         help_text = f.metadata.get("help", "") + " (default: %(default)s)"
         if isinstance(f.default, bool):
-            group.add_argument(
+            arg_group.add_argument(
                 flag,
-                dest=f.name,
+                dest=dest,
                 default=default,
                 action=argparse.BooleanOptionalAction,
                 help=help_text,
             )
         else:
             kind = type(f.default) if f.default is not None else str
-            group.add_argument(
+            arg_group.add_argument(
                 flag,
-                dest=f.name,
+                dest=dest,
                 default=default,
                 type=kind,
                 choices=f.metadata.get("choices"),
@@ -73,10 +93,17 @@ def add_arguments(
             )
 
 
-def from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """Build ``cls`` from the parsed flags that ``add_arguments`` declared."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
+def from_args(group: OptionGroup | type[T], args: argparse.Namespace) -> T:
+    """Build the group's dataclass from the parsed flags that ``add_arguments`` declared."""
+    spec = group if isinstance(group, OptionGroup) else OptionGroup(group, "")
+    values = vars(args)
+    return spec.cls(  # type: ignore[no-any-return]
+        **{
+            f.name: values[spec.dest(f.name)]
+            for f in dataclasses.fields(spec.cls)
+            if f.name not in spec.skip and spec.dest(f.name) in values
+        }
+    )
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:

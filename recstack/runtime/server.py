@@ -33,7 +33,7 @@ from grpc_status import rpc_status
 from threadpoolctl import threadpool_limits
 
 from recstack.core import metrics
-from recstack.core.config import ServerOptions, add_arguments, from_args
+from recstack.core.config import OptionGroup, ServerOptions, add_arguments, from_args
 from recstack.core.deadline import Deadline
 from recstack.core.errors import (
     FIELD_METADATA_KEY,
@@ -376,7 +376,7 @@ def cli_main(
     prog: str,
     description: str,
     default_port: int,
-    groups: Sequence[tuple[type[Any], str]],
+    groups: Sequence[OptionGroup],
     serve: Callable[..., RunningServer],
     module: str = "",
 ) -> int:
@@ -385,10 +385,12 @@ def cli_main(
     ``serve`` is called as ``serve(server_options, *group_options)`` in ``groups`` order.
     ``module`` (``python -m`` name) enables ``--processes N`` for stateless services.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # No abbreviations: with prefixed groups, --recall-bundle would silently mean
+    # --recall-bundle-poll-s.
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     add_arguments(parser, ServerOptions, "server", {"port": default_port})
-    for cls, title in groups:
-        add_arguments(parser, cls, title)
+    for group in groups:
+        add_arguments(parser, group)
     args = parser.parse_args(argv)
     server_options = from_args(ServerOptions, args)
     logs.configure(server_options.log_level, prog)
@@ -398,7 +400,7 @@ def cli_main(
             return 2
         return supervise(module, list(argv if argv is not None else sys.argv[1:]), server_options)
     try:
-        running = serve(server_options, *(from_args(cls, args) for cls, _ in groups))
+        running = serve(server_options, *(from_args(group, args) for group in groups))
     except (OSError, BundleError) as exc:
         log.error("cannot start: %s", exc)
         return 2

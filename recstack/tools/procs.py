@@ -120,11 +120,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+COLOCATED = "colocated"
+
+
 class Stack:
     """recall, rank and gateway as processes on loopback, wired to each other.
 
     ``extra`` adds command-line flags per service name (``recall``, ``rank``, ``gateway``),
-    e.g. ``{"rank": ["--no-batching"]}``. ``start`` returns once the gateway is SERVING
+    e.g. ``{"rank": ["--no-batching"]}``; the name ``colocated`` instead runs the three
+    stages as one process (``gateway.colocated``, with its flags), which is then both
+    ``gateway`` and the only service. ``start`` returns once the gateway is SERVING
     (which implies both downstream services are); ``stop`` sends SIGTERM to each, gateway
     first, and returns their exit statuses. ``source``: as for :class:`ServiceProcess`.
     """
@@ -161,6 +166,15 @@ class Stack:
         return proc
 
     def start(self, timeout: float = STACK_TIMEOUT_S) -> Stack:
+        if COLOCATED in self.extra:
+            try:
+                self._start("gateway.colocated", COLOCATED).wait_serving(
+                    contracts.GATEWAY_SERVICE, timeout
+                )
+            except BaseException:
+                self.stop()
+                raise
+            return self
         try:
             recall = self._start("recall_service", "recall")
             rank = self._start("rank_service", "rank")
@@ -185,7 +199,7 @@ class Stack:
 
     @property
     def gateway(self) -> ServiceProcess:
-        return self.by_name("gateway")
+        return self.by_name(COLOCATED if COLOCATED in self.extra else "gateway")
 
     def stop(self) -> dict[str, int]:
         return {s.name: s.stop() for s in reversed(self.services)}

@@ -252,10 +252,10 @@ def build_parser(role: Role, env: dict[str, str]) -> argparse.ArgumentParser:
     """The role's argparse parser exactly as cli_main builds it, with ``env`` in effect."""
     spec = cli_spec(role)
     with environ(env):
-        parser = argparse.ArgumentParser(prog=spec["prog"], exit_on_error=False)
+        parser = argparse.ArgumentParser(prog=spec["prog"], exit_on_error=False, allow_abbrev=False)
         add_arguments(parser, ServerOptions, "server", {"port": spec["default_port"]})
-        for cls, title in spec["groups"]:
-            add_arguments(parser, cls, title)
+        for group in spec["groups"]:
+            add_arguments(parser, group)
     return parser
 
 

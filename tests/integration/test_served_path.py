@@ -3,7 +3,8 @@
 ``training.evaluate`` scores a user with the bundle's ONNX tower, HNSW index and ONNX
 ranker with the gateway's side features; here the same users go through real recall, rank
 and gateway servers (private ones: the session servers' catalogs are changed by other
-tests), and both must return the same top-10.
+tests), and both must return the same top-10; so must the three stages in one process
+(``gateway.colocated``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ K = 10
 CANDIDATES = 40
 
 
-@pytest.fixture(scope="module")
-def servers(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+@pytest.fixture(scope="module", params=["separate", "colocated"])
+def servers(
+    request: pytest.FixtureRequest, bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
+    """A Recommend endpoint over the bundle: the three servers apart, or in one process."""
+    if request.param == "colocated":
+        yield from _colocated(bundle_dir, tmp_path_factory)
+        return
     from gateway.server import serve as serve_gateway
     from rank_service.server import serve as serve_rank
     from recall_service.server import serve as serve_recall
@@ -67,6 +74,25 @@ def servers(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         for s in reversed(started):
             s.stop(0)
+
+
+def _colocated(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    from gateway.colocated import serve
+
+    state = tmp_path_factory.mktemp("served-colocated")
+    running = serve(
+        ServerOptions(port=0),
+        GatewayOptions(
+            bundle=str(bundle_dir), state_dir=str(state / "gateway"), max_candidates=100
+        ),
+        recall_options(bundle_dir, state / "recall"),
+        RankOptions(max_candidates=100),
+    )
+    try:
+        running.wait_ready(READY_S)
+        yield running.port
+    finally:
+        running.stop(0)
 
 
 def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, bundle: Bundle):

@@ -15,9 +15,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rank_service.core import RankCore, load_core
+from rank_service.core import RankCore, load_core, rank_lifecycle
 from rank_service.runner import RankerRunner
-from rank_service.server import rank_lifecycle
 from recstack.core.bundle import MANIFEST, Bundle, copy_bundle, write_manifest
 from recstack.core.config import OrtOptions, RankOptions
 from recstack.core.deadline import Deadline
