@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recstack.v1 import rank_pb2, rank_pb2_grpc
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc, rank_pb2, rank_pb2_grpc
 
 pytestmark = pytest.mark.process
 
@@ -101,3 +101,44 @@ def test_cuda_without_gpu_is_a_startup_error_unless_fallback(bundle_dir, tmp_pat
     )
     assert proc.wait(timeout=60) == 3
     assert "onnxruntime-gpu" in proc.stderr.read()
+
+
+def test_colocated_cli_recommends_then_drains_on_sigterm(bundle_dir, tmp_path):
+    """``python -m gateway.colocated``: prefixed flags parse, one port serves Recommend, and
+    SIGTERM drains and closes every stage (exit 0)."""
+    port_file = tmp_path / "port"
+    proc = start(
+        "gateway.colocated",
+        "--bundle",
+        str(bundle_dir),
+        "--port-file",
+        str(port_file),
+        "--state-dir",
+        str(tmp_path / "gateway"),
+        "--recall-state-dir",
+        str(tmp_path / "recall"),
+        "--recall-bundle-poll-s",
+        "0",
+        "--rank-bundle-poll-s",
+        "0",
+        "--no-rank-batching",
+        "--grace-seconds",
+        "5",
+    )
+    try:
+        port = wait_port(port_file, proc)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        wait_status(health, "recstack.v1.RecommendService", health_pb2.HealthCheckResponse.SERVING)
+        resp = gateway_pb2_grpc.RecommendServiceStub(channel).Recommend(
+            gateway_pb2.RecommendRequest(query_text="a space adventure", k=3), timeout=30
+        )
+        assert len(resp.items) == 3
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+    messages = [
+        json.loads(line)["msg"] for line in proc.stderr.read().splitlines() if line.startswith("{")
+    ]
+    assert "draining" in messages and messages[-1] == "stopped"
