@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     "gateway-processes-2": {"gateway": ["--processes", "2"]},
     # The three stages in one process (gateway.colocated): one RPC per Recommend.
     COLOCATED: {COLOCATED: []},
+    "colocated-rank-no-batching": {COLOCATED: ["--no-rank-batching"]},
+    "colocated-encoder-no-batching": {COLOCATED: ["--no-recall-encoder-batching"]},
     "library-threads": {
         "recall": SINGLE_THREADED,
         "rank": SINGLE_THREADED,
