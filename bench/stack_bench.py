@@ -53,6 +53,7 @@ VARIANTS: dict[str, dict[str, list[str]]] = {
     COLOCATED: {COLOCATED: []},
     "colocated-rank-no-batching": {COLOCATED: ["--no-rank-batching"]},
     "colocated-encoder-no-batching": {COLOCATED: ["--no-recall-encoder-batching"]},
+    "colocated-query-int8": {COLOCATED: ["--recall-query-encoder-int8"]},
     "library-threads": {
         "recall": SINGLE_THREADED,
         "rank": SINGLE_THREADED,

@@ -102,27 +102,33 @@ class RecallCore:
         tower: UserTower,
         catalog: CatalogLog,
         options: RecallOptions,
+        query_encoder: TextEncoder | None = None,
     ) -> None:
+        """``encoder`` turns item texts (upserts, log replay) into vectors; ``query_encoder``
+        (default: the same) turns query texts, e.g. the bundle's int8 encoder: item vectors
+        then stay in the fp32 space the tower and index were built in."""
         self.bundle = bundle
         self.version = bundle.version
         self.root = bundle.root
         self.dim = bundle.dim
         self.index = index
         self.encoder = encoder
+        self.query_encoder = query_encoder or encoder
         self.tower = tower
         self.catalog = catalog
         self.options = options
         self.directory = VectorDirectory(bundle, index, options.shard_index, options.shard_count)
         # The bundle's recent-popularity items (most first), for queries with include_recent.
         self.recent_top = load_recent_top(bundle)
-        # The tokenizer object is not documented as thread-safe: every encoder run holds
-        # this lock. With batching only the batcher's worker runs the encoder, so the lock
-        # is uncontended; it matters for direct runs (batching off, or after close()).
+        # The tokenizer object is not documented as thread-safe: every encoder run (either
+        # encoder) holds this lock. With batching only the batcher's worker runs the query
+        # encoder, so the lock is uncontended but for item writes (rare); it matters for
+        # direct runs (batching off, or after close()).
         self._encode_lock = threading.Lock()
         self._batcher: Batcher | None = None
         if options.encoder_batching:
             self._batcher = Batcher(
-                self._encode_rows,
+                self._encode_query_rows,
                 max_batch_rows=options.encoder_max_batch,
                 max_queue_delay_s=options.encoder_max_delay_ms / 1000.0,
                 max_queue_requests=options.encoder_max_queue,
@@ -192,12 +198,12 @@ class RecallCore:
             return [], np.zeros((0, self.dim), np.float32)
         return [i for i, _ in kept], np.stack([v for _, v in kept])
 
-    def _encode_rows(self, inputs: tuple[np.ndarray, ...]) -> F32Array:
+    def _encode_query_rows(self, inputs: tuple[np.ndarray, ...]) -> F32Array:
         with self._encode_lock:
-            return self.encoder.encode(inputs[0].tolist())
+            return self.query_encoder.encode(inputs[0].tolist())
 
     def encode(self, texts: list[str], deadline: Deadline | None = None) -> F32Array:
-        """Unit vectors of ``texts``; concurrent calls share encoder runs (batching)."""
+        """Unit vectors of query ``texts``; concurrent calls share encoder runs (batching)."""
         rows = np.empty(len(texts), dtype=object)
         rows[:] = texts
         if self._batcher is not None:
@@ -205,7 +211,12 @@ class RecallCore:
                 return self._batcher.submit((rows,), deadline or Deadline.none())
             except BatcherClosed:
                 pass  # this core was replaced or is stopping: encode directly
-        return self._encode_rows((rows,))
+        return self._encode_query_rows((rows,))
+
+    def encode_items(self, texts: list[str]) -> F32Array:
+        """Unit vectors of item ``texts`` (writes, replay), with the item encoder."""
+        with self._encode_lock:
+            return self.encoder.encode(texts)
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop the encoder's batcher after the texts queued so far (hot swap, shutdown).
@@ -409,7 +420,7 @@ class RecallCore:
                     f"must be {self.dim} finite values, not all zero", field=f"{where}.vector"
                 )
         need = [i for i, it in enumerate(items) if it.vector is None]
-        encoded = self.encode([items[i].text for i in need]) if need else None
+        encoded = self.encode_items([items[i].text for i in need]) if need else None
         vectors: dict[int, F32Array] = {}
         if encoded is not None:
             vectors = {i: encoded[n] for n, i in enumerate(need)}
@@ -495,7 +506,7 @@ class RecallCore:
         ]
         if stale:
             texts = [writes[i].text for i in stale if writes[i].text.strip()]
-            encoded = iter(self.encode(texts)) if texts else iter(())
+            encoded = iter(self.encode_items(texts)) if texts else iter(())
             for i in stale:
                 w = writes[i]
                 if w.text.strip():
@@ -556,8 +567,12 @@ class RecallCore:
                     f"{item_id!r} does not recall itself"
                 )
         vec = self.encode(["self-check probe text"])[0]
-        if not np.isfinite(vec).all() or abs(float(np.linalg.norm(vec)) - 1.0) > 1e-3:
-            raise BundleError(f"bundle {self.version}: encoder self-check produced a bad vector")
+        item_vec = self.encode_items(["self-check probe text"])[0]
+        for v in (vec, item_vec):
+            if not np.isfinite(v).all() or abs(float(np.linalg.norm(v)) - 1.0) > 1e-3:
+                raise BundleError(
+                    f"bundle {self.version}: encoder self-check produced a bad vector"
+                )
         probe_history = [self.index.vector_of(i) for i in probes]
         users = self.tower.encode(
             [np.stack([v for v in probe_history if v is not None] + [vec]), vec[None]],

@@ -112,10 +112,11 @@ class Replica:
         core = RecallCore(
             bundle,
             index,
-            TextEncoder(bundle, self.ort, int8=o.encoder_int8),
+            TextEncoder(bundle, self.ort),
             UserTower(bundle, self.ort),
             self._catalog,
             o,
+            TextEncoder(bundle, self.ort, int8=True) if o.query_encoder_int8 else None,
         )
         try:
             core.load_directory(from_seq)

@@ -163,6 +163,7 @@ PROFILES: dict[str, Profile] = {
         recent_candidates=5,
         parity_texts=8,
         cold_fraction=0.1,
+        int8=True,  # the serving tests cover the int8 query encoder
     ),
     # ML-100K in a few minutes on 2 CPU cores.
     "quick": Profile("quick"),

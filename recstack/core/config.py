@@ -221,9 +221,10 @@ class RecallOptions:
     max_history: int = _opt(200, "most history_item_ids accepted")
     max_exclude: int = _opt(5000, "most exclude_ids accepted")
     max_batch: int = _opt(256, "most requests in a RecallBatch / items in an Upsert or Delete")
-    encoder_int8: bool = _opt(
+    query_encoder_int8: bool = _opt(
         False,
-        "encode with the bundle's int8 encoder (faster, less accurate: see docs/model-quality.md)",
+        "encode query texts with the bundle's int8 encoder (faster; item texts keep the fp32 "
+        "one: docs/model-quality.md, int8)",
     )
     encoder_batching: bool = _opt(
         True, "merge concurrent texts to encode (queries, upserts) into one ORT run"

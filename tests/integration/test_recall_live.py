@@ -361,3 +361,31 @@ def test_restart_uses_snapshot_and_replays_the_rest(bundle_dir, tmp_path):
         assert got.ids[0] == "s1"
     finally:
         restarted.stop(0)
+
+
+def test_int8_query_encoder_leaves_item_vectors_fp32(bundle_dir, bundle, tmp_path):
+    """``--query-encoder-int8``: query texts go through the int8 encoder, item texts
+    (upserts) through the fp32 one, so live items share the bundle's vector space."""
+    from recstack.models.encoder import TextEncoder
+    from recstack.models.ort import SessionOptions
+
+    text = "a quiet lighthouse drama"
+    fp32 = TextEncoder(bundle, SessionOptions(device="cpu")).encode([text])[0]
+    int8 = TextEncoder(bundle, SessionOptions(device="cpu"), int8=True).encode([text])[0]
+    assert float(fp32 @ int8) < 1 - 1e-4  # the two encoders differ on this text
+    running = serve(
+        ServerOptions(port=0),
+        recall_options(bundle_dir, tmp_path / "state", query_encoder_int8=True),
+    )
+    try:
+        running.wait_ready(120)
+        stub = recall_pb2_grpc.RecallServiceStub(channel_to(running))
+        stub.Upsert(recall_pb2.UpsertRequest(items=[recall_pb2.ItemWrite(id="lh", text=text)]))
+        by_vector = stub.Recall(recall_pb2.RecallRequest(query_vector=pack(fp32), k=1))
+        assert ids_of(by_vector) == ["lh"]
+        assert candidate_scores(by_vector)[0] == pytest.approx(1.0, abs=1e-4)  # fp32 item
+        by_text = stub.Recall(recall_pb2.RecallRequest(query_text=text, k=50))
+        score = dict(zip(ids_of(by_text), candidate_scores(by_text), strict=True))["lh"]
+        assert score == pytest.approx(float(int8 @ fp32), abs=1e-4)  # int8 query
+    finally:
+        running.stop(0)

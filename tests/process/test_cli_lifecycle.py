@@ -48,6 +48,22 @@ def wait_status(stub, service, want, timeout=120):
     raise AssertionError(f"{service} never reached {want}")
 
 
+def serving_channel(proc, port_file, service):
+    """A channel to the process once its port file exists and ``service`` is SERVING."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{wait_port(port_file, proc)}")
+    wait_status(
+        health_pb2_grpc.HealthStub(channel), service, health_pb2.HealthCheckResponse.SERVING
+    )
+    return channel
+
+
+def assert_drained(proc):
+    """The exited process logged its drain, and "stopped" last."""
+    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    messages = [entry["msg"] for entry in logs]
+    assert "draining" in messages and messages[-1] == "stopped"
+
+
 def test_rank_cli_serves_then_drains_on_sigterm(bundle_dir, tmp_path):
     port_file = tmp_path / "port"
     proc = start(
@@ -64,19 +80,14 @@ def test_rank_cli_serves_then_drains_on_sigterm(bundle_dir, tmp_path):
         "cpu",
     )
     try:
-        port = wait_port(port_file, proc)
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        health = health_pb2_grpc.HealthStub(channel)
-        wait_status(health, "recstack.v1.RankService", health_pb2.HealthCheckResponse.SERVING)
+        channel = serving_channel(proc, port_file, "recstack.v1.RankService")
         info = rank_pb2_grpc.RankServiceStub(channel).GetInfo(rank_pb2.RankServiceGetInfoRequest())
         assert info.execution_provider == "CPUExecutionProvider"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
-    logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
-    messages = [entry["msg"] for entry in logs]
-    assert "draining" in messages and messages[-1] == "stopped"
+    assert_drained(proc)
 
 
 def test_bad_bundle_exits_nonzero_with_a_clear_log(tmp_path):
@@ -126,10 +137,7 @@ def test_colocated_cli_recommends_then_drains_on_sigterm(bundle_dir, tmp_path):
         "5",
     )
     try:
-        port = wait_port(port_file, proc)
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        health = health_pb2_grpc.HealthStub(channel)
-        wait_status(health, "recstack.v1.RecommendService", health_pb2.HealthCheckResponse.SERVING)
+        channel = serving_channel(proc, port_file, "recstack.v1.RecommendService")
         resp = gateway_pb2_grpc.RecommendServiceStub(channel).Recommend(
             gateway_pb2.RecommendRequest(query_text="a space adventure", k=3), timeout=30
         )
@@ -138,7 +146,4 @@ def test_colocated_cli_recommends_then_drains_on_sigterm(bundle_dir, tmp_path):
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
-    messages = [
-        json.loads(line)["msg"] for line in proc.stderr.read().splitlines() if line.startswith("{")
-    ]
-    assert "draining" in messages and messages[-1] == "stopped"
+    assert_drained(proc)
