@@ -30,7 +30,15 @@ def test_serving_image_has_services_and_driver_but_no_training_stack(images):
     assert impl.strip() == "binary"
     # The console scripts that would name the missing packages are gone too.
     scripts = podman.run_in(images["serve"], "sh", "-c", "ls /opt/venv/bin | grep recstack-")
-    assert scripts.split() == ["recstack-gateway", "recstack-rank", "recstack-recall"]
+    assert scripts.split() == [
+        "recstack-colocated",
+        "recstack-gateway",
+        "recstack-rank",
+        "recstack-recall",
+    ]
+    # The one-process entry point imports all three services' code without torch.
+    help_text = podman.run_in(images["serve"], "recstack-colocated", "--help")
+    assert "--recall-ef-search" in help_text and "--rank-max-candidates" in help_text
 
 
 def test_serving_image_runs_as_the_pods_uid(images):
