@@ -44,7 +44,9 @@ from recstack.core.features import (
     RANKER_FEATURES,
     RECENCY,
     candidate_features,
+    fuse_recent,
     load_recency,
+    load_recent_top,
     unsupported,
 )
 from recstack.core.lifecycle import VERSION_FIELD
@@ -104,11 +106,16 @@ def open_events(options: GatewayOptions, bundle: Bundle | None) -> EventStore:
 @dataclass(frozen=True)
 class BundleView:
     """What the gateway computes a version's ranker features from: the names its ranker
-    declares, in order, and the bundle's recency counts (item id -> counts per window)."""
+    declares, in order, and the bundle's recency counts (item id -> counts per window); and
+    how that version orders a query-only request."""
 
     version: str
     side_features: tuple[str, ...]
     recency: Mapping[str, np.ndarray]
+    # Query-only requests: the ranker's order fused with these recent-popularity items
+    # (most popular first) at this weight (:func:`recstack.core.features.fuse_recent`).
+    recent_top: tuple[str, ...] = ()
+    query_recent_weight: float = 0.0
 
 
 def bundles_root(bundle: Bundle | None) -> Path | None:
@@ -120,7 +127,15 @@ def bundles_root(bundle: Bundle | None) -> Path | None:
 def view_of(bundle: Bundle) -> BundleView:
     """The view a bundle's manifest and recency file give (its ranker's declared features)."""
     declared = tuple(bundle.section("ranker").get("side_features", ()))
-    return BundleView(bundle.version, declared, load_recency(bundle))
+    return BundleView(bundle.version, declared, load_recency(bundle), *query_fusion_of(bundle))
+
+
+def query_fusion_of(bundle: Bundle) -> tuple[tuple[str, ...], float]:
+    """The bundle's recent-popularity items and the query-only fusion weight its build chose
+    (0 for bundles built before it existed: the ranker's order)."""
+    return tuple(load_recent_top(bundle)), float(
+        bundle.section("ranker").get("query_recent_weight", 0.0)
+    )
 
 
 def assemble(
@@ -135,6 +150,7 @@ def assemble(
     (the one assembly: the gateway server and the in-process pipeline both use it)."""
     catalog, version = catalog_from_bundle(bundle)
     recency = load_recency(bundle) if bundle is not None else {}
+    recent_top, weight = query_fusion_of(bundle) if bundle is not None else ((), 0.0)
     return GatewayCore(
         recall,
         rank,
@@ -145,6 +161,8 @@ def assemble(
         side_features,
         recency,
         bundle_root=bundles_root(bundle),
+        recent_top=recent_top,
+        query_recent_weight=weight,
     )
 
 
@@ -163,6 +181,8 @@ class GatewayCore:
         recency: Mapping[str, np.ndarray] | None = None,
         bundle_root: Path | None = None,
         clock: Callable[[], float] = time.time,
+        recent_top: Sequence[str] = (),
+        query_recent_weight: float = 0.0,
     ) -> None:
         """``side_features``: the names the ranker declares (rank GetInfo), in its order;
         each must be one :func:`recstack.core.features.candidate_features` computes.
@@ -171,7 +191,9 @@ class GatewayCore:
         recency features. Both belong to ``catalog_version``; for any other version recall
         answers in (a rollout, a hot swap) the gateway reads that version's manifest and
         counts from ``bundle_root/<version>`` when it is there (:meth:`view`).
-        ``clock``: Unix time in seconds (the since_last_interaction feature's "now")."""
+        ``clock``: Unix time in seconds (the since_last_interaction feature's "now").
+        ``recent_top``, ``query_recent_weight``: how ``catalog_version`` orders query-only
+        requests (:class:`BundleView`)."""
         self.clock = clock
         self.recall_backend = recall
         self.rank_backend = rank
@@ -196,7 +218,13 @@ class GatewayCore:
             )
         self._no_recency = np.zeros(len(RECENCY), np.float32)
         self._bundle_root = bundle_root
-        self._startup = BundleView(catalog_version, self.side_features, self.recency)
+        self._startup = BundleView(
+            catalog_version,
+            self.side_features,
+            self.recency,
+            tuple(recent_top),
+            query_recent_weight,
+        )
         # version -> its view; loaded once under _views_lock (readers of an existing entry
         # need no lock: a dict lookup is atomic and entries are never replaced).
         self._views: dict[str, BundleView] = {catalog_version: self._startup}
@@ -315,21 +343,37 @@ class GatewayCore:
         if len(recalled):
             deadline.check("rank")
             t0 = time.perf_counter()
+            # A query-only request ranks every candidate, then fuses that order with the
+            # bundle's recent popularity (the version recall answered in decides both).
+            fusion = (
+                None if history or not q.query_text.strip() else self.view(recalled.bundle_version)
+            )
+            if fusion is not None and not fusion.query_recent_weight:
+                fusion = None
+            top_k = len(recalled) if fusion is not None else k
             try:
-                ranked = self._rank(recalled, q, k, len(history), gap, deadline)
+                ranked = self._rank(recalled, q, top_k, len(history), gap, deadline)
             except FailedPrecondition as exc:
                 if exc.field != VERSION_FIELD:
                     raise
                 # A rollout: rank does not serve recall's version (yet, or any more).
                 recalled = self._recall_in_rank_version(query, recalled.bundle_version, deadline)
                 self._pin = (recalled.bundle_version, time.monotonic() + self.options.version_pin_s)
-                ranked = self._rank(recalled, q, k, len(history), gap, deadline)
+                if fusion is not None:
+                    fusion = self.view(recalled.bundle_version)
+                ranked = self._rank(recalled, q, top_k, len(history), gap, deadline)
             timings["rank"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
+            scored = list(ranked.items)
+            if fusion is not None:
+                order = fuse_recent(
+                    [s.id for s in scored], fusion.recent_top, fusion.query_recent_weight
+                )
+                scored = [scored[r] for r in order[:k]]
             row = {item_id: i for i, item_id in enumerate(recalled.ids)}
-            picked = [row[s.id] for s in ranked.items]
+            picked = [row[s.id] for s in scored]
             details = self._details(recalled, picked, deadline)
-            for s, i in zip(ranked.items, picked, strict=True):
+            for s, i in zip(scored, picked, strict=True):
                 because_id = recalled.because_item_ids[i]
                 title, text = details[i]
                 items.append(

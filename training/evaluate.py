@@ -43,6 +43,7 @@ from recstack.core.config import RecallOptions
 from recstack.core.features import (
     RANKER_FEATURES,
     candidate_features,
+    fuse_recent,
     history_similarities,
     join_recent,
 )
@@ -582,3 +583,20 @@ def baseline_most_popular(
     if per_user_out is not None:
         per_user_out["most_popular"] = arrays
     return m
+
+
+def fused_query_lists(
+    ranked: Sequence[Sequence[str]],
+    cases: Sequence[EvalCase],
+    recent_top: Callable[[int], Sequence[str]] | None,
+    weight: float,
+    k: int = 20,
+) -> list[list[str]]:
+    """The served order of query-only requests: each case's ranked list (every candidate,
+    best first) fused with the recent-popularity items at its time at ``weight``, as the
+    gateway orders them (:func:`recstack.core.features.fuse_recent`), cut to ``k``."""
+    out = []
+    for case, lst in zip(cases, ranked, strict=True):
+        recent = recent_top(case.time) if recent_top is not None and weight else ()
+        out.append([lst[r] for r in fuse_recent(lst, recent, weight)[:k]])
+    return out

@@ -39,6 +39,7 @@ import numpy as np
 from recstack.core.bundle import Bundle, point_current, write_manifest
 from recstack.core.features import (
     DAY_S,
+    QUERY_RECENT_WEIGHTS,
     RANKER_FEATURES,
     RECENCY_WINDOWS_S,
     candidate_features,
@@ -47,6 +48,7 @@ from recstack.core.features import (
 from recstack.models.encoder import TextEncoder
 from recstack.models.ort import SessionOptions, create_session
 from recstack.models.user_tower import UserTower
+from training import evaluate as ev
 from training.base_encoder import BASE_MODEL_NAME
 from training.data import DataError, Dataset, Split, leave_last_out, load_dataset
 from training.ranker import (
@@ -647,6 +649,17 @@ def _build_into(
             results[phase] = res
 
     if refit is not None:
+        query_recent_weight = float(
+            refit.held_out_report.get("training", {}).get("query_recent_weight", 0.0)
+        )
+        query_recent_curve: list[tuple[float, float]] = []
+    else:
+        with timer.stage("query_fusion", "query-only order: ranker + recent popularity, on valid"):
+            query_recent_weight, query_recent_curve = _choose_query_recent_weight(
+                dataset, split, prof, encoder, item_vecs, tower, index, ranker_session, recency
+            )
+
+    if refit is not None:
         results = refit.held_out_report["results"]
         per_user_served = refit.held_out_report.get("per_user_served", {})
         cold = refit.held_out_report["cold_start"]
@@ -669,6 +682,7 @@ def _build_into(
                 encoder_top=None if top is None else top.fresh_copy(),
                 recency=recency.at,
                 recent_top=recent_top,
+                query_recent_weight=query_recent_weight,
             )
 
     int8_report: dict[str, Any] | None = None
@@ -726,6 +740,8 @@ def _build_into(
         "tower_sequences": len(windows.inputs),
         "query_prior_weight": user_spec["query_prior_weight"],
         "query_prior_valid_recall@20": prior_curve,
+        "query_recent_weight": query_recent_weight,
+        "query_recent_valid_recall@20": query_recent_curve,
         "ranker_epochs": prof.ranker_epochs,
         "ranker_final_loss": round(rk.losses[-1], 4) if rk.losses else None,
         "ranker_lists": rk.lists,
@@ -791,6 +807,8 @@ def _build_into(
             "fusion": list(FUSION),
             "side_features": list(RANKER_FEATURES),
             "features_input": FEATURES_INPUT,
+            # Query-only requests: the ranker's order fused with items.recent_top.
+            "query_recent_weight": query_recent_weight,
             # Served recency counts: as of the training data's newest interaction.
             "recency": {
                 "counts": RECENT_COUNTS,
@@ -865,6 +883,54 @@ def _choose_query_prior(
         )
         uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index, queries)
         lists = ev.exact_lists(uv, item_vecs, cases, item_ids, 20)
+        curve.append((w, ev.recall_at_k(lists, targets, 20)))
+    best = max(curve, key=lambda wr: (wr[1], -wr[0]))[0]
+    return best, curve
+
+
+def _choose_query_recent_weight(
+    dataset: Dataset,
+    split: Split,
+    prof: Profile,
+    encoder: TextEncoder,
+    item_vecs: np.ndarray,
+    tower: UserTower,
+    index: Any,
+    ranker: Any,
+    recency: RecentCounts,
+) -> tuple[float, list[tuple[float, float]]]:
+    """The query-only fusion weight with the best validation Recall@20 of the served
+    query-only lists among :data:`recstack.core.features.QUERY_RECENT_WEIGHTS` (ties: the
+    smaller); 0 without recent-popularity candidates or validation queries."""
+    cases = ev.query_cases(dataset, split, "valid")
+    if not cases or not prof.recent_candidates:
+        return 0.0, []
+    item_ids = [it.id for it in dataset.items]
+    queries = ev.encode_texts(encoder, [c.query for c in cases], DIM)
+    targets: list[str | None] = [c.target for c in cases]
+    uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index, queries)
+
+    def top_at(now: int) -> list[str]:
+        return recent_top_ids(recency, prof, item_ids, now)
+
+    ranked: dict[str, list[list[str]]] = {}
+    ev.evaluate_pipelines(
+        cases,
+        uv,
+        item_ids,
+        item_vecs,
+        index,
+        ranker,
+        prof.rerank_n,
+        ev.input_counts(split, "valid"),
+        window=prof.tower.max_len,
+        recency=recency.at,
+        recent_top=top_at,
+        lists_out=ranked,
+    )
+    curve = []
+    for w in QUERY_RECENT_WEIGHTS:
+        lists = ev.fused_query_lists(ranked["ranked"], cases, top_at, w)
         curve.append((w, ev.recall_at_k(lists, targets, 20)))
     best = max(curve, key=lambda wr: (wr[1], -wr[0]))[0]
     return best, curve

@@ -17,8 +17,9 @@ protocol once used) to show how far one draw can move it.
 Query-only users: every test user is served as if new, from a short query made of the
 genre they watched most in train (``metadata.genres`` or ``metadata.topic``), with nothing
 excluded. The served path: the query's encoder vector is the tower's only slot, HNSW top-N,
-then the ranker (history length 0); Recall@20 / NDCG@10 of their test item vs
-most-popular and random.
+then the ranker (history length 0) over every candidate, that order fused with the recent
+popularity at the request's time (the build's ``query_recent_weight``, as the gateway does);
+Recall@20 / NDCG@10 of their test item vs most-popular and random.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def cold_start(
     encoder_top: Any = None,
     recency: Any = None,
     recent_top: Any = None,
+    query_recent_weight: float = 0.0,
 ) -> dict[str, Any]:
     from training.pipeline import _train_rows
     from training.tower import make_windows, train_tower, user_vectors
@@ -151,6 +153,7 @@ def cold_start(
         qv = ev.encode_texts(served_encoder, [c.query for c in q_cases], served_items.shape[1])
         uv = ev.user_vectors(tower, q_cases, served_items, dataset.item_index, qv)
         q_targets: list[str | None] = [c.target for c in q_cases]
+        lists: dict[str, list[list[str]]] = {}
         served = ev.evaluate_pipelines(
             q_cases,
             uv,
@@ -163,16 +166,27 @@ def cold_start(
             window=prof.tower.max_len,
             recency=recency,
             recent_top=recent_top,
+            lists_out=lists,
         )
+        # What the gateway serves them: the ranker's order fused with recent popularity.
+        fused = ev.fused_query_lists(lists["ranked"], q_cases, recent_top, query_recent_weight, k)
+        model, model_arrays = ev.with_intervals(fused, q_targets)
         pop = ev.popularity_order(split, "test")[:k]
-        pop_m, _ = ev.with_intervals([pop] * len(q_cases), q_targets)
+        pop_m, pop_arrays = ev.with_intervals([pop] * len(q_cases), q_targets)
+        keys = ("recall@20", "ndcg@10", "ci95")
         result["query_users"] = {
             "users": len(q_cases),
             "example_query": q_cases[0].query,
-            "model": {m: served["ranked"][m] for m in ("recall@20", "ndcg@10", "ci95")},
-            "recall_only": {m: served["hnsw"][m] for m in ("recall@20", "ndcg@10", "ci95")},
-            "most_popular": {m: pop_m[m] for m in ("recall@20", "ndcg@10", "ci95")},
+            "model": {m: model[m] for m in keys},
+            "ranker_only": {m: served["ranked"][m] for m in keys},
+            "recall_only": {m: served["hnsw"][m] for m in keys},
+            "most_popular": {m: pop_m[m] for m in keys},
+            "model_vs_most_popular": {
+                m: ev.paired_difference(model_arrays[m], pop_arrays[m])
+                for m in ("recall@20", "ndcg@10")
+            },
             "query_prior_weight": tower.query_prior_weight,
+            "query_recent_weight": query_recent_weight,
             "random": {"recall@20": k / n},
         }
     return result

@@ -155,6 +155,30 @@ def join_recent(scores: np.ndarray, recent: np.ndarray, k: int) -> np.ndarray:
     return kept[np.argsort(-scores[kept], kind="stable")]
 
 
+# Rank offset of the query-only fusion (reciprocal rank fusion's usual k, scaled to lists of
+# ~100): a list's first item weighs 1/10, its tenth 1/20.
+FUSION_K0 = 10
+# The query-only fusion weights a build chooses from, on validation query-only users.
+QUERY_RECENT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+
+
+def fuse_recent(
+    ranked: Sequence[str], recent: Sequence[str], weight: float, k0: int = FUSION_K0
+) -> list[int]:
+    """Positions of ``ranked`` (the ranker's order, best first) in the order of
+    ``1 / (k0 + ranked position) + weight / (k0 + position in recent)`` (the second term only
+    for items in ``recent``, the bundle's recent-popularity list, most popular first); ties
+    keep the ranker's order. The served order of a query-only request (no history): its
+    query carries little beyond popularity, and trending items are the stronger prior there
+    (docs/model-quality.md, "Query-only users"). ``weight`` 0 is the ranker's order."""
+    at = {item: r for r, item in enumerate(recent)}
+    score = [
+        1.0 / (k0 + r) + (weight / (k0 + at[item]) if item in at else 0.0)
+        for r, item in enumerate(ranked)
+    ]
+    return sorted(range(len(ranked)), key=lambda r: (-score[r], r))
+
+
 def load_recent_top(bundle: Bundle) -> list[str]:
     """The bundle's recent-popularity candidates (``items.recent_top``), most recent
     interactions first; empty when it has none. BundleError if the list is malformed."""

@@ -9,6 +9,8 @@ tests), and both must return the same top-10; so must the three stages in one pr
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ import hnswlib
 import numpy as np
 import pytest
 
-from recstack.core.bundle import Bundle
+from recstack.core.bundle import MANIFEST, Bundle, write_manifest
 from recstack.core.config import GatewayOptions, RankOptions, ServerOptions
 from recstack.core.features import GAP, MAX_GAP_S, load_recency, load_recent_top
 from recstack.models.ort import CPU, SessionOptions, create_session
@@ -29,15 +31,29 @@ from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.conftest import recall_options
 
 READY_S = 120.0
+FUSION_WEIGHT = 2.0
 K = 10
 CANDIDATES = 40
 
 
+@pytest.fixture(scope="module")
+def served_dir(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test bundle with a query-only fusion weight (the tiny build's validation ties
+    at 0, which would leave the fusion untested)."""
+    target = tmp_path_factory.mktemp("served-bundle") / "bundle"
+    shutil.copytree(bundle_dir, target)
+    manifest = json.loads((target / MANIFEST).read_text())
+    manifest["ranker"]["query_recent_weight"] = FUSION_WEIGHT
+    write_manifest(target, {k: v for k, v in manifest.items() if k != "files"})
+    return target
+
+
 @pytest.fixture(scope="module", params=["separate", "colocated"])
 def servers(
-    request: pytest.FixtureRequest, bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, served_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[int]:
     """A Recommend endpoint over the bundle: the three servers apart, or in one process."""
+    bundle_dir = served_dir
     if request.param == "colocated":
         yield from _colocated(bundle_dir, tmp_path_factory)
         return
@@ -95,8 +111,10 @@ def _colocated(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         running.stop(0)
 
 
-def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, bundle: Bundle):
+def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, served_dir: Path):
     from training import evaluate as ev
+
+    bundle = Bundle.open(served_dir)
 
     options = SessionOptions(device="cpu")
     tower = UserTower(bundle, options)
@@ -168,3 +186,45 @@ def test_evaluation_top10_equals_recommend_for_a_sample_of_users(servers, bundle
             assert got == want[:K], (case.user_id, got, want[:K])
             assert not set(got) & case.seen
     assert np.isfinite(uv).all()
+
+    # Query-only requests (no history): the ranker's order over every candidate, fused with
+    # the bundle's recent-popularity items at the weight its build chose.
+    from recstack.models.encoder import TextEncoder
+
+    weight = float(bundle.section("ranker")["query_recent_weight"])
+    assert weight == FUSION_WEIGHT
+    texts = ["a space adventure", "a comedy about friends"]
+    texts += [it.title for it in list(bundle.iter_catalog())[:3]]
+    q_cases = [ev.EvalCase(f"q{n}", [], set(), item_ids[0], query=t) for n, t in enumerate(texts)]
+    qv = TextEncoder(bundle, options).encode(texts)
+    q_uv = ev.user_vectors(tower, q_cases, vectors, item_pos, qv)
+    q_recalled = ev.with_recent(
+        ev.recall_lists(index, q_uv, q_cases, item_ids, CANDIDATES),
+        q_uv,
+        q_cases,
+        [top] * len(q_cases),
+        vectors,
+        item_pos,
+        CANDIDATES,
+    )
+    q_ranked = ev.rerank_lists(
+        ranker,
+        q_uv,
+        q_recalled,
+        vectors,
+        item_pos,
+        counts,
+        [ev.history_matrix(c, vectors, item_pos, tower.max_len) for c in q_cases],
+        [0] * len(q_cases),
+        [snapshot] * len(q_cases),
+        [None] * len(q_cases),
+        names,
+    )
+    want_q = ev.fused_query_lists(q_ranked, q_cases, lambda _t: top, weight, K)
+    assert any(w != r[:K] for w, r in zip(want_q, q_ranked, strict=True))  # fusion reorders
+    for text, want in zip(texts, want_q, strict=True):
+        resp = stub.Recommend(
+            gateway_pb2.RecommendRequest(query_text=text, k=K, candidate_count=CANDIDATES),
+            timeout=30,
+        )
+        assert [i.id for i in resp.items] == want, (text, weight)

@@ -21,6 +21,7 @@ from recstack.core.domain import (
     ScoredItem,
 )
 from recstack.core.errors import FailedPrecondition, InvalidArgument, OutOfRange, Unavailable
+from recstack.core.features import fuse_recent
 from recstack.core.lifecycle import VersionNotServed
 
 DIM = 4
@@ -398,3 +399,40 @@ def test_since_last_interaction_from_the_profile_and_never_for_explicit_history(
     # A deleted user's seed time is forgotten with their seed history.
     core.delete_user("u2")
     assert events.profile("u2", 10) == Profile(())
+
+
+def test_fuse_recent_weighs_the_recent_list_into_the_rankers_order():
+    ranked = ["a", "b", "c", "d"]
+    assert fuse_recent(ranked, ["d", "x"], 0.0) == [0, 1, 2, 3]  # weight 0: the ranker's
+    assert fuse_recent(ranked, [], 5.0) == [0, 1, 2, 3]
+    # d: 1/13 + 1/10 beats a's 1/10; an id not ranked ("x") changes nothing.
+    assert fuse_recent(ranked, ["d", "x"], 1.0) == [3, 0, 1, 2]
+    # c and b each get a recent term; at weight 2, c (first in recent) passes b.
+    assert fuse_recent(ranked, ["c", "b"], 2.0)[:2] == [2, 1]
+    # Ties keep the ranker's order.
+    assert fuse_recent(["a", "b"], ["b", "a"], 1.0, k0=10) == [0, 1]
+
+
+def test_query_only_requests_fuse_the_rankers_order_with_recent_popularity(tmp_path):
+    backend = Catalog()
+    events = EventStore(f"sqlite:///{tmp_path}/events.db", [("u1", ["i11"])])
+    core = GatewayCore(
+        backend,
+        backend,
+        events,
+        GatewayOptions(default_k=3, max_k=5),
+        recent_top=("i0", "i1"),
+        query_recent_weight=4.0,
+    )
+    result = core.recommend(RecommendQuery(query_text="jazz", k=3), Deadline.after(5))
+    query, _ = backend.ranks[-1]
+    assert query.top_k == len(query.candidate_ids) == len(VECTORS)  # every candidate ranked
+    ranked = [f"i{n}" for n in range(11, -1, -1)]  # the fake ranker's order
+    assert [i.id for i in result.items] == [
+        ranked[r] for r in fuse_recent(ranked, ["i0", "i1"], 4.0)[:3]
+    ]
+    assert [i.id for i in result.items] == ["i0", "i1", "i11"]
+    # A user with a history keeps the ranker's top-k, asked for k only.
+    result = core.recommend(RecommendQuery(user_id="u1", query_text="jazz"), Deadline.after(5))
+    assert backend.ranks[-1][0].top_k == 3
+    assert [i.id for i in result.items] == ["i10", "i9", "i8"]
