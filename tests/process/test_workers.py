@@ -58,6 +58,10 @@ def test_rank_workers_share_a_port_and_drain_together(bundle_dir, tmp_path):
             finally:
                 channel.close()
         assert served == 20, f"only {served} of 20 GetInfo calls answered within 120 s"
+        # The supervisor announces the port once its own probe connects (it polls every
+        # 0.1 s), which can come just after the workers have answered us.
+        while not port_file.exists() and time.monotonic() < end:
+            time.sleep(0.05)
         assert int(port_file.read_text()) == port
         assert len(children(proc.pid)) == 2
         proc.send_signal(signal.SIGTERM)
