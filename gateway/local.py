@@ -86,13 +86,14 @@ class LocalPipeline:
         Path(gateway_options.state_dir).mkdir(parents=True, exist_ok=True)
         opened = self.replica.versions.primary().bundle  # opened and verified once, by the replica
         self.events: EventStore = open_events(gateway_options, opened)
+        local_rank = LocalRank(self.rank.versions)
         self.core: GatewayCore = assemble(
             gateway_options,
             opened,
             LocalRecall(self.replica),
-            LocalRank(self.rank.versions),
+            local_rank,
             self.events,
-            self.rank.versions.primary().side_features,
+            local_rank.side_features(),
         )
 
     def close(self) -> None:

@@ -567,8 +567,10 @@ class RecallCore:
                     f"{item_id!r} does not recall itself"
                 )
         vec = self.encode(["self-check probe text"])[0]
-        item_vec = self.encode_items(["self-check probe text"])[0]
-        for v in (vec, item_vec):
+        checked = [vec]
+        if self.query_encoder is not self.encoder:
+            checked.append(self.encode_items(["self-check probe text"])[0])
+        for v in checked:
             if not np.isfinite(v).all() or abs(float(np.linalg.norm(v)) - 1.0) > 1e-3:
                 raise BundleError(
                     f"bundle {self.version}: encoder self-check produced a bad vector"

@@ -648,22 +648,19 @@ def _build_into(
             }
             results[phase] = res
 
+    query_recent_curve: list[tuple[float, float]] = []
     if refit is not None:
         query_recent_weight = float(
             refit.held_out_report.get("training", {}).get("query_recent_weight", 0.0)
         )
-        query_recent_curve: list[tuple[float, float]] = []
+        results = refit.held_out_report["results"]
+        per_user_served = refit.held_out_report.get("per_user_served", {})
+        cold = refit.held_out_report["cold_start"]
     else:
         with timer.stage("query_fusion", "query-only order: ranker + recent popularity, on valid"):
             query_recent_weight, query_recent_curve = _choose_query_recent_weight(
                 dataset, split, prof, encoder, item_vecs, tower, index, ranker_session, recency
             )
-
-    if refit is not None:
-        results = refit.held_out_report["results"]
-        per_user_served = refit.held_out_report.get("per_user_served", {})
-        cold = refit.held_out_report["cold_start"]
-    else:
         with timer.stage("cold_start", "held-out items: tower (+ encoder) re-trained without them"):
             cold = cold_start(
                 dataset,
