@@ -343,25 +343,17 @@ class GatewayCore:
         if len(recalled):
             deadline.check("rank")
             t0 = time.perf_counter()
-            # A query-only request ranks every candidate, then fuses that order with the
-            # bundle's recent popularity (the version recall answered in decides both).
-            fusion = (
-                None if history or not q.query_text.strip() else self.view(recalled.bundle_version)
-            )
-            if fusion is not None and not fusion.query_recent_weight:
-                fusion = None
-            top_k = len(recalled) if fusion is not None else k
+            fusion = self._query_fusion(q, history, recalled.bundle_version)
             try:
-                ranked = self._rank(recalled, q, top_k, len(history), gap, deadline)
+                ranked = self._rank(recalled, q, k, len(history), gap, deadline, fusion)
             except FailedPrecondition as exc:
                 if exc.field != VERSION_FIELD:
                     raise
                 # A rollout: rank does not serve recall's version (yet, or any more).
                 recalled = self._recall_in_rank_version(query, recalled.bundle_version, deadline)
                 self._pin = (recalled.bundle_version, time.monotonic() + self.options.version_pin_s)
-                if fusion is not None:
-                    fusion = self.view(recalled.bundle_version)
-                ranked = self._rank(recalled, q, top_k, len(history), gap, deadline)
+                fusion = self._query_fusion(q, history, recalled.bundle_version)
+                ranked = self._rank(recalled, q, k, len(history), gap, deadline, fusion)
             timings["rank"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             scored = list(ranked.items)
@@ -413,6 +405,17 @@ class GatewayCore:
                 self._pin = ("", 0.0)  # recall dropped it: back to its own version
         return self.recall_backend.recall(query, deadline.budget(self.options.recall_share))
 
+    def _query_fusion(
+        self, q: RecommendQuery, history: tuple[str, ...], version: str
+    ) -> BundleView | None:
+        """The view whose recent popularity orders this request with the ranker: a
+        query-only request (no history) in a version whose build chose a fusion weight;
+        None otherwise (the ranker's order)."""
+        if history or not q.query_text.strip():
+            return None
+        view = self.view(version)
+        return view if view.query_recent_weight else None
+
     def _rank(
         self,
         recalled: RecallResult,
@@ -421,7 +424,10 @@ class GatewayCore:
         history: int,
         gap: float | None,
         deadline: Deadline,
+        fusion: BundleView | None,
     ) -> RankResult:
+        """Rank's top ``k``; with ``fusion``, rank orders every candidate (a query-only
+        request is then fused with recent popularity, see :meth:`_personal`)."""
         assert recalled.vectors is not None  # the gateway never asks omit_vectors
         return self.rank_backend.rank(
             RankQuery(
@@ -430,7 +436,7 @@ class GatewayCore:
                 # Recall's [N, dim] block as it arrived (no per-row work here).
                 candidate_vectors=recalled.vectors,
                 embedding_version=recalled.bundle_version,
-                top_k=k,
+                top_k=len(recalled) if fusion is not None else k,
                 diversity_lambda=q.diversity_lambda,
                 candidate_features=self._features(recalled, history, gap),
             ),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gateway.clients import ShardedRecall, shard_targets
-from gateway.core import GatewayCore
+from gateway.core import BundleView, GatewayCore
 from gateway.events import Event, EventStore, Profile
 from recstack.core.config import GatewayOptions
 from recstack.core.deadline import Deadline
@@ -436,3 +436,24 @@ def test_query_only_requests_fuse_the_rankers_order_with_recent_popularity(tmp_p
     result = core.recommend(RecommendQuery(user_id="u1", query_text="jazz"), Deadline.after(5))
     assert backend.ranks[-1][0].top_k == 3
     assert [i.id for i in result.items] == ["i10", "i9", "i8"]
+
+
+def test_a_query_only_request_re_asked_in_a_rollout_is_fused_by_the_version_that_answers(
+    tmp_path,
+):
+    backend = Rollout(recall_versions=["v2", "v1"], rank_versions=["v1"])
+    core = rollout_core(tmp_path, backend)
+    # v2's build chose a fusion weight, the startup v1's none.
+    core._views["v2"] = BundleView("v2", (), {}, ("i0",), 4.0)
+    result = core.recommend(RecommendQuery(query_text="jazz", k=3), Deadline.after(5))
+    assert result.bundle_version == "v1"
+    assert backend.ranks[-1][0].top_k == 3  # v1 has no fusion: rank's top-k, as asked
+    assert [i.id for i in result.items] == ["i11", "i10", "i9"]
+    # The other way round: v1 fuses, so rank orders every candidate and the answer is cut.
+    backend.recall_versions, backend.rank_versions = ["v2", "v1"], ["v1"]
+    core._pin = ("", 0.0)
+    core._views["v2"] = BundleView("v2", (), {})
+    core._views["v1"] = BundleView("v1", (), {}, ("i0",), 4.0)
+    result = core.recommend(RecommendQuery(query_text="jazz", k=3), Deadline.after(5))
+    assert backend.ranks[-1][0].top_k == len(VECTORS)
+    assert [i.id for i in result.items] == ["i0", "i11", "i10"]
