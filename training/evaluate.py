@@ -32,6 +32,7 @@ pipelines are compared *paired* (the same resampled users for both), see
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -211,19 +212,75 @@ def top_genre(dataset: Dataset, items: Sequence[str]) -> str | None:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
 
-def query_cases(dataset: Dataset, split: Split, phase: str = "test") -> list[EvalCase]:
+def search_genre(dataset: Dataset, user: str, target: str) -> str | None:
+    """One of ``target``'s genres, drawn with a seed of the user and the item (so a user's
+    validation and test queries are independent draws, and every run draws the same); None
+    when it has none. The query of a *search*: the user says what they want now."""
+    genres = sorted(set(_genres(dataset.items[dataset.item_index[target]].metadata)))
+    if not genres:
+        return None
+    return random.Random(f"search:{user}:{target}").choice(genres)
+
+
+# The query-only protocols (``query_cases``): "taste", the genre the user watched most
+# (a new user stating a preference: it carries little beyond popularity), and "search",
+# one of the held-out item's own genres (a caller asking for what they want now: a list
+# that ignores the text fails it).
+QUERY_KINDS = ("taste", "search")
+
+
+def query_cases(
+    dataset: Dataset, split: Split, phase: str = "test", kind: str = "taste"
+) -> list[EvalCase]:
     """Query-only users: each user with a held-out item of ``phase``, served as new from a
-    query made of the genre they watched most in train (:func:`top_genre`); nothing
-    excluded. Users whose train items have no genre are left out."""
+    query (:data:`QUERY_KINDS`): ``taste``, the genre they watched most in train
+    (:func:`top_genre`); ``search``, one of the held-out item's genres
+    (:func:`search_genre`). Nothing excluded; users without such a genre are left out."""
+    if kind not in QUERY_KINDS:
+        raise ValueError(f"kind must be one of {QUERY_KINDS}, not {kind!r}")
     held = split.test if phase == "test" else split.valid
     cases = []
     for user in sorted(held):
-        genre = top_genre(dataset, split.train[user])
+        genre = (
+            top_genre(dataset, split.train[user])
+            if kind == "taste"
+            else search_genre(dataset, user, held[user])
+        )
         if genre is not None:
             n = len(split.train[user]) + (1 if phase == "test" else 0)
             when = dataset.user_interactions[user][n].timestamp
             cases.append(EvalCase(user, [], set(), held[user], query=genre, time=when))
     return cases
+
+
+def pick_query_weight(curve: Sequence[dict[str, float]], taste_floor: float | None = None) -> float:
+    """The ``weight`` of the ``curve`` point (per weight: each protocol's validation
+    figure and their ``mean``) with the best mean; with ``taste_floor`` (most popular's
+    figure), only among points whose ``taste`` figure reaches it, or, when none does, among
+    those with the best ``taste``. Ties: the smaller weight."""
+    eligible = list(curve)
+    if taste_floor is not None:
+        eligible = [p for p in curve if p["taste"] >= taste_floor]
+        if not eligible:
+            top = max(p["taste"] for p in curve)
+            eligible = [p for p in curve if p["taste"] == top]
+    return max(eligible, key=lambda p: (p["mean"], -p["weight"]))["weight"]
+
+
+def genre_popular_lists(
+    dataset: Dataset, split: Split, cases: Sequence[EvalCase], phase: str, k: int = 20
+) -> list[list[str]]:
+    """Per query-only case, the ``k`` most popular items (:func:`popularity_order`) whose
+    genres include the case's query: the metadata baseline of a genre query (it reads the
+    genre labels, which the served path never sees; it sees only the query's text)."""
+    order = popularity_order(split, phase)
+    by_genre: dict[str, list[str]] = {}
+    for item in order:
+        for g in _genres(dataset.items[dataset.item_index[item]].metadata):
+            lst = by_genre.setdefault(g, [])
+            if len(lst) < k:
+                lst.append(item)
+    return [list(by_genre.get(c.query, [])) for c in cases]
 
 
 def user_vectors(

@@ -105,6 +105,11 @@ class Profile:
     # 3 lists 0.0870 (paired +0.0191 (+0.0053 ... +0.0329), better; most popular 0.0700);
     # leave-last-out validation NDCG@10 0.0891 -> 0.0940, no difference.
     ranker_query_lists: int = 3
+    # Also search lists at the same positions: the user served as new from one of the
+    # next item's genres (``training.evaluate.search_genre``, the "search" protocol), so
+    # that the ranker learns the query text can name what is wanted. Taste lists alone
+    # teach it to ignore the text (docs/model-quality.md, "Query-only users: two protocols").
+    ranker_search_lists: int = 3
     # Quick, 6 epochs, validation NDCG@10: hidden (64,) 0.0833 vs (256, 64) 0.0826 — no
     # difference (intervals ~±0.012), so the one at half the training time.
     ranker_epochs: int = 6
@@ -255,15 +260,18 @@ def _ranker_lists(
     """Listwise examples at each user's last ``ranker_holdout`` train positions and at
     every earlier one that follows a break of more than ``ranker_returning_days`` (a
     returning user), plus query-only lists (the request a new user makes) at the first
-    ``ranker_query_lists`` of the last positions.
+    ``ranker_query_lists`` (taste queries) and ``ranker_search_lists`` (search queries) of
+    the last positions.
 
     History = the train items before the position; candidates = the HNSW top-N of the
     served user vector with the history excluded (as recall serves them); features as the
     gateway computes them. A query-only list is the user at one of those positions served
-    as new, from the genre they watched most before it (:func:`training.evaluate.top_genre`,
-    as the query-user protocol asks), nothing excluded: without them the ranker never sees
-    ``history_length`` 0 and has no reason to lean on popularity there (one per user was
-    too few to learn that regime; three measured better). Recency counts are taken at each
+    as new, nothing excluded, from the genre they watched most before it
+    (:func:`training.evaluate.top_genre`, the taste protocol) or from one of the next
+    item's genres (:func:`training.evaluate.search_genre`, the search protocol): without
+    them the ranker never sees ``history_length`` 0 and has no reason to lean on popularity
+    there (one per user was too few to learn that regime; three measured better), and with
+    taste queries alone it learns to ignore the text. Recency counts are taken at each
     list's own time: its target's, when the user acts (only interactions strictly before it
     count). Returns the lists that contain their target, and how many positions were tried.
     """
@@ -280,10 +288,18 @@ def _ranker_lists(
         breaks = [t for t in range(1, first) if 0 < away < stamps[t] - stamps[t - 1]]
         for t in [*breaks, *range(first, len(seq))]:
             cases.append(ev.case_at(dataset, user, list(seq[:t]), seq[t]))
-        for t in range(first, min(len(seq), first + prof.ranker_query_lists)):
-            genre = ev.top_genre(dataset, seq[:t])
-            if genre is not None:
-                q_cases.append(ev.EvalCase(user, [], set(), seq[t], query=genre, time=stamps[t]))
+        for t in range(first, len(seq)):
+            asked = [
+                ev.top_genre(dataset, seq[:t]) if t - first < prof.ranker_query_lists else None,
+                ev.search_genre(dataset, user, seq[t])
+                if t - first < prof.ranker_search_lists
+                else None,
+            ]
+            q_cases += [
+                ev.EvalCase(user, [], set(), seq[t], query=q, time=stamps[t])
+                for q in asked
+                if q is not None
+            ]
     if not cases:
         raise DataError("no ranker training positions (need users with 2+ train items)")
     uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index)
@@ -648,7 +664,7 @@ def _build_into(
             }
             results[phase] = res
 
-    query_recent_curve: list[tuple[float, float]] = []
+    query_recent_curve: list[dict[str, float]] = []
     if refit is not None:
         query_recent_weight = float(
             refit.held_out_report.get("training", {}).get("query_recent_weight", 0.0)
@@ -851,6 +867,19 @@ def _build_into(
 QUERY_PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
+def _query_protocols(
+    dataset: Dataset, split: Split, encoder: TextEncoder
+) -> list[tuple[str, list[ev.EvalCase], np.ndarray]]:
+    """The validation query-only users of each protocol that has any (kind, cases, query
+    vectors): what the build chooses query-only settings on (``training.evaluate.QUERY_KINDS``)."""
+    out = []
+    for kind in ev.QUERY_KINDS:
+        cases = ev.query_cases(dataset, split, "valid", kind)
+        if cases:
+            out.append((kind, cases, ev.encode_texts(encoder, [c.query for c in cases], DIM)))
+    return out
+
+
 def _choose_query_prior(
     dataset: Dataset,
     split: Split,
@@ -860,29 +889,31 @@ def _choose_query_prior(
     version: str,
     user_spec: dict[str, Any],
     ort_options: SessionOptions,
-) -> tuple[float, list[tuple[float, float]]]:
-    """The weight of the prior in a new user's query vector with the best validation
-    Recall@20 (exact search) among :data:`QUERY_PRIOR_WEIGHTS`; 0 when the data has no
-    genres to build validation queries from. Returns it and the (weight, Recall@20) curve."""
-    from training import evaluate as ev
-
-    cases = ev.query_cases(dataset, split, "valid")
-    if not cases:
+) -> tuple[float, list[dict[str, float]]]:
+    """The weight of the prior in a new user's query vector with the best mean validation
+    Recall@20 (exact search) over the query-only protocols (taste and search, equally
+    weighted: one lists what a stated preference adds to popularity, the other whether the
+    text is followed) among :data:`QUERY_PRIOR_WEIGHTS` (ties: the smaller); 0 when the data
+    has no genres to build validation queries from. Returns it and the curve (per weight:
+    each protocol's Recall@20 and their mean)."""
+    protocols = _query_protocols(dataset, split, encoder)
+    if not protocols:
         return 0.0, []
     item_ids = [it.id for it in dataset.items]
-    queries = ev.encode_texts(encoder, [c.query for c in cases], DIM)
-    targets: list[str | None] = [c.target for c in cases]
-    curve = []
+    curve: list[dict[str, float]] = []
     for w in QUERY_PRIOR_WEIGHTS:
         tower = UserTower(
             _staging_bundle(work, version, {"user": {**user_spec, "query_prior_weight": w}}),
             ort_options,
         )
-        uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index, queries)
-        lists = ev.exact_lists(uv, item_vecs, cases, item_ids, 20)
-        curve.append((w, ev.recall_at_k(lists, targets, 20)))
-    best = max(curve, key=lambda wr: (wr[1], -wr[0]))[0]
-    return best, curve
+        point = {"weight": w}
+        for kind, cases, queries in protocols:
+            uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index, queries)
+            lists = ev.exact_lists(uv, item_vecs, cases, item_ids, 20)
+            point[kind] = ev.recall_at_k(lists, [c.target for c in cases], 20)
+        point["mean"] = float(np.mean([point[kind] for kind, _, _ in protocols]))
+        curve.append(point)
+    return ev.pick_query_weight(curve), curve
 
 
 def _choose_query_recent_weight(
@@ -895,42 +926,50 @@ def _choose_query_recent_weight(
     index: Any,
     ranker: Any,
     recency: RecentCounts,
-) -> tuple[float, list[tuple[float, float]]]:
-    """The query-only fusion weight with the best validation Recall@20 of the served
-    query-only lists among :data:`recstack.core.features.QUERY_RECENT_WEIGHTS` (ties: the
-    smaller); 0 without recent-popularity candidates or validation queries."""
-    cases = ev.query_cases(dataset, split, "valid")
-    if not cases or not prof.recent_candidates:
+) -> tuple[float, list[dict[str, float]]]:
+    """The query-only fusion weight among :data:`recstack.core.features.QUERY_RECENT_WEIGHTS`
+    with the best mean validation Recall@20 of the served query-only lists over the
+    protocols (as :func:`_choose_query_prior`), among the weights whose taste lists reach
+    most popular's (the issue's floor for new users; when none does, the best taste
+    figure); ties: the smaller. 0 without recent-popularity candidates or validation
+    queries. Returns it and the curve (per weight: each protocol's Recall@20, the mean)."""
+    protocols = _query_protocols(dataset, split, encoder)
+    if not protocols or not prof.recent_candidates:
         return 0.0, []
     item_ids = [it.id for it in dataset.items]
-    queries = ev.encode_texts(encoder, [c.query for c in cases], DIM)
-    targets: list[str | None] = [c.target for c in cases]
-    uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index, queries)
 
     def top_at(now: int) -> list[str]:
         return recent_top_ids(recency, prof, item_ids, now)
 
-    ranked: dict[str, list[list[str]]] = {}
-    ev.evaluate_pipelines(
-        cases,
-        uv,
-        item_ids,
-        item_vecs,
-        index,
-        ranker,
-        prof.rerank_n,
-        ev.input_counts(split, "valid"),
-        window=prof.tower.max_len,
-        recency=recency.at,
-        recent_top=top_at,
-        lists_out=ranked,
-    )
-    curve = []
-    for w in QUERY_RECENT_WEIGHTS:
-        lists = ev.fused_query_lists(ranked["ranked"], cases, top_at, w)
-        curve.append((w, ev.recall_at_k(lists, targets, 20)))
-    best = max(curve, key=lambda wr: (wr[1], -wr[0]))[0]
-    return best, curve
+    curve: list[dict[str, float]] = [{"weight": w} for w in QUERY_RECENT_WEIGHTS]
+    floor: float | None = None
+    for kind, cases, queries in protocols:
+        targets: list[str | None] = [c.target for c in cases]
+        uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index, queries)
+        ranked: dict[str, list[list[str]]] = {}
+        ev.evaluate_pipelines(
+            cases,
+            uv,
+            item_ids,
+            item_vecs,
+            index,
+            ranker,
+            prof.rerank_n,
+            ev.input_counts(split, "valid"),
+            window=prof.tower.max_len,
+            recency=recency.at,
+            recent_top=top_at,
+            lists_out=ranked,
+        )
+        for point in curve:
+            lists = ev.fused_query_lists(ranked["ranked"], cases, top_at, point["weight"])
+            point[kind] = ev.recall_at_k(lists, targets, 20)
+        if kind == "taste":
+            popular = ev.most_popular_lists(split, cases, 20, "valid")
+            floor = ev.recall_at_k(popular, targets, 20)
+    for point in curve:
+        point["mean"] = float(np.mean([point[kind] for kind, _, _ in protocols]))
+    return ev.pick_query_weight(curve, floor), curve
 
 
 def _int8_report(

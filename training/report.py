@@ -14,17 +14,22 @@ resample cold items (all of an item's events together), and it is also given for
 draws of the cold set (``cold_draw_fraction`` of the catalog each, the one-draw size the
 protocol once used) to show how far one draw can move it.
 
-Query-only users: every test user is served as if new, from a short query made of the
-genre they watched most in train (``metadata.genres`` or ``metadata.topic``), with nothing
-excluded. The served path: the query's encoder vector is the tower's only slot, HNSW top-N,
+Query-only users: every test user is served as if new, from a short query, with nothing
+excluded, in two protocols (``training.evaluate.QUERY_KINDS``): ``query_users``, the
+genre they watched most in train (``metadata.genres`` or ``metadata.topic``: a stated
+taste), and ``search_users``, one of their test item's own genres (a search: the text says
+what is wanted). The served path: the query's vector blended with the prior, HNSW top-N,
 then the ranker (history length 0) over every candidate, that order fused with the recent
 popularity at the request's time (the build's ``query_recent_weight``, as the gateway does);
-Recall@20 / NDCG@10 of their test item vs most-popular and random.
+Recall@20 / NDCG@10 of their test item vs most popular, the query genre's most popular (the
+metadata baseline: it reads genre labels the served path never sees) and random, and how
+far the lists differ between queries.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -147,49 +152,100 @@ def cold_start(
                 np.mean([sum(i in cold_ids for i in lst) / max(1, len(lst)) for lst in cold_lists])
             )
 
-    # Query-only users.
-    q_cases = ev.query_cases(dataset, split, "test")
-    if q_cases:
-        qv = ev.encode_texts(served_encoder, [c.query for c in q_cases], served_items.shape[1])
-        uv = ev.user_vectors(tower, q_cases, served_items, dataset.item_index, qv)
-        q_targets: list[str | None] = [c.target for c in q_cases]
-        lists: dict[str, list[list[str]]] = {}
-        served = ev.evaluate_pipelines(
-            q_cases,
-            uv,
-            item_ids,
-            served_items,
-            index,
-            ranker,
-            prof.rerank_n,
-            ev.input_counts(split, "test"),
-            window=prof.tower.max_len,
-            recency=recency,
-            recent_top=recent_top,
-            lists_out=lists,
-        )
-        # What the gateway serves them: the ranker's order fused with recent popularity.
-        fused = ev.fused_query_lists(lists["ranked"], q_cases, recent_top, query_recent_weight, k)
-        model, model_arrays = ev.with_intervals(fused, q_targets)
-        pop = ev.popularity_order(split, "test")[:k]
-        pop_m, pop_arrays = ev.with_intervals([pop] * len(q_cases), q_targets)
-        keys = ("recall@20", "ndcg@10", "ci95")
-        result["query_users"] = {
-            "users": len(q_cases),
-            "example_query": q_cases[0].query,
-            "model": {m: model[m] for m in keys},
-            "ranker_only": {m: served["ranked"][m] for m in keys},
-            "recall_only": {m: served["hnsw"][m] for m in keys},
-            "most_popular": {m: pop_m[m] for m in keys},
-            "model_vs_most_popular": {
-                m: ev.paired_difference(model_arrays[m], pop_arrays[m])
-                for m in ("recall@20", "ndcg@10")
-            },
-            "query_prior_weight": tower.query_prior_weight,
-            "query_recent_weight": query_recent_weight,
-            "random": {"recall@20": k / n},
-        }
+    # Query-only users, per protocol: "query_users" (taste) and "search_users" (search).
+    for kind, key in (("taste", "query_users"), ("search", "search_users")):
+        q_cases = ev.query_cases(dataset, split, "test", kind)
+        if q_cases:
+            result[key] = _query_users(
+                dataset,
+                split,
+                q_cases,
+                served_encoder,
+                served_items,
+                tower,
+                index,
+                ranker,
+                prof,
+                recency,
+                recent_top,
+                query_recent_weight,
+                k,
+            )
     return result
+
+
+def _query_users(
+    dataset: Dataset,
+    split: Split,
+    q_cases: list[ev.EvalCase],
+    served_encoder: Any,
+    served_items: np.ndarray,
+    tower: Any,
+    index: Any,
+    ranker: Any,
+    prof: Any,
+    recency: Any,
+    recent_top: Any,
+    query_recent_weight: float,
+    k: int,
+) -> dict[str, Any]:
+    """The served query-only path's test metrics for ``q_cases`` next to most popular, the
+    genre's most popular (the metadata baseline) and random, with paired differences."""
+    item_ids = [it.id for it in dataset.items]
+    qv = ev.encode_texts(served_encoder, [c.query for c in q_cases], served_items.shape[1])
+    uv = ev.user_vectors(tower, q_cases, served_items, dataset.item_index, qv)
+    q_targets: list[str | None] = [c.target for c in q_cases]
+    lists: dict[str, list[list[str]]] = {}
+    served = ev.evaluate_pipelines(
+        q_cases,
+        uv,
+        item_ids,
+        served_items,
+        index,
+        ranker,
+        prof.rerank_n,
+        ev.input_counts(split, "test"),
+        window=prof.tower.max_len,
+        recency=recency,
+        recent_top=recent_top,
+        lists_out=lists,
+    )
+    # What the gateway serves them: the ranker's order fused with recent popularity.
+    fused = ev.fused_query_lists(lists["ranked"], q_cases, recent_top, query_recent_weight, k)
+    model, model_arrays = ev.with_intervals(fused, q_targets)
+    pop = ev.popularity_order(split, "test")[:k]
+    pop_m, pop_arrays = ev.with_intervals([pop] * len(q_cases), q_targets)
+    genre_m, genre_arrays = ev.with_intervals(
+        ev.genre_popular_lists(dataset, split, q_cases, "test", k), q_targets
+    )
+    keys = ("recall@20", "ndcg@10", "ci95")
+    # How much the text moves the list: the mean share of a served top-10 that is not
+    # in the top-10 most users get (1: every query gets its own list, 0: one list for all).
+    top10 = Counter(tuple(lst[:10]) for lst in fused).most_common(1)[0][0] if fused else ()
+    return {
+        "users": len(q_cases),
+        "example_query": q_cases[0].query,
+        "distinct_queries": len({c.query for c in q_cases}),
+        "top10_differs_from_commonest": float(
+            np.mean([len(set(lst[:10]) - set(top10)) / 10 for lst in fused])
+        ),
+        "model": {m: model[m] for m in keys},
+        "ranker_only": {m: served["ranked"][m] for m in keys},
+        "recall_only": {m: served["hnsw"][m] for m in keys},
+        "most_popular": {m: pop_m[m] for m in keys},
+        "genre_popular": {m: genre_m[m] for m in keys},
+        "model_vs_most_popular": {
+            m: ev.paired_difference(model_arrays[m], pop_arrays[m])
+            for m in ("recall@20", "ndcg@10")
+        },
+        "model_vs_genre_popular": {
+            m: ev.paired_difference(model_arrays[m], genre_arrays[m])
+            for m in ("recall@20", "ndcg@10")
+        },
+        "query_prior_weight": tower.query_prior_weight,
+        "query_recent_weight": query_recent_weight,
+        "random": {"recall@20": k / len(item_ids)},
+    }
 
 
 def write_plots(out_dir: Path, report: dict[str, Any]) -> list[Path]:
@@ -253,18 +309,20 @@ def write_plots(out_dir: Path, report: dict[str, Any]) -> list[Path]:
             ),
             ("cold items:\nrandom", cold["recall@20_random"], None),
         ]
-    if "query_users" in cold:
-        q = cold["query_users"]
-        bars += [
-            ("query-only user:\nmodel", q["model"]["recall@20"], q["model"]["ci95"]["recall@20"]),
-            (
-                "query-only user:\nmost popular",
-                q["most_popular"]["recall@20"],
-                q["most_popular"]["ci95"]["recall@20"],
-            ),
-            ("query-only user:\nrandom", q["random"]["recall@20"], None),
-        ]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    for key, label in (("query_users", "taste query"), ("search_users", "search query")):
+        if key in cold:
+            q = cold[key]
+            bars += [
+                (
+                    f"{label}:\n{name.replace('_', ' ')}",
+                    q[name]["recall@20"],
+                    q[name]["ci95"]["recall@20"],
+                )
+                for name in ("model", "most_popular", "genre_popular")
+                if name in q
+            ]
+            bars.append((f"{label}:\nrandom", q["random"]["recall@20"], None))
+    fig, ax = plt.subplots(figsize=(12, 3.8))
     if bars:
         values = [b[1] for b in bars]
         err = np.asarray([[v - ci[0], ci[1] - v] if ci else [0.0, 0.0] for _, v, ci in bars]).T

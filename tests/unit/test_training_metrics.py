@@ -10,10 +10,12 @@ import pytest
 from training.data import Dataset, Interaction, Item, Split
 from training.evaluate import (
     METRIC_NAMES,
+    EvalCase,
     all_metrics,
     bootstrap_ci,
     eval_cases,
     exact_lists,
+    genre_popular_lists,
     group_bootstrap_ratio,
     hit_rank,
     most_popular_lists,
@@ -21,7 +23,10 @@ from training.evaluate import (
     ndcg_at_k,
     paired_difference,
     per_user,
+    pick_query_weight,
+    query_cases,
     recall_at_k,
+    search_genre,
     top_k_from_scores,
 )
 
@@ -187,3 +192,54 @@ def test_group_bootstrap_resamples_whole_groups() -> None:
     # One group: nothing to resample, the interval is the point.
     assert group_bootstrap_ratio(hits[:5], ones[:5], groups[:5]) == [hits[0], hits[0]]
     assert group_bootstrap_ratio(np.zeros(0), np.zeros(0), []) == [0.0, 0.0]
+
+
+def _genre_dataset() -> tuple[Dataset, Split]:
+    ds, split = _dataset()
+    genres = {"a": ["Drama"], "b": ["Drama"], "c": ["Comedy", "Drama"], "d": ["Horror"]}
+    ds.items = [
+        Item(it.id, it.title, it.text, {"genres": genres.get(it.id, [])}) for it in ds.items
+    ]
+    return ds, split
+
+
+def test_query_protocols_taste_and_search() -> None:
+    ds, split = _genre_dataset()
+    taste = query_cases(ds, split, "test", "taste")
+    search = query_cases(ds, split, "test", "search")
+    # Taste: the genre most watched in train (u1: a, b -> Drama; u2: b, c -> Drama);
+    # search: one of the test item's own genres (u1's d is Horror; u2's e has none).
+    assert [(c.user_id, c.query) for c in taste] == [("u1", "Drama"), ("u2", "Drama")]
+    assert [(c.user_id, c.query, c.target) for c in search] == [("u1", "Horror", "d")]
+    assert all(not c.history and not c.seen for c in taste + search)
+    # Validation: u1's item c has two genres; the draw is seeded, so every run agrees.
+    (u1,) = [c for c in query_cases(ds, split, "valid", "search") if c.user_id == "u1"]
+    assert u1.query in ("Comedy", "Drama")
+    assert search_genre(ds, "u1", "c") == u1.query == search_genre(ds, "u1", "c")
+    assert search_genre(ds, "u1", "e") is None
+    with pytest.raises(ValueError, match="kind"):
+        query_cases(ds, split, "test", "browse")
+
+
+def test_genre_popular_lists_keep_the_query_genre_by_popularity() -> None:
+    ds, split = _genre_dataset()
+    cases = [
+        EvalCase("u", [], set(), "d", query="Drama"),
+        EvalCase("v", [], set(), "d", query="Comedy"),
+        EvalCase("w", [], set(), "d", query="Western"),
+    ]
+    # Counts over train + valid: a 2, b 2, c 2 (ties by id), f 1.
+    assert genre_popular_lists(ds, split, cases, "test", k=2) == [["a", "b"], ["c"], []]
+
+
+def test_pick_query_weight_best_mean_above_the_taste_floor() -> None:
+    curve = [
+        {"weight": 0.0, "taste": 0.05, "search": 0.30, "mean": 0.175},
+        {"weight": 1.0, "taste": 0.08, "search": 0.20, "mean": 0.14},
+        {"weight": 2.0, "taste": 0.09, "search": 0.19, "mean": 0.14},
+        {"weight": 4.0, "taste": 0.10, "search": 0.10, "mean": 0.10},
+    ]
+    assert pick_query_weight(curve) == 0.0
+    assert pick_query_weight(curve, taste_floor=0.07) == 1.0  # tie on the mean: smaller
+    assert pick_query_weight(curve, taste_floor=0.095) == 4.0
+    assert pick_query_weight(curve, taste_floor=0.5) == 4.0  # none reaches it: best taste
