@@ -930,8 +930,10 @@ def _choose_query_recent_weight(
     """The query-only fusion weight among :data:`recstack.core.features.QUERY_RECENT_WEIGHTS`
     with the best mean validation Recall@20 of the served query-only lists over the
     protocols (as :func:`_choose_query_prior`), among the weights whose taste lists reach
-    most popular's (the issue's floor for new users; when none does, the best taste
-    figure); ties: the smaller. 0 without recent-popularity candidates or validation
+    both popularity baselines, all-time (the issue's floor for new users) and recent (the
+    profile's recent-popularity items at each request's time, the stronger one: a new user
+    who states a taste should get at least what trending items give), or, when none does,
+    the best taste figure; ties: the smaller. 0 without recent-popularity candidates or validation
     queries. Returns it and the curve (per weight: each protocol's Recall@20, the mean)."""
     protocols = _query_protocols(dataset, split, encoder)
     if not protocols or not prof.recent_candidates:
@@ -965,8 +967,10 @@ def _choose_query_recent_weight(
             lists = ev.fused_query_lists(ranked["ranked"], cases, top_at, point["weight"])
             point[kind] = ev.recall_at_k(lists, targets, 20)
         if kind == "taste":
-            popular = ev.most_popular_lists(split, cases, 20, "valid")
-            floor = ev.recall_at_k(popular, targets, 20)
+            floor = max(
+                ev.recall_at_k(ev.most_popular_lists(split, cases, 20, "valid"), targets, 20),
+                ev.recall_at_k([top_at(c.time)[:20] for c in cases], targets, 20),
+            )
     for point in curve:
         point["mean"] = float(np.mean([point[kind] for kind, _, _ in protocols]))
     return ev.pick_query_weight(curve, floor), curve

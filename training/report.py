@@ -21,7 +21,8 @@ taste), and ``search_users``, one of their test item's own genres (a search: the
 what is wanted). The served path: the query's vector blended with the prior, HNSW top-N,
 then the ranker (history length 0) over every candidate, that order fused with the recent
 popularity at the request's time (the build's ``query_recent_weight``, as the gateway does);
-Recall@20 / NDCG@10 of their test item vs most popular, the query genre's most popular (the
+Recall@20 / NDCG@10 of their test item vs most popular, recent popularity (the items most
+interacted with in the window before each request), the query genre's most popular (the
 metadata baseline: it reads genre labels the served path never sees) and random, and how
 far the lists differ between queries.
 """
@@ -218,6 +219,11 @@ def _query_users(
     genre_m, genre_arrays = ev.with_intervals(
         ev.genre_popular_lists(dataset, split, q_cases, "test", k), q_targets
     )
+    baselines = {"most_popular": pop_arrays, "genre_popular": genre_arrays}
+    if recent_top is not None:
+        recent_m, baselines["recent_popular"] = ev.with_intervals(
+            [list(recent_top(c.time))[:k] for c in q_cases], q_targets
+        )
     keys = ("recall@20", "ndcg@10", "ci95")
     # How much the text moves the list: the mean share of a served top-10 that is not
     # in the top-10 most users get (1: every query gets its own list, 0: one list for all).
@@ -234,13 +240,13 @@ def _query_users(
         "recall_only": {m: served["hnsw"][m] for m in keys},
         "most_popular": {m: pop_m[m] for m in keys},
         "genre_popular": {m: genre_m[m] for m in keys},
-        "model_vs_most_popular": {
-            m: ev.paired_difference(model_arrays[m], pop_arrays[m])
-            for m in ("recall@20", "ndcg@10")
-        },
-        "model_vs_genre_popular": {
-            m: ev.paired_difference(model_arrays[m], genre_arrays[m])
-            for m in ("recall@20", "ndcg@10")
+        **({"recent_popular": {m: recent_m[m] for m in keys}} if recent_top is not None else {}),
+        **{
+            f"model_vs_{name}": {
+                m: ev.paired_difference(model_arrays[m], arrays[m])
+                for m in ("recall@20", "ndcg@10")
+            }
+            for name, arrays in baselines.items()
         },
         "query_prior_weight": tower.query_prior_weight,
         "query_recent_weight": query_recent_weight,
@@ -318,11 +324,11 @@ def write_plots(out_dir: Path, report: dict[str, Any]) -> list[Path]:
                     q[name]["recall@20"],
                     q[name]["ci95"]["recall@20"],
                 )
-                for name in ("model", "most_popular", "genre_popular")
+                for name in ("model", "most_popular", "recent_popular", "genre_popular")
                 if name in q
             ]
             bars.append((f"{label}:\nrandom", q["random"]["recall@20"], None))
-    fig, ax = plt.subplots(figsize=(12, 3.8))
+    fig, ax = plt.subplots(figsize=(14, 3.8))
     if bars:
         values = [b[1] for b in bars]
         err = np.asarray([[v - ci[0], ci[1] - v] if ci else [0.0, 0.0] for _, v, ci in bars]).T
