@@ -629,6 +629,44 @@ def evaluate_pipelines(
     return out
 
 
+def served_query_only(
+    cases: Sequence[EvalCase],
+    query_vecs: np.ndarray,
+    tower: Any,
+    item_ids: Sequence[str],
+    item_vecs: np.ndarray,
+    item_index: dict[str, int],
+    index: Any,
+    ranker: Any,
+    rerank_n: int,
+    counts: Counter[str],
+    window: int,
+    recency: Callable[[int], np.ndarray] | None,
+    recent_top: Callable[[int], Sequence[str]] | None,
+) -> tuple[dict[str, dict[str, Any]], list[list[str]]]:
+    """The served path of query-only ``cases`` (as new users: the query vectors blended
+    with the prior, recall, the recent join, the ranker): :func:`evaluate_pipelines`'
+    metrics and the ranker's order of every candidate per case (what
+    :func:`fused_query_lists` fuses)."""
+    uv = user_vectors(tower, cases, item_vecs, item_index, query_vecs)
+    lists: dict[str, list[list[str]]] = {}
+    metrics = evaluate_pipelines(
+        cases,
+        uv,
+        item_ids,
+        item_vecs,
+        index,
+        ranker,
+        rerank_n,
+        counts,
+        window=window,
+        recency=recency,
+        recent_top=recent_top,
+        lists_out=lists,
+    )
+    return metrics, lists["ranked"]
+
+
 def baseline_most_popular(
     split: Split,
     cases: Sequence[EvalCase],

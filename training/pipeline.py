@@ -949,24 +949,23 @@ def _choose_query_recent_weight(
     floor: float | None = None
     for kind, cases, queries in protocols:
         targets: list[str | None] = [c.target for c in cases]
-        uv = ev.user_vectors(tower, cases, item_vecs, dataset.item_index, queries)
-        ranked: dict[str, list[list[str]]] = {}
-        ev.evaluate_pipelines(
+        _, ranked = ev.served_query_only(
             cases,
-            uv,
+            queries,
+            tower,
             item_ids,
             item_vecs,
+            dataset.item_index,
             index,
             ranker,
             prof.rerank_n,
             ev.input_counts(split, "valid"),
-            window=prof.tower.max_len,
-            recency=recency.at,
-            recent_top=top_at,
-            lists_out=ranked,
+            prof.tower.max_len,
+            recency.at,
+            top_at,
         )
         for point in curve:
-            lists = ev.fused_query_lists(ranked["ranked"], cases, top_at, point["weight"])
+            lists = ev.fused_query_lists(ranked, cases, top_at, point["weight"])
             point[kind] = ev.recall_at_k(lists, targets, 20)
         if kind == "taste":
             floor = max(

@@ -194,25 +194,24 @@ def _query_users(
     genre's most popular (the metadata baseline) and random, with paired differences."""
     item_ids = [it.id for it in dataset.items]
     qv = ev.encode_texts(served_encoder, [c.query for c in q_cases], served_items.shape[1])
-    uv = ev.user_vectors(tower, q_cases, served_items, dataset.item_index, qv)
     q_targets: list[str | None] = [c.target for c in q_cases]
-    lists: dict[str, list[list[str]]] = {}
-    served = ev.evaluate_pipelines(
+    served, ranked = ev.served_query_only(
         q_cases,
-        uv,
+        qv,
+        tower,
         item_ids,
         served_items,
+        dataset.item_index,
         index,
         ranker,
         prof.rerank_n,
         ev.input_counts(split, "test"),
-        window=prof.tower.max_len,
-        recency=recency,
-        recent_top=recent_top,
-        lists_out=lists,
+        prof.tower.max_len,
+        recency,
+        recent_top,
     )
     # What the gateway serves them: the ranker's order fused with recent popularity.
-    fused = ev.fused_query_lists(lists["ranked"], q_cases, recent_top, query_recent_weight, k)
+    fused = ev.fused_query_lists(ranked, q_cases, recent_top, query_recent_weight, k)
     model, model_arrays = ev.with_intervals(fused, q_targets)
     pop = ev.popularity_order(split, "test")[:k]
     pop_m, pop_arrays = ev.with_intervals([pop] * len(q_cases), q_targets)
