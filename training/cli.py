@@ -1,5 +1,5 @@
 """Command line: ``python -m training fetch-data``, ``build`` (also ``build --from-live``,
-the learning loop) and ``timesplit``.
+the learning loop), ``timesplit`` and ``compare`` (two bundles, paired over users).
 
 User errors (a bad data directory, malformed CSV, an unknown profile, a failed download)
 print one ``error:`` line and exit with status 2; a learning-loop run whose gate keeps the
@@ -156,7 +156,55 @@ def _parser() -> argparse.ArgumentParser:
         help="share of interactions (the most recent) after the cut (default 0.1)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    c = sub.add_parser(
+        "compare",
+        help="served NDCG@10 of two bundles, paired over the users both evaluated",
+    )
+    c.add_argument("new", type=Path, help="bundle directory, or a root with CURRENT")
+    c.add_argument("old", type=Path, help="the bundle to compare against (e.g. the previous)")
+    c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return p
+
+
+def _served_per_user(path: Path) -> tuple[str, dict[str, Any]]:
+    """A bundle's version and its report's per-user served NDCG@10 (UsageError if none)."""
+    from recstack.core.bundle import resolve_bundle_dir
+    from recstack.core.errors import BundleError
+
+    try:
+        bundle = resolve_bundle_dir(path)
+    except BundleError as exc:
+        raise UsageError(str(exc)) from exc
+    report = bundle / "report" / "report.json"
+    if not report.is_file():
+        raise UsageError(f"{bundle}: no report/report.json")
+    per_user = json.loads(report.read_text()).get("per_user_served")
+    if not per_user:
+        raise UsageError(f"{report}: no per_user_served (a refit or an older bundle)")
+    return bundle.name, per_user
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from training.evaluate import compare_served
+
+    new_version, new = _served_per_user(args.new)
+    old_version, old = _served_per_user(args.old)
+    try:
+        result = compare_served(new, old)
+    except ValueError as exc:
+        raise UsageError(f"{new_version} vs {old_version}: {exc}") from exc
+    if args.json:
+        print(json.dumps({"new": new_version, "old": old_version, "phases": result}, indent=2))
+        return 0
+    print(f"served NDCG@10, {new_version} (new) vs {old_version} (old), paired over users")
+    for phase, r in result.items():
+        d = r["new_minus_old"]
+        lo, hi = d["ci95"]
+        print(
+            f"  {phase:<6} {r['users']} users: {r['new']:.4f} vs {r['old']:.4f}, "
+            f"new - old {d['mean']:+.4f} ({lo:+.4f} ... {hi:+.4f}) {d['verdict']}"
+        )
+    return 0
 
 
 def _timesplit(args: argparse.Namespace) -> int:
@@ -391,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "timesplit":
             return _timesplit(args)
+        if args.command == "compare":
+            return _compare(args)
         return _build(args)
     except (DataError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -542,6 +542,32 @@ def paired_difference(
     return {"mean": float(d.mean()) if len(d) else 0.0, "ci95": [lo, hi], "verdict": verdict}
 
 
+def compare_served(new: dict[str, Any], old: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Two bundles' served NDCG@10 compared *paired* over the users both evaluated, per
+    phase: ``new`` and ``old`` are their reports' ``per_user_served`` sections
+    (``{phase: {"users": [...], "ndcg@10": [...]}}``). Per phase present in both: the
+    number of common users, each side's mean over them and :func:`paired_difference`
+    (new - old). Raises ValueError when no phase has users in common."""
+    out: dict[str, dict[str, Any]] = {}
+    for phase in sorted(set(new) & set(old)):
+        a = dict(zip(new[phase]["users"], new[phase]["ndcg@10"], strict=True))
+        b = dict(zip(old[phase]["users"], old[phase]["ndcg@10"], strict=True))
+        users = sorted(set(a) & set(b))
+        if not users:
+            continue
+        x = np.asarray([a[u] for u in users], np.float64)
+        y = np.asarray([b[u] for u in users], np.float64)
+        out[phase] = {
+            "users": len(users),
+            "new": float(x.mean()),
+            "old": float(y.mean()),
+            "new_minus_old": paired_difference(x, y),
+        }
+    if not out:
+        raise ValueError("the two reports share no evaluated users")
+    return out
+
+
 def with_intervals(
     lists: Sequence[Sequence[str]], targets: Sequence[str | None], seed: int = 0
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
