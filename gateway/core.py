@@ -365,6 +365,8 @@ class GatewayCore:
             row = {item_id: i for i, item_id in enumerate(recalled.ids)}
             picked = [row[s.id] for s in scored]
             details = self._details(recalled, picked, deadline)
+            # Recall flags its candidates only when asked include_recent (always, here).
+            flagged = len(recalled.recent) == len(recalled)
             for s, i in zip(scored, picked, strict=True):
                 because_id = recalled.because_item_ids[i]
                 title, text = details[i]
@@ -378,6 +380,7 @@ class GatewayCore:
                         because_id,
                         self.catalog.get(because_id, ("", ""))[0] if because_id else "",
                         recalled.because_query[i],
+                        flagged and bool(recalled.recent[i]),
                     )
                 )
             timings["details"] = (time.perf_counter() - t0) * 1000

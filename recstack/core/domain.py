@@ -238,6 +238,8 @@ class RecommendedItem:
     because_item_id: str = ""
     because_title: str = ""
     because_query: bool = False
+    # One of the bundle's recent-popularity items (recall's ``recent`` flag).
+    trending: bool = False
 
 
 @dataclass(frozen=True)

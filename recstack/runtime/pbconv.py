@@ -241,6 +241,7 @@ def recommend_result_to_pb(result: RecommendResult) -> gateway_pb2.RecommendResp
                 because_item_id=i.because_item_id,
                 because_title=i.because_title,
                 because_query=i.because_query,
+                trending=i.trending,
             )
             for i in result.items
         ],

@@ -28,12 +28,14 @@ def show(title: str, resp: gateway_pb2.RecommendResponse) -> None:
     print(f"  bundle {resp.bundle_version}   {timings}")
     for rank, item in enumerate(resp.items, 1):
         label = item.title or item.text
-        if item.because_query:
-            why = "matches your query"
-        elif item.because_item_id:
-            why = f"because you watched {item.because_title or item.because_item_id}"
-        else:
-            why = ""
+        reasons = []
+        if item.because_item_id:
+            reasons.append(f"because you watched {item.because_title or item.because_item_id}")
+        if item.trending:
+            reasons.append("trending now")
+        elif item.because_query:
+            reasons.append("matches your query")
+        why = "; ".join(reasons)
         print(
             f"  {rank:2d}. {label[:50]:<50} score {item.score:7.3f} "
             f"(recall {item.recall_score:.3f})  {why[:60]}"

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recstack.v1 import recall_pb2 as recstack_dot_v1_dot_recall__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recstack/v1/gateway.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/recall.proto\"\xd3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\x12\n\nquery_text\x18\x03 \x01(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x14\n\x0cinclude_seen\x18\x05 \x01(\x08\x12\x17\n\x0f\x63\x61ndidate_count\x18\x06 \x01(\x05\x12,\n\x07\x66ilters\x18\x07 \x03(\x0b\x32\x1b.recstack.v1.MetadataFilter\x12\x18\n\x10\x64iversity_lambda\x18\x08 \x01(\x02\"\xa6\x01\n\x0fRecommendedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x14\n\x0crecall_score\x18\x05 \x01(\x02\x12\x17\n\x0f\x62\x65\x63\x61use_item_id\x18\x06 \x01(\t\x12\x15\n\rbecause_title\x18\x07 \x01(\t\x12\x15\n\rbecause_query\x18\x08 \x01(\x08\",\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06millis\x18\x02 \x01(\x01\"\xc5\x01\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.recstack.v1.RecommendedItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12)\n\x07timings\x18\x03 \x03(\x0b\x32\x18.recstack.v1.StageTiming\x12\x16\n\x0ehistory_length\x18\x04 \x01(\r\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\t\x12\x16\n\x0emissing_shards\x18\x06 \x03(\r\"M\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"9\n\x13RecordEventsRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.recstack.v1.Event\"(\n\x14RecordEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x44\x65leteUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x04\x32\x8c\x02\n\x10RecommendService\x12O\n\tRecommend\x12\x1d.recstack.v1.RecommendRequest\x1a\x1e.recstack.v1.RecommendResponse\"\x03\x90\x02\x01\x12S\n\x0cRecordEvents\x12 .recstack.v1.RecordEventsRequest\x1a!.recstack.v1.RecordEventsResponse\x12R\n\nDeleteUser\x12\x1e.recstack.v1.DeleteUserRequest\x1a\x1f.recstack.v1.DeleteUserResponse\"\x03\x90\x02\x02\x42j\n\x0f\x64\x65v.recstack.v1B\x0cGatewayProtoP\x01Z*recstack.dev/gen/go/recstack/v1;recstackv1\xaa\x02\x0bRecstack.V1\xea\x02\x0cRecstack::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recstack/v1/gateway.proto\x12\x0brecstack.v1\x1a\x18recstack/v1/recall.proto\"\xd3\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12\x12\n\nquery_text\x18\x03 \x01(\t\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x14\n\x0cinclude_seen\x18\x05 \x01(\x08\x12\x17\n\x0f\x63\x61ndidate_count\x18\x06 \x01(\x05\x12,\n\x07\x66ilters\x18\x07 \x03(\x0b\x32\x1b.recstack.v1.MetadataFilter\x12\x18\n\x10\x64iversity_lambda\x18\x08 \x01(\x02\"\xb8\x01\n\x0fRecommendedItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x14\n\x0crecall_score\x18\x05 \x01(\x02\x12\x17\n\x0f\x62\x65\x63\x61use_item_id\x18\x06 \x01(\t\x12\x15\n\rbecause_title\x18\x07 \x01(\t\x12\x15\n\rbecause_query\x18\x08 \x01(\x08\x12\x10\n\x08trending\x18\t \x01(\x08\",\n\x0bStageTiming\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06millis\x18\x02 \x01(\x01\"\xc5\x01\n\x11RecommendResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.recstack.v1.RecommendedItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12)\n\x07timings\x18\x03 \x03(\x0b\x32\x18.recstack.v1.StageTiming\x12\x16\n\x0ehistory_length\x18\x04 \x01(\r\x12\x10\n\x08\x66\x61llback\x18\x05 \x01(\t\x12\x16\n\x0emissing_shards\x18\x06 \x03(\r\"M\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"9\n\x13RecordEventsRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.recstack.v1.Event\"(\n\x14RecordEventsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\",\n\x12\x44\x65leteUserResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x04\x32\x8c\x02\n\x10RecommendService\x12O\n\tRecommend\x12\x1d.recstack.v1.RecommendRequest\x1a\x1e.recstack.v1.RecommendResponse\"\x03\x90\x02\x01\x12S\n\x0cRecordEvents\x12 .recstack.v1.RecordEventsRequest\x1a!.recstack.v1.RecordEventsResponse\x12R\n\nDeleteUser\x12\x1e.recstack.v1.DeleteUserRequest\x1a\x1f.recstack.v1.DeleteUserResponse\"\x03\x90\x02\x02\x42j\n\x0f\x64\x65v.recstack.v1B\x0cGatewayProtoP\x01Z*recstack.dev/gen/go/recstack/v1;recstackv1\xaa\x02\x0bRecstack.V1\xea\x02\x0cRecstack::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,21 +40,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST']._serialized_start=69
   _globals['_RECOMMENDREQUEST']._serialized_end=280
   _globals['_RECOMMENDEDITEM']._serialized_start=283
-  _globals['_RECOMMENDEDITEM']._serialized_end=449
-  _globals['_STAGETIMING']._serialized_start=451
-  _globals['_STAGETIMING']._serialized_end=495
-  _globals['_RECOMMENDRESPONSE']._serialized_start=498
-  _globals['_RECOMMENDRESPONSE']._serialized_end=695
-  _globals['_EVENT']._serialized_start=697
-  _globals['_EVENT']._serialized_end=774
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=776
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=833
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=835
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=875
-  _globals['_DELETEUSERREQUEST']._serialized_start=877
-  _globals['_DELETEUSERREQUEST']._serialized_end=913
-  _globals['_DELETEUSERRESPONSE']._serialized_start=915
-  _globals['_DELETEUSERRESPONSE']._serialized_end=959
-  _globals['_RECOMMENDSERVICE']._serialized_start=962
-  _globals['_RECOMMENDSERVICE']._serialized_end=1230
+  _globals['_RECOMMENDEDITEM']._serialized_end=467
+  _globals['_STAGETIMING']._serialized_start=469
+  _globals['_STAGETIMING']._serialized_end=513
+  _globals['_RECOMMENDRESPONSE']._serialized_start=516
+  _globals['_RECOMMENDRESPONSE']._serialized_end=713
+  _globals['_EVENT']._serialized_start=715
+  _globals['_EVENT']._serialized_end=792
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=794
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=851
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=853
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=893
+  _globals['_DELETEUSERREQUEST']._serialized_start=895
+  _globals['_DELETEUSERREQUEST']._serialized_end=931
+  _globals['_DELETEUSERRESPONSE']._serialized_start=933
+  _globals['_DELETEUSERRESPONSE']._serialized_end=977
+  _globals['_RECOMMENDSERVICE']._serialized_start=980
+  _globals['_RECOMMENDSERVICE']._serialized_end=1248
 # @@protoc_insertion_point(module_scope)

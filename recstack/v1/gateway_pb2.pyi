@@ -28,7 +28,7 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., query_text: _Optional[str] = ..., k: _Optional[int] = ..., include_seen: _Optional[bool] = ..., candidate_count: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[_recall_pb2.MetadataFilter, _Mapping]]] = ..., diversity_lambda: _Optional[float] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("id", "score", "title", "text", "recall_score", "because_item_id", "because_title", "because_query")
+    __slots__ = ("id", "score", "title", "text", "recall_score", "because_item_id", "because_title", "because_query", "trending")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class RecommendedItem(_message.Message):
     BECAUSE_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     BECAUSE_TITLE_FIELD_NUMBER: _ClassVar[int]
     BECAUSE_QUERY_FIELD_NUMBER: _ClassVar[int]
+    TRENDING_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     title: str
@@ -45,7 +46,8 @@ class RecommendedItem(_message.Message):
     because_item_id: str
     because_title: str
     because_query: bool
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., recall_score: _Optional[float] = ..., because_item_id: _Optional[str] = ..., because_title: _Optional[str] = ..., because_query: _Optional[bool] = ...) -> None: ...
+    trending: bool
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., recall_score: _Optional[float] = ..., because_item_id: _Optional[str] = ..., because_title: _Optional[str] = ..., because_query: _Optional[bool] = ..., trending: _Optional[bool] = ...) -> None: ...
 
 class StageTiming(_message.Message):
     __slots__ = ("stage", "millis")

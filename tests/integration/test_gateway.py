@@ -229,6 +229,26 @@ def test_each_recommendation_says_which_history_item_supports_it(stub, bundle):
     assert all(i.because_query and not i.because_item_id for i in resp.items)
 
 
+def test_trending_marks_the_bundles_recent_popularity_items(stub, bundle):
+    from recstack.core.features import load_recent_top
+
+    top = set(load_recent_top(bundle))
+    assert top
+    seen = 0
+    for request in (
+        gateway_pb2.RecommendRequest(query_text="space adventure", k=10),
+        gateway_pb2.RecommendRequest(
+            history_item_ids=[i.id for i in bundle.iter_catalog()][:3], k=10
+        ),
+    ):
+        resp = stub.Recommend(request, timeout=10)
+        assert resp.items
+        for item in resp.items:
+            assert item.trending == (item.id in top), item.id
+        seen += sum(i.trending for i in resp.items)
+    assert seen  # the query-only order weighs recent popularity: some are listed
+
+
 def test_seed_profiles_carry_last_times_and_an_old_bundle_is_reported(bundle, tmp_path, caplog):
     import logging
 
