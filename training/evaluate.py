@@ -253,14 +253,25 @@ def query_cases(
     return cases
 
 
-def pick_query_weight(curve: Sequence[dict[str, float]], taste_floor: float | None = None) -> float:
+def floor_margin(model: np.ndarray, floor: np.ndarray) -> float:
+    """By how much per-user figures clear a baseline's on the same users beyond their
+    noise: the mean of ``model - floor`` minus one standard error of that mean (>= 0: the
+    model is above the floor by at least one standard error)."""
+    d = np.asarray(model, np.float64) - np.asarray(floor, np.float64)
+    if len(d) < 2:
+        return float(d.mean()) if len(d) else 0.0
+    return float(d.mean() - d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def pick_query_weight(curve: Sequence[dict[str, float]], constrained: bool = False) -> float:
     """The ``weight`` of the ``curve`` point (per weight: each protocol's validation
-    figure and their ``mean``) with the best mean; with ``taste_floor`` (most popular's
-    figure), only among points whose ``taste`` figure reaches it, or, when none does, among
-    those with the best ``taste``. Ties: the smaller weight."""
+    figure and their ``mean``) with the best mean; ``constrained``: only among points whose
+    ``taste_margin`` (:func:`floor_margin` of the taste figures over the popularity floor)
+    is >= 0, or, when none is, among those with the best ``taste``. Ties: the smaller
+    weight."""
     eligible = list(curve)
-    if taste_floor is not None:
-        eligible = [p for p in curve if p["taste"] >= taste_floor]
+    if constrained:
+        eligible = [p for p in curve if p["taste_margin"] >= 0]
         if not eligible:
             top = max(p["taste"] for p in curve)
             eligible = [p for p in curve if p["taste"] == top]

@@ -942,12 +942,16 @@ def _choose_query_recent_weight(
 ) -> tuple[float, list[dict[str, float]]]:
     """The query-only fusion weight among :data:`recstack.core.features.QUERY_RECENT_WEIGHTS`
     with the best mean validation Recall@20 of the served query-only lists over the
-    protocols (as :func:`_choose_query_prior`), among the weights whose taste lists reach
-    both popularity baselines, all-time (the issue's floor for new users) and recent (the
-    profile's recent-popularity items at each request's time, the stronger one: a new user
-    who states a taste should get at least what trending items give), or, when none does,
-    the best taste figure; ties: the smaller. 0 without recent-popularity candidates or validation
-    queries. Returns it and the curve (per weight: each protocol's Recall@20, the mean)."""
+    protocols (as :func:`_choose_query_prior`), among the weights whose taste lists clear
+    the stronger of two popularity baselines, all-time (the issue's floor for new users) and
+    recent (the profile's recent-popularity items at each request's time: a new user who
+    states a taste should get at least what trending items give), by at least one standard
+    error of the paired per-user difference (:func:`training.evaluate.floor_margin`: the
+    floor must hold on users validation never saw, and the smallest weight that merely
+    touches it on validation is the one most likely to miss it there), or, when none does,
+    the best taste figure; ties: the smaller. 0 without recent-popularity candidates or
+    validation queries. Returns it and the curve (per weight: each protocol's Recall@20,
+    the mean, the taste margin; the floor's own figure as ``taste_floor``)."""
     protocols = _query_protocols(dataset, split, encoder)
     if not protocols or not prof.recent_candidates:
         return 0.0, []
@@ -957,7 +961,6 @@ def _choose_query_recent_weight(
         return recent_top_ids(recency, prof, item_ids, now)
 
     curve: list[dict[str, float]] = [{"weight": w} for w in QUERY_RECENT_WEIGHTS]
-    floor: float | None = None
     for kind, cases, queries in protocols:
         targets: list[str | None] = [c.target for c in cases]
         _, ranked = ev.served_query_only(
@@ -975,17 +978,26 @@ def _choose_query_recent_weight(
             recency.at,
             top_at,
         )
+        floor = None
+        if kind == "taste":
+            floors = [
+                ev.per_user(
+                    ev.most_popular_lists(split, cases, 20, "valid"), targets, 20, "recall"
+                ),
+                ev.per_user([top_at(c.time)[:20] for c in cases], targets, 20, "recall"),
+            ]
+            floor = max(floors, key=lambda f: float(f.mean()))
         for point in curve:
             lists = ev.fused_query_lists(ranked, cases, top_at, point["weight"])
-            point[kind] = ev.recall_at_k(lists, targets, 20)
-        if kind == "taste":
-            floor = max(
-                ev.recall_at_k(ev.most_popular_lists(split, cases, 20, "valid"), targets, 20),
-                ev.recall_at_k([top_at(c.time)[:20] for c in cases], targets, 20),
-            )
+            hits = ev.per_user(lists, targets, 20, "recall")
+            point[kind] = float(hits.mean())
+            if floor is not None:
+                point["taste_floor"] = float(floor.mean())
+                point["taste_margin"] = ev.floor_margin(hits, floor)
     for point in curve:
         point["mean"] = float(np.mean([point[kind] for kind, _, _ in protocols]))
-    return ev.pick_query_weight(curve, floor), curve
+    constrained = all("taste_margin" in p for p in curve)
+    return ev.pick_query_weight(curve, constrained), curve
 
 
 def _int8_report(

@@ -24,7 +24,9 @@ def test_the_build_chooses_query_weights_on_both_protocols(bundle_dir: Path) -> 
     assert manifest["user"]["query_prior_weight"] == training["query_prior_weight"]
     fusion = training["query_recent_valid_recall@20"]
     assert [p["weight"] for p in fusion] == list(QUERY_RECENT_WEIGHTS)
-    assert training["query_recent_weight"] in QUERY_RECENT_WEIGHTS
+    # Chosen with the taste lists held above the popularity floor by one standard error.
+    assert all(p["taste_margin"] <= p["taste"] - p["taste_floor"] + 1e-9 for p in fusion)
+    assert training["query_recent_weight"] == pick_query_weight(fusion, constrained=True)
 
 
 def test_the_report_measures_taste_and_search_users(bundle_dir: Path) -> None:

@@ -234,12 +234,25 @@ def test_genre_popular_lists_keep_the_query_genre_by_popularity() -> None:
 
 def test_pick_query_weight_best_mean_above_the_taste_floor() -> None:
     curve = [
-        {"weight": 0.0, "taste": 0.05, "search": 0.30, "mean": 0.175},
-        {"weight": 1.0, "taste": 0.08, "search": 0.20, "mean": 0.14},
-        {"weight": 2.0, "taste": 0.09, "search": 0.19, "mean": 0.14},
-        {"weight": 4.0, "taste": 0.10, "search": 0.10, "mean": 0.10},
+        {"weight": 0.0, "taste": 0.05, "search": 0.30, "mean": 0.175, "taste_margin": -0.01},
+        {"weight": 1.0, "taste": 0.08, "search": 0.20, "mean": 0.14, "taste_margin": 0.0},
+        {"weight": 2.0, "taste": 0.09, "search": 0.19, "mean": 0.14, "taste_margin": 0.01},
+        {"weight": 4.0, "taste": 0.10, "search": 0.10, "mean": 0.10, "taste_margin": 0.02},
     ]
     assert pick_query_weight(curve) == 0.0
-    assert pick_query_weight(curve, taste_floor=0.07) == 1.0  # tie on the mean: smaller
-    assert pick_query_weight(curve, taste_floor=0.095) == 4.0
-    assert pick_query_weight(curve, taste_floor=0.5) == 4.0  # none reaches it: best taste
+    assert pick_query_weight(curve, constrained=True) == 1.0  # tie on the mean: smaller
+    below = [{**p, "taste_margin": p["taste_margin"] - 0.015} for p in curve]
+    assert pick_query_weight(below, constrained=True) == 4.0
+    none = [{**p, "taste_margin": -1.0} for p in curve]
+    assert pick_query_weight(none, constrained=True) == 4.0  # none clears it: best taste
+
+
+def test_floor_margin_is_the_paired_mean_less_one_standard_error() -> None:
+    from training.evaluate import floor_margin
+
+    model = np.array([1.0, 0.0, 1.0, 1.0])
+    floor = np.array([0.0, 0.0, 1.0, 0.0])
+    d = model - floor  # 1, 0, 0, 1: mean 0.5, sd 0.577, se 0.289
+    assert floor_margin(model, floor) == pytest.approx(0.5 - d.std(ddof=1) / 2)
+    assert floor_margin(floor, floor) == 0.0  # equal lists: exactly at the floor
+    assert floor_margin(np.array([1.0]), np.array([0.0])) == 1.0
