@@ -118,7 +118,7 @@ class Profile:
     # epochs at lr 1e-3 0.0888 / 0.0953 / 0.0937; 12 at 1e-3 0.0904 / 0.0974 / 0.0942;
     # **12 at 5e-4** 0.0948 / 0.1007 / 0.0966 (higher for every seed, each paired
     # difference inside its interval; query-only mean Recall@20 higher for 2 of 3 seeds;
-    # docs/model-quality.md, "Ranker schedule"). The slower rate needs the longer schedule.
+    # docs/model-quality.md, "a longer ranker"). The slower rate needs the longer schedule.
     ranker_epochs: int = 12
     ranker_lr: float = 5e-4
     ranker_hidden: tuple[int, ...] = (64,)
