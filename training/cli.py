@@ -170,14 +170,15 @@ def _served_per_user(path: Path) -> tuple[str, dict[str, Any]]:
     """A bundle's version and its report's per-user served NDCG@10 (UsageError if none)."""
     from recstack.core.bundle import resolve_bundle_dir
     from recstack.core.errors import BundleError
+    from training.pipeline import REPORT
 
     try:
         bundle = resolve_bundle_dir(path)
     except BundleError as exc:
         raise UsageError(str(exc)) from exc
-    report = bundle / "report" / "report.json"
+    report = bundle / REPORT
     if not report.is_file():
-        raise UsageError(f"{bundle}: no report/report.json")
+        raise UsageError(f"{bundle}: no {REPORT}")
     per_user = json.loads(report.read_text()).get("per_user_served")
     if not per_user:
         raise UsageError(f"{report}: no per_user_served (a refit or an older bundle)")

@@ -119,7 +119,7 @@ def run_loop(opts: LoopOptions) -> Path:
     bundle's directory. Raises :class:`GateRefused` when the gate keeps the serving bundle."""
     from recstack.core.bundle import Bundle, resolve_bundle_dir
     from training.live import export_live
-    from training.pipeline import PROFILES, Refit, build_bundle
+    from training.pipeline import PROFILES, REPORT, Refit, build_bundle
     from training.timesplit import evaluate_bundle_on_future, future_cases, past
     from training.warm import keeps_state, trained_until
 
@@ -199,7 +199,7 @@ def run_loop(opts: LoopOptions) -> Path:
             )
             if not publish:
                 raise GateRefused(f"gate kept {serving.name}: {decision['reason']}")
-            report = json.loads((candidate / "report" / "report.json").read_text())
+            report = json.loads((candidate / REPORT).read_text())
             training = report["training"]
             refit: Refit | None = Refit(
                 tower_epochs=int(training["tower_best_epoch"]),

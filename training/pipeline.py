@@ -73,6 +73,9 @@ EVAL_K = 10
 RERANK_N = 100
 RECENT_COUNTS = "items/recent.npy"
 RECENT_TOP = "items/recent_top.json"
+# The build's evaluation and choices (what `python -m training compare` and the learning
+# loop's refit read back).
+REPORT = "report/report.json"
 
 
 @dataclass(frozen=True)
@@ -811,7 +814,7 @@ def _build_into(
         }
         training["refit"] = {"held_out_version": refit.held_out_report.get("version")}
     write_plots(work / "report", report)
-    (work / "report" / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (work / REPORT).write_text(json.dumps(report, indent=2) + "\n")
 
     manifest: dict[str, Any] = {
         "version": version,
