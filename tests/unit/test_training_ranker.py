@@ -89,6 +89,58 @@ def test_listwise_ranker_learns_a_toy_signal_and_exports_with_features(tmp_path:
     assert check_ranker_parity(res.model, path, DIM, n=9) <= 1e-5
 
 
+def test_weight_average_follows_the_ramped_decay_and_rejects_bad_decays() -> None:
+    from training.ranker import _WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = _WeightAverage(model, 0.9)
+    expected = 0.0
+    for step, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0], start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update(model)
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * value
+    assert average.state["weight"].item() == pytest.approx(expected)
+    # The model itself is untouched: the average is a copy.
+    assert model.weight.item() == 5.0
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="ema decay"):
+            _WeightAverage(model, bad)
+
+
+def test_ranker_with_weight_averaging_learns_and_exports_the_average(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    lists, items = _toy_lists(rng)
+    plain = train_ranker(
+        lists, items, RankerConfig(epochs=8, hidden=(32,), lr=3e-3), seed=0, progress=False
+    )
+    averaged = train_ranker(
+        lists,
+        items,
+        RankerConfig(epochs=8, hidden=(32,), lr=3e-3, ema=0.9),
+        seed=0,
+        progress=False,
+    )
+    # Same seed, same trajectory: the raw losses agree, the exported weights do not.
+    assert averaged.losses == pytest.approx(plain.losses)
+    w_plain = plain.model.mlp[0].weight.detach()
+    w_avg = averaged.model.mlp[0].weight.detach()
+    assert not torch.allclose(w_plain, w_avg)
+    m, n = lists.candidates.shape
+    with torch.no_grad():
+        logits = averaged.model(
+            torch.from_numpy(np.repeat(lists.users, n, axis=0)),
+            torch.from_numpy(items[lists.candidates.reshape(-1)]),
+            torch.from_numpy(lists.features.reshape(m * n, -1)),
+        ).reshape(m, n)
+    assert (logits.argmax(dim=1).numpy() == lists.target).mean() > 0.6
+    path = export_ranker(averaged.model, tmp_path / "model.onnx", DIM)
+    assert check_ranker_parity(averaged.model, path, DIM, n=9) <= 1e-5
+
+
 def test_since_last_interaction_is_log_hours_capped_and_zero_when_unknown() -> None:
     from recstack.core.features import DAY_S, GAP, MAX_GAP_S, RANKER_FEATURES
     from training import evaluate as ev
