@@ -67,6 +67,18 @@ def _toy_lists(rng: np.random.Generator, m: int = 300, n: int = 10):
     return RankerLists(users, cands, feats, target), items
 
 
+def _top1(model: torch.nn.Module, lists: RankerLists, items: np.ndarray) -> float:
+    """Share of lists whose target the model scores highest among its candidates."""
+    m, n = lists.candidates.shape
+    with torch.no_grad():
+        logits = model(
+            torch.from_numpy(np.repeat(lists.users, n, axis=0)),
+            torch.from_numpy(items[lists.candidates.reshape(-1)]),
+            torch.from_numpy(lists.features.reshape(m * n, -1)),
+        ).reshape(m, n)
+    return float((logits.argmax(dim=1).numpy() == lists.target).mean())
+
+
 def test_listwise_ranker_learns_a_toy_signal_and_exports_with_features(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     lists, items = _toy_lists(rng)
@@ -74,15 +86,7 @@ def test_listwise_ranker_learns_a_toy_signal_and_exports_with_features(tmp_path:
         lists, items, RankerConfig(epochs=8, hidden=(32,), lr=3e-3), seed=0, progress=False
     )
     assert res.losses[-1] < res.losses[0]
-    m, n = lists.candidates.shape
-    with torch.no_grad():
-        logits = res.model(
-            torch.from_numpy(np.repeat(lists.users, n, axis=0)),
-            torch.from_numpy(items[lists.candidates.reshape(-1)]),
-            torch.from_numpy(lists.features.reshape(m * n, -1)),
-        ).reshape(m, n)
-    top1 = (logits.argmax(dim=1).numpy() == lists.target).mean()
-    assert top1 > 0.6  # random: 0.1
+    assert _top1(res.model, lists, items) > 0.6  # random: 0.1
     path = export_ranker(res.model, tmp_path / "model.onnx", DIM)
     graph = onnx.load(str(path)).graph
     assert [i.name for i in graph.input] == ["user", "item", "features"]
@@ -129,14 +133,7 @@ def test_ranker_with_weight_averaging_learns_and_exports_the_average(tmp_path: P
     w_plain = plain.model.mlp[0].weight.detach()
     w_avg = averaged.model.mlp[0].weight.detach()
     assert not torch.allclose(w_plain, w_avg)
-    m, n = lists.candidates.shape
-    with torch.no_grad():
-        logits = averaged.model(
-            torch.from_numpy(np.repeat(lists.users, n, axis=0)),
-            torch.from_numpy(items[lists.candidates.reshape(-1)]),
-            torch.from_numpy(lists.features.reshape(m * n, -1)),
-        ).reshape(m, n)
-    assert (logits.argmax(dim=1).numpy() == lists.target).mean() > 0.6
+    assert _top1(averaged.model, lists, items) > 0.6
     path = export_ranker(averaged.model, tmp_path / "model.onnx", DIM)
     assert check_ranker_parity(averaged.model, path, DIM, n=9) <= 1e-5
 
